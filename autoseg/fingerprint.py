@@ -1,0 +1,225 @@
+"""Dataset fingerprint: what the planner needs to know about a dataset, extracted once.
+
+`extract_fingerprint(dataset)` reads every case (a few at a time), crops it to its nonzero box,
+and records spacing, shapes, class voxel counts and a seeded sample of foreground intensities.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from autoseg.artifacts import read_json, write_json
+from autoseg.dataset import Case, Dataset
+from autoseg.errors import AutosegError
+
+FINGERPRINT_SCHEMA_VERSION = 1
+# Foreground voxels sampled per case and channel for the intensity statistics.
+INTENSITY_SAMPLES_PER_CASE = 10_000
+INTENSITY_SAMPLE_SEED = 1234
+
+
+@dataclass
+class ChannelIntensity:
+    """Foreground intensity statistics of one channel over the whole dataset."""
+
+    mean: float
+    std: float
+    median: float
+    min: float
+    max: float
+    percentile_00_5: float
+    percentile_99_5: float
+
+    @classmethod
+    def of(cls, values: np.ndarray) -> "ChannelIntensity":
+        if values.size == 0:
+            return cls(0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        values = values.astype(np.float64)
+        low, median, high = np.percentile(values, [0.5, 50.0, 99.5])
+        return cls(float(values.mean()), float(values.std()), float(median), float(values.min()),
+                   float(values.max()), float(low), float(high))
+
+
+@dataclass
+class CaseFingerprint:
+    case_id: str
+    spacing: list[float]  # (z, y, x) mm
+    original_shape: list[int]  # (z, y, x) voxels
+    cropped_shape: list[int]  # after cropping to the nonzero box
+    crop_box: list[list[int]]  # [[start, stop), ...] per axis
+    class_voxel_counts: dict[str, int]  # label value (as str) -> voxels, in the uncropped label map
+
+    @property
+    def relative_size_after_cropping(self) -> float:
+        return float(np.prod(self.cropped_shape) / np.prod(self.original_shape))
+
+
+@dataclass
+class Fingerprint:
+    """Everything the planner reads. Spacings and shapes are (z, y, x).
+
+    Reference fingerprints built from published statistics have no per-case entries (`cases` is
+    empty); the dataset-level fields are then the published medians.
+    """
+
+    dataset_name: str
+    modality: dict[str, str]  # channel index -> name
+    labels: dict[str, str]  # label value -> name
+    num_cases: int
+    median_spacing: list[float]
+    spacing_percentile_10: list[float]
+    median_cropped_shape: list[float]
+    median_relative_size_after_cropping: float
+    intensity_per_channel: dict[str, ChannelIntensity]
+    mean_class_fraction: dict[str, float] = field(default_factory=dict)  # label -> mean share of voxels
+    cases: list[CaseFingerprint] = field(default_factory=list)
+    dataset_signature: str = ""  # detects added, removed or modified files
+    source: str = "autoseg fingerprint"
+    schema_version: int = FINGERPRINT_SCHEMA_VERSION
+
+    @property
+    def is_2d_images(self) -> bool:
+        from autoseg.io import PSEUDO_3D_Z_SPACING
+
+        return self.median_spacing[0] >= PSEUDO_3D_Z_SPACING and self.median_cropped_shape[0] == 1
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = "fingerprint") -> "Fingerprint":
+        version = data.get("schema_version")
+        if version != FINGERPRINT_SCHEMA_VERSION:
+            raise AutosegError(f"{where}: schema_version {version!r}, expected {FINGERPRINT_SCHEMA_VERSION}; "
+                               "re-run `autoseg fingerprint`")
+        try:
+            data = dict(data)
+            data["intensity_per_channel"] = {k: ChannelIntensity(**v) for k, v in data["intensity_per_channel"].items()}
+            data["cases"] = [CaseFingerprint(**c) for c in data.get("cases", [])]
+            return cls(**data)
+        except (KeyError, TypeError) as e:
+            raise AutosegError(f"{where}: malformed fingerprint ({e})") from None
+
+    def save(self, path: str | Path) -> Path:
+        return write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Fingerprint":
+        return cls.from_json(read_json(path), where=str(path))
+
+
+def dataset_signature(dataset: Dataset) -> str:
+    """Changes when dataset.json or any listed file is added, removed, resized or touched."""
+    digest = hashlib.sha256((dataset.root / "dataset.json").read_bytes())
+    for case in dataset.cases:
+        for path in (*case.image_files, case.label_file):
+            if path is None:
+                continue
+            try:
+                stat = path.stat()
+                digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+            except FileNotFoundError:
+                digest.update(f"{path.name}:missing;".encode())
+    return digest.hexdigest()[:16]
+
+
+def analyze_case(case: Case) -> tuple[CaseFingerprint, np.ndarray]:
+    """Fingerprint of one case and its foreground intensity sample, float32 (C, n <= 10,000)."""
+    from autoseg.cropping import crop_to_nonzero
+    from autoseg.io import read_image, read_segmentation
+
+    image, geometry = read_image(case.image_files)
+    segmentation, _ = read_segmentation(case.label_file)
+    if segmentation.shape != image.shape[1:]:
+        raise AutosegError(f"{case.label_file}: label shape {list(segmentation.shape)} != image shape "
+                           f"{list(image.shape[1:])}; run `autoseg check`")
+    values, counts = np.unique(segmentation, return_counts=True)
+    cropped_image, cropped_seg, box = crop_to_nonzero(image, segmentation)
+    foreground = np.flatnonzero(cropped_seg > 0)
+    rng = np.random.default_rng(INTENSITY_SAMPLE_SEED)
+    if foreground.size > INTENSITY_SAMPLES_PER_CASE:
+        foreground = rng.choice(foreground, INTENSITY_SAMPLES_PER_CASE, replace=False)
+    sample = cropped_image.reshape(cropped_image.shape[0], -1)[:, foreground]
+    fingerprint = CaseFingerprint(
+        case_id=case.case_id,
+        spacing=list(geometry.spacing_zyx),
+        original_shape=list(geometry.shape),
+        cropped_shape=list(cropped_seg.shape),
+        crop_box=box,
+        class_voxel_counts={str(int(v)): int(c) for v, c in zip(values, counts)},
+    )
+    return fingerprint, sample.astype(np.float32)
+
+
+def summarize(dataset: Dataset, cases: list[CaseFingerprint], samples: list[np.ndarray],
+              signature: str) -> Fingerprint:
+    spacings = np.array([c.spacing for c in cases], dtype=np.float64)
+    shapes = np.array([c.cropped_shape for c in cases], dtype=np.float64)
+    intensities = {}
+    for channel in range(dataset.num_channels):
+        values = np.concatenate([s[channel] for s in samples]) if samples else np.zeros(0)
+        intensities[str(channel)] = ChannelIntensity.of(values)
+    fractions = {}
+    for label in dataset.labels:
+        shares = [c.class_voxel_counts.get(str(label), 0) / np.prod(c.original_shape) for c in cases]
+        fractions[str(label)] = float(np.mean(shares))
+    return Fingerprint(
+        dataset_name=dataset.name,
+        modality={str(k): v for k, v in dataset.modality.items()},
+        labels={str(k): v for k, v in dataset.labels.items()},
+        num_cases=len(cases),
+        median_spacing=np.median(spacings, axis=0).tolist(),
+        spacing_percentile_10=np.percentile(spacings, 10, axis=0).tolist(),
+        median_cropped_shape=np.median(shapes, axis=0).tolist(),
+        median_relative_size_after_cropping=float(np.median([c.relative_size_after_cropping for c in cases])),
+        intensity_per_channel=intensities,
+        mean_class_fraction=fractions,
+        cases=cases,
+        dataset_signature=signature,
+    )
+
+
+def extract_fingerprint(dataset: Dataset, workers: int = 1,
+                        on_case_done: Callable[[str], None] | None = None) -> Fingerprint:
+    """Analyse every training case, `workers` processes at a time (memory: about `workers` cases)."""
+    signature = dataset_signature(dataset)
+    results = []
+    for result in _map_cases(analyze_case, dataset.cases, workers):
+        results.append(result)
+        if on_case_done:
+            on_case_done(result[0].case_id)
+    cases = [r[0] for r in results]
+    samples = [r[1] for r in results]
+    return summarize(dataset, cases, samples, signature)
+
+
+def _map_cases(function, cases: list[Case], workers: int) -> Iterable:
+    """Results in case order; one case per worker in flight so memory stays bounded."""
+    if workers <= 1:
+        yield from map(function, cases)
+        return
+    import multiprocessing
+
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield from pool.map(function, cases)
+
+
+def load_or_extract(dataset: Dataset, path: Path, workers: int = 1, on_case_done=None) -> tuple[Fingerprint, bool]:
+    """Reuse `path` when it was made from the same files; otherwise recompute. Returns (fingerprint, reused)."""
+    if path.is_file():
+        try:
+            existing = Fingerprint.load(path)
+            if existing.dataset_signature == dataset_signature(dataset):
+                return existing, True
+        except AutosegError:
+            pass  # stale schema or damaged file: recompute
+    fingerprint = extract_fingerprint(dataset, workers, on_case_done)
+    fingerprint.save(path)
+    return fingerprint, False

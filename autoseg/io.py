@@ -1,0 +1,234 @@
+"""Reading and writing images, with their geometry, in autoseg's axis order.
+
+Every reader returns arrays in (channel, z, y, x) order (segmentations (z, y, x)) together with a
+`Geometry` that the writer uses to put a prediction back exactly where the input was.
+Volumes (.nii.gz, .nii, .mhd/.raw, .nrrd, .mha) go through SimpleITK; 2D natural images
+(.png, .jpg, .bmp, .tif) become pseudo-3D arrays with a single z slice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from autoseg.artifacts import write_atomic
+from autoseg.errors import ImageReadError
+
+VOLUME_ENDINGS = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
+NATURAL_IMAGE_ENDINGS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+SUPPORTED_ENDINGS = VOLUME_ENDINGS + NATURAL_IMAGE_ENDINGS
+
+# Spacing given to the dummy z axis of 2D images: far coarser than any in-plane spacing, so the
+# planner never pools or resamples along it.
+PSEUDO_3D_Z_SPACING = 999.0
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where an image lies in physical space.
+
+    shape and spacing_zyx are in autoseg's (z, y, x) order (voxels, mm); origin_xyz and
+    direction (row-major 3x3) are in ITK's physical (x, y, z) convention, as stored in the file.
+    """
+
+    shape: tuple[int, int, int]
+    spacing_zyx: tuple[float, float, float]
+    origin_xyz: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    is_natural_2d: bool = False
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Geometry":
+        return cls(
+            shape=tuple(int(v) for v in data["shape"]),
+            spacing_zyx=tuple(float(v) for v in data["spacing_zyx"]),
+            origin_xyz=tuple(float(v) for v in data["origin_xyz"]),
+            direction=tuple(float(v) for v in data["direction"]),
+            is_natural_2d=bool(data.get("is_natural_2d", False)),
+        )
+
+    def agrees_with(self, other: "Geometry", tolerance: float = 1e-3) -> str | None:
+        """None when both describe the same grid, else a description of the first difference."""
+        if self.shape != other.shape:
+            return f"shape {list(self.shape)} != {list(other.shape)}"
+        for name in ("spacing_zyx", "origin_xyz", "direction"):
+            a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
+            scale = np.maximum(1.0, np.abs(a))
+            if np.any(np.abs(a - b) > tolerance * scale):
+                return f"{name.split('_')[0]} {np.round(a, 4).tolist()} != {np.round(b, 4).tolist()}"
+        return None
+
+
+def file_ending(path: str | Path) -> str:
+    name = str(path).lower()
+    for ending in SUPPORTED_ENDINGS:
+        if name.endswith(ending):
+            return ending
+    return Path(name).suffix
+
+
+def _read_voxels(path: Path):
+    """(array in SimpleITK's numpy order, header) of one file.
+
+    NIfTI voxels come from nibabel: SimpleITK's NIfTI reader silently replaces NaN with 0, which
+    would hide exactly the corruption `autoseg check` must find. The header (geometry, in ITK's
+    convention) always comes from SimpleITK, so every format describes space the same way.
+    """
+    import SimpleITK as sitk
+
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    if file_ending(path) not in SUPPORTED_ENDINGS:
+        raise ImageReadError(f"{path}: unsupported file type (supported: {', '.join(SUPPORTED_ENDINGS)})")
+    try:
+        if file_ending(path) in (".nii.gz", ".nii"):
+            import nibabel
+
+            header = sitk.ImageFileReader()
+            header.SetFileName(str(path))
+            header.ReadImageInformation()
+            voxels = np.asanyarray(nibabel.load(str(path)).dataobj)
+            if voxels.ndim <= 4 and header.GetNumberOfComponents() == 1:
+                return voxels.transpose(), header
+        image = sitk.ReadImage(str(path))
+        return sitk.GetArrayFromImage(image), image
+    except (RuntimeError, OSError, EOFError, ValueError) as e:
+        lines = str(e).strip().splitlines()
+        reason = lines[-1][:200] if lines else type(e).__name__
+        raise ImageReadError(f"{path}: cannot be read ({reason})") from None
+
+
+def _geometry_of(image, path: Path) -> Geometry:
+    # `image` is a SimpleITK Image or ImageFileReader: both answer the same header questions.
+    """Geometry of the first three dimensions (4D MSD files stack channels in the 4th)."""
+    dim = image.GetDimension()
+    size = image.GetSize()
+    if dim == 2 or file_ending(path) in NATURAL_IMAGE_ENDINGS:
+        spacing = image.GetSpacing()
+        return Geometry(
+            shape=(1, int(size[1]), int(size[0])),
+            spacing_zyx=(PSEUDO_3D_Z_SPACING, float(spacing[1]), float(spacing[0])),
+            is_natural_2d=True,
+        )
+    if dim not in (3, 4):
+        raise ImageReadError(f"{path}: {dim}D image; expected 2D, 3D or 4D (channels last)")
+    spacing = image.GetSpacing()[:3]
+    origin = image.GetOrigin()[:3]
+    full_direction = np.asarray(image.GetDirection()).reshape(dim, dim)
+    direction = full_direction[:3, :3].ravel()
+    return Geometry(
+        shape=(int(size[2]), int(size[1]), int(size[0])),
+        spacing_zyx=(float(spacing[2]), float(spacing[1]), float(spacing[0])),
+        origin_xyz=tuple(float(v) for v in origin),
+        direction=tuple(float(v) for v in direction),
+    )
+
+
+def _channels_first(array: np.ndarray, image, path: Path) -> np.ndarray:
+    """Array of one file as (C, z, y, x)."""
+    components = image.GetNumberOfComponents() if hasattr(image, "GetNumberOfComponents") \
+        else image.GetNumberOfComponentsPerPixel()
+    if file_ending(path) in NATURAL_IMAGE_ENDINGS or image.GetDimension() == 2:
+        if components > 1:  # (y, x, rgb) -> (rgb, 1, y, x)
+            rgb = array[..., :3] if array.shape[-1] == 4 else array  # drop alpha
+            return np.moveaxis(rgb, -1, 0)[:, None]
+        return array.reshape(1, 1, *array.shape[-2:])
+    if components > 1:  # vector volume (z, y, x, c)
+        return np.moveaxis(array, -1, 0)
+    if array.ndim == 4:  # 4D MSD file: numpy order (c, z, y, x)
+        return array
+    return array[None]
+
+
+def read_image(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, Geometry]:
+    """Read one case's image as float32 (C, z, y, x).
+
+    `paths` is one file (3D, 4D MSD multi-channel, or an RGB picture) or one file per channel
+    (nnU-Net v2 layout `case_0000.nii.gz`, `case_0001.nii.gz`); the channels are concatenated.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    arrays, geometry = [], None
+    for path in map(Path, paths):
+        voxels, header = _read_voxels(path)
+        this_geometry = _geometry_of(header, path)
+        array = _channels_first(voxels, header, path).astype(np.float32, copy=False)
+        if geometry is not None and (difference := geometry.agrees_with(this_geometry)):
+            raise ImageReadError(f"{path}: channel geometry differs from {paths[0]}: {difference}")
+        geometry = geometry or this_geometry
+        arrays.append(array)
+    return np.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0], geometry
+
+
+def read_segmentation(path: str | Path) -> tuple[np.ndarray, Geometry]:
+    """Read a label map as int16 (z, y, x). Non-integer values are an error."""
+    path = Path(path)
+    voxels, header = _read_voxels(path)
+    geometry = _geometry_of(header, path)
+    array = _channels_first(np.asarray(voxels), header, path)
+    if array.shape[0] != 1:
+        raise ImageReadError(f"{path}: a label map must have one channel, found {array.shape[0]}")
+    array = array[0]
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)):
+            raise ImageReadError(f"{path}: label map contains NaN or inf")
+        if np.any(array != np.round(array)):
+            raise ImageReadError(f"{path}: label map has non-integer values")
+    if array.size and (array.min() < -32768 or array.max() > 32767):
+        raise ImageReadError(f"{path}: label values outside the int16 range")
+    return array.astype(np.int16), geometry
+
+
+def _to_sitk(array_zyx: np.ndarray, geometry: Geometry):
+    import SimpleITK as sitk
+
+    if geometry.is_natural_2d:
+        return sitk.GetImageFromArray(array_zyx[0])
+    image = sitk.GetImageFromArray(array_zyx)
+    image.SetSpacing(tuple(reversed(geometry.spacing_zyx)))
+    image.SetOrigin(geometry.origin_xyz)
+    image.SetDirection(geometry.direction)
+    return image
+
+
+def write_image(array_zyx: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
+    """Write a (z, y, x) array (segmentation or one channel) with the given geometry, atomically."""
+    import SimpleITK as sitk
+
+    if tuple(array_zyx.shape) != tuple(geometry.shape):
+        raise ValueError(f"array shape {array_zyx.shape} does not match geometry shape {geometry.shape}")
+    image = _to_sitk(array_zyx, geometry)
+    path = Path(path)
+    ending = file_ending(path)
+
+    def write(tmp: str) -> None:
+        # SimpleITK picks the writer from the file name, so the temporary keeps the real ending.
+        real_tmp = tmp + ending
+        try:
+            sitk.WriteImage(image, real_tmp, useCompression=ending in (".nii.gz", ".nrrd", ".mha"))
+            import os
+
+            os.replace(real_tmp, tmp)
+        finally:
+            import os
+
+            if os.path.exists(real_tmp):
+                os.unlink(real_tmp)
+
+    if ending in (".mhd", ".nhdr"):  # header + data file pair: cannot be renamed as one unit
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(path))
+        return path
+    return write_atomic(path, write)
+
+
+def write_segmentation(segmentation: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
+    """Write an integer label map (z, y, x) in the smallest integer type that holds it."""
+    dtype = np.uint8 if segmentation.size == 0 or (segmentation.min() >= 0 and segmentation.max() < 256) else np.int16
+    return write_image(segmentation.astype(dtype, copy=False), geometry, path)

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from autoseg.errors import ImageReadError
+from autoseg.io import Geometry, read_image, read_segmentation, write_image, write_segmentation
+
+GEOMETRY = Geometry(shape=(5, 6, 7), spacing_zyx=(3.0, 0.8, 0.7), origin_xyz=(10.0, -20.0, 5.5),
+                    direction=(0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".mhd", ".nrrd"])
+def test_formats_give_same_array_and_geometry(tmp_path, ending):
+    array = np.random.default_rng(0).normal(size=GEOMETRY.shape).astype(np.float32)
+    path = write_image(array, GEOMETRY, tmp_path / f"image{ending}")
+    read, geometry = read_image(path)
+    assert read.shape == (1, 5, 6, 7)
+    np.testing.assert_array_equal(read[0], array)
+    assert geometry.agrees_with(GEOMETRY) is None
+    np.testing.assert_allclose(geometry.spacing_zyx, (3.0, 0.8, 0.7), rtol=1e-6)
+    np.testing.assert_allclose(geometry.origin_xyz, (10.0, -20.0, 5.5), rtol=1e-6)
+
+
+def test_4d_msd_image_becomes_channels(tmp_path):
+    channels = [np.full((4, 5, 6), c, np.float32) for c in range(3)]
+    images = []
+    for array in channels:
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((0.5, 0.6, 2.0))
+        images.append(image)
+    sitk.WriteImage(sitk.JoinSeries(images), str(tmp_path / "multi.nii.gz"))
+    data, geometry = read_image(tmp_path / "multi.nii.gz")
+    assert data.shape == (3, 4, 5, 6)
+    assert [data[c].mean() for c in range(3)] == [0, 1, 2]
+    np.testing.assert_allclose(geometry.spacing_zyx, (2.0, 0.6, 0.5))
+
+
+def test_per_channel_files_are_concatenated(tmp_path):
+    for c in range(2):
+        write_image(np.full(GEOMETRY.shape, c + 1, np.float32), GEOMETRY, tmp_path / f"case_{c:04d}.nii.gz")
+    data, _ = read_image([tmp_path / "case_0000.nii.gz", tmp_path / "case_0001.nii.gz"])
+    assert data.shape == (2, 5, 6, 7) and data[1].max() == 2
+
+
+def test_segmentation_round_trip_keeps_geometry(tmp_path):
+    seg = np.zeros(GEOMETRY.shape, np.int16)
+    seg[1:3, 2:4, 3:6] = 2
+    write_segmentation(seg, GEOMETRY, tmp_path / "seg.nii.gz")
+    read, geometry = read_segmentation(tmp_path / "seg.nii.gz")
+    np.testing.assert_array_equal(read, seg)
+    assert geometry.agrees_with(GEOMETRY) is None
+
+
+def test_unreadable_file_names_the_file(tmp_path):
+    bad = tmp_path / "broken.nii.gz"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ImageReadError, match="broken.nii.gz"):
+        read_image(bad)
+    with pytest.raises(ImageReadError, match="not found"):
+        read_image(tmp_path / "missing.nii.gz")
+
+
+def test_non_integer_label_is_an_error(tmp_path):
+    write_image(np.full(GEOMETRY.shape, 0.5, np.float32), GEOMETRY, tmp_path / "seg.nii.gz")
+    with pytest.raises(ImageReadError, match="non-integer"):
+        read_segmentation(tmp_path / "seg.nii.gz")
+
+
+def test_geometry_json_round_trip():
+    assert Geometry.from_json(GEOMETRY.to_json()) == GEOMETRY
