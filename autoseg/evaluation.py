@@ -1,0 +1,387 @@
+"""Segmentation metrics per case and per label, and the evaluation of a whole prediction folder.
+
+Overlap metrics (per label, or per region = union of labels):
+    TP, FP, FN (voxels), n_pred = TP+FP, n_ref = TP+FN,
+    Dice = 2TP / (2TP+FP+FN), IoU (Jaccard) = TP / (TP+FP+FN), VOE = 1 - IoU,
+    RVD = (n_pred - n_ref) / n_ref, precision = TP / n_pred, recall = TP / n_ref.
+Surface metrics (millimetres, using the voxel spacing):
+    The surface of a mask is its voxels that a binary erosion with full connectivity (26 in 3D,
+    8 in 2D; the image border counts as outside) removes. For every surface voxel of one mask we
+    take the distance to the nearest surface voxel of the other (voxel centres,
+    `scipy.ndimage.distance_transform_edt(~surface, sampling=spacing)`); the two directed sets are
+    then pooled:
+    ASSD_mm = mean of the union of both directed distance sets,
+    HD95_mm = 95th percentile (numpy's linear interpolation) of the union of both directed sets,
+    MSSD_mm = maximum symmetric surface distance = maximum of the union (the Hausdorff distance).
+    Distances are computed inside the bounding box of both masks grown by one voxel: every surface
+    voxel lies in that box, so the result is exact, and large volumes stay fast.
+    Axes of length 1 are dropped first, so a single-slice (2D) image gets in-plane contours.
+
+Empty-mask conventions:
+    both empty      -> Dice = IoU = precision = recall = 1, VOE = RVD = 0, surface distances 0.
+    exactly one     -> Dice = IoU = 0, VOE = 1, surface distances NaN; precision (empty prediction)
+                       and recall (empty reference) are 0; RVD is NaN when the reference is empty.
+    NaN values are left out of the means (nanmean) and the number of cases left out is recorded per
+    label and metric (`EvaluationSummary.excluded_cases`).
+Only foreground labels are evaluated; `foreground_mean` is the mean over the foreground labels
+(not the regions) of the per-label means.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from autoseg.artifacts import read_json, write_atomic, write_json
+from autoseg.errors import AutosegError
+from autoseg.io import SUPPORTED_ENDINGS, file_ending
+
+EVALUATION_SCHEMA_VERSION = 1
+SUMMARY_JSON = "summary.json"
+SUMMARY_CSV = "summary.csv"
+# Percentile of the pooled surface distances reported as HD95.
+HAUSDORFF_PERCENTILE = 95.0
+# Voxels added around the masks' bounding box so the erosion there equals the full-volume erosion.
+SURFACE_BOX_MARGIN = 1
+
+OVERLAP_METRICS = ("Dice", "IoU", "VOE", "RVD", "precision", "recall")
+SURFACE_METRICS = ("ASSD_mm", "HD95_mm", "MSSD_mm")
+COUNT_METRICS = ("TP", "FP", "FN", "n_pred", "n_ref")
+METRIC_NAMES = OVERLAP_METRICS + SURFACE_METRICS + COUNT_METRICS
+
+LabelOrRegion = int | tuple[int, ...]
+
+
+def label_key(label_or_region: LabelOrRegion) -> str:
+    """The key of a label ("1") or region ("1+2") in metric dictionaries and files."""
+    if isinstance(label_or_region, (tuple, list)):
+        return "+".join(str(int(v)) for v in label_or_region)
+    return str(int(label_or_region))
+
+
+def _mask_of(segmentation: np.ndarray, label_or_region: LabelOrRegion) -> np.ndarray:
+    if isinstance(label_or_region, (tuple, list)):
+        return np.isin(segmentation, np.asarray(label_or_region, dtype=segmentation.dtype))
+    return segmentation == label_or_region
+
+
+# ---------------------------------------------------------------------------------------------- overlap
+
+
+def overlap_metrics(prediction_mask: np.ndarray, reference_mask: np.ndarray) -> dict[str, float]:
+    """Dice, IoU, VOE, RVD, precision, recall and voxel counts of two boolean masks of one shape."""
+    tp = int(np.count_nonzero(prediction_mask & reference_mask))
+    n_pred = int(np.count_nonzero(prediction_mask))
+    n_ref = int(np.count_nonzero(reference_mask))
+    fp, fn = n_pred - tp, n_ref - tp
+    if n_pred == 0 and n_ref == 0:
+        dice = iou = precision = recall = 1.0
+        rvd = 0.0
+    else:
+        dice = 2 * tp / (2 * tp + fp + fn)
+        iou = tp / (tp + fp + fn)
+        precision = tp / n_pred if n_pred else 0.0
+        recall = tp / n_ref if n_ref else 0.0
+        rvd = (n_pred - n_ref) / n_ref if n_ref else math.nan
+    return {"Dice": dice, "IoU": iou, "VOE": 1.0 - iou, "RVD": rvd, "precision": precision, "recall": recall,
+            "TP": tp, "FP": fp, "FN": fn, "n_pred": n_pred, "n_ref": n_ref}
+
+
+# ---------------------------------------------------------------------------------------------- surface
+
+
+def _bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...]:
+    """Slices of the smallest box holding every True voxel of a non-empty mask, grown by `margin`."""
+    box = []
+    for axis, size in enumerate(mask.shape):
+        other_axes = tuple(a for a in range(mask.ndim) if a != axis)
+        occupied = np.flatnonzero(np.any(mask, axis=other_axes))
+        box.append(slice(max(int(occupied[0]) - margin, 0), min(int(occupied[-1]) + 1 + margin, size)))
+    return tuple(box)
+
+
+def _surface(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage
+
+    full_connectivity = ndimage.generate_binary_structure(mask.ndim, mask.ndim)
+    return mask & ~ndimage.binary_erosion(mask, structure=full_connectivity, border_value=0)
+
+
+def symmetric_surface_distances_mm(prediction_mask: np.ndarray, reference_mask: np.ndarray,
+                                   spacing: Sequence[float]) -> np.ndarray:
+    """Pooled directed surface distances (mm, float64, 1D): prediction->reference then reference->prediction.
+
+    Both masks must be non-empty; `spacing` has one value (mm) per array axis.
+    """
+    from scipy import ndimage
+
+    box = _bounding_box(prediction_mask | reference_mask, SURFACE_BOX_MARGIN)
+    prediction_surface = _surface(prediction_mask[box])
+    reference_surface = _surface(reference_mask[box])
+    to_reference = ndimage.distance_transform_edt(~reference_surface, sampling=spacing)[prediction_surface]
+    to_prediction = ndimage.distance_transform_edt(~prediction_surface, sampling=spacing)[reference_surface]
+    return np.concatenate([to_reference, to_prediction])
+
+
+def surface_metrics(prediction_mask: np.ndarray, reference_mask: np.ndarray,
+                    spacing: Sequence[float]) -> dict[str, float]:
+    """ASSD, HD95 and maximum symmetric surface distance in mm, with the empty-mask conventions."""
+    pred_empty, ref_empty = not prediction_mask.any(), not reference_mask.any()
+    if pred_empty and ref_empty:
+        return dict.fromkeys(SURFACE_METRICS, 0.0)
+    if pred_empty or ref_empty:
+        return dict.fromkeys(SURFACE_METRICS, math.nan)
+    distances = symmetric_surface_distances_mm(prediction_mask, reference_mask, spacing)
+    return {"ASSD_mm": float(distances.mean()),
+            "HD95_mm": float(np.percentile(distances, HAUSDORFF_PERCENTILE)),
+            "MSSD_mm": float(distances.max())}
+
+
+def _drop_single_voxel_axes(shape: Sequence[int], spacing: Sequence[float]) -> tuple[tuple[int, ...], list[float]]:
+    """Shape and spacing without axes of length 1 (a single slice has no surface across it)."""
+    kept = [axis for axis, size in enumerate(shape) if size > 1] or [len(shape) - 1]
+    return tuple(shape[a] for a in kept), [float(spacing[a]) for a in kept]
+
+
+def case_metrics(prediction: np.ndarray, reference: np.ndarray, labels_or_regions: Iterable[LabelOrRegion],
+                 spacing_zyx: Sequence[float]) -> dict[str, dict[str, float]]:
+    """All metrics of one case.
+
+    prediction, reference: integer label maps of one shape ((z, y, x) or (y, x)).
+    labels_or_regions: label values (int) and/or regions (tuple of label values, scored as their union).
+    spacing_zyx: voxel spacing in mm, one value per array axis.
+    Returns {label_key: {metric: value}} with METRIC_NAMES as metrics.
+    """
+    if prediction.shape != reference.shape:
+        raise ValueError(f"prediction shape {prediction.shape} != reference shape {reference.shape}")
+    if len(spacing_zyx) != prediction.ndim:
+        raise ValueError(f"spacing {list(spacing_zyx)} has {len(spacing_zyx)} values for a {prediction.ndim}D array")
+    shape, spacing = _drop_single_voxel_axes(prediction.shape, spacing_zyx)
+    prediction, reference = prediction.reshape(shape), reference.reshape(shape)
+    results = {}
+    for label_or_region in labels_or_regions:
+        prediction_mask = _mask_of(prediction, label_or_region)
+        reference_mask = _mask_of(reference, label_or_region)
+        metrics = overlap_metrics(prediction_mask, reference_mask)
+        metrics.update(surface_metrics(prediction_mask, reference_mask, spacing))
+        results[label_key(label_or_region)] = {name: metrics[name] for name in METRIC_NAMES}
+    return results
+
+
+# ---------------------------------------------------------------------------------------------- folders
+
+
+def find_segmentations(folder: str | Path) -> dict[str, Path]:
+    """{case_id: file} for every segmentation file (any supported ending) directly in `folder`."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AutosegError(f"{folder}: folder not found")
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        ending = file_ending(path)
+        if not path.is_file() or path.name.startswith(".") or ending not in SUPPORTED_ENDINGS:
+            continue
+        case_id = path.name[: -len(ending)]
+        if case_id in files:
+            raise AutosegError(f"{folder}: case {case_id!r} has two files ({files[case_id].name}, {path.name})")
+        files[case_id] = path
+    return files
+
+
+def pair_segmentations(prediction_folder: str | Path, reference_folder: str | Path,
+                       case_ids: Sequence[str] | None = None) -> list[tuple[str, Path, Path]]:
+    """[(case_id, prediction_file, reference_file)] sorted by case, paired by file name without ending.
+
+    Without `case_ids` every reference case needs a prediction and every prediction a reference.
+    """
+    predictions = find_segmentations(prediction_folder)
+    references = find_segmentations(reference_folder)
+    wanted = sorted(case_ids) if case_ids is not None else sorted(references)
+    missing_predictions = [c for c in wanted if c not in predictions]
+    if missing_predictions:
+        raise AutosegError(f"{prediction_folder}: no prediction for case(s) {', '.join(missing_predictions)}")
+    missing_references = [c for c in (wanted if case_ids is not None else predictions) if c not in references]
+    if missing_references:
+        raise AutosegError(f"{reference_folder}: no reference segmentation for case(s) "
+                           f"{', '.join(sorted(missing_references))}")
+    if not wanted:
+        raise AutosegError(f"{reference_folder}: no segmentation files to evaluate")
+    return [(c, predictions[c], references[c]) for c in wanted]
+
+
+def read_pair(prediction_file: Path, reference_file: Path):
+    """(prediction, reference, reference geometry); a geometry mismatch is an error naming the prediction."""
+    from autoseg.io import read_segmentation
+
+    prediction, prediction_geometry = read_segmentation(prediction_file)
+    reference, reference_geometry = read_segmentation(reference_file)
+    difference = prediction_geometry.agrees_with(reference_geometry)
+    if difference:
+        raise AutosegError(f"{prediction_file}: geometry differs from the reference {reference_file} ({difference})")
+    return prediction, reference, reference_geometry
+
+
+def map_cases(function, items: Sequence, workers: int) -> list:
+    """`[function(item) for item in items]`, in `workers` processes when workers > 1.
+
+    A failing worker re-raises its original exception here.
+    """
+    if workers <= 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    with ProcessPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(function, items))
+
+
+def _evaluate_pair(job: tuple[str, Path, Path, list[LabelOrRegion]]) -> "CaseEvaluation":
+    case_id, prediction_file, reference_file, labels_or_regions = job
+    prediction, reference, geometry = read_pair(prediction_file, reference_file)
+    metrics = case_metrics(prediction, reference, labels_or_regions, geometry.spacing_zyx)
+    return CaseEvaluation(case_id, str(prediction_file), str(reference_file), metrics)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def evaluate_folder(prediction_folder: str | Path, reference_folder: str | Path, labels: Mapping[int, str],
+                    regions: Sequence[Sequence[int]] | None = None, workers: int = 1,
+                    case_ids: Sequence[str] | None = None) -> "EvaluationSummary":
+    """Evaluate every prediction against the reference file of the same name.
+
+    labels: {label value: name} (background 0 is skipped); regions: label tuples scored as unions.
+    case_ids: evaluate only these cases (e.g. one fold's validation cases); default all references.
+    Spacing comes from the reference file.
+    """
+    labels = {int(value): name for value, name in labels.items()}  # dataset.json keys may be strings
+    foreground = [v for v in sorted(labels) if v != 0]
+    region_tuples = [tuple(int(v) for v in r) for r in (regions or [])]
+    labels_or_regions: list[LabelOrRegion] = [*foreground, *region_tuples]
+    names = {str(v): labels[v] for v in foreground}
+    names.update({label_key(r): "+".join(str(labels.get(v, v)) for v in r) for r in region_tuples})
+
+    jobs = [(c, p, r, labels_or_regions) for c, p, r in pair_segmentations(prediction_folder, reference_folder,
+                                                                           case_ids)]
+    per_case = map_cases(_evaluate_pair, jobs, workers)
+    return EvaluationSummary.from_cases(per_case, names, [str(v) for v in foreground])
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+@dataclass
+class CaseEvaluation:
+    case_id: str
+    prediction_file: str
+    reference_file: str
+    metrics: dict[str, dict[str, float]]  # label key -> metric -> value
+
+
+def _to_json_number(value: float):
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _from_json_number(value):
+    return math.nan if value is None else value
+
+
+def _numbers_to_json(table: dict) -> dict:
+    return {k: _numbers_to_json(v) if isinstance(v, dict) else _to_json_number(v) for k, v in table.items()}
+
+
+def _numbers_from_json(table: dict) -> dict:
+    return {k: _numbers_from_json(v) if isinstance(v, dict) else _from_json_number(v) for k, v in table.items()}
+
+
+@dataclass
+class EvaluationSummary:
+    """Metrics of a prediction folder. NaN is stored as null in JSON."""
+
+    label_names: dict[str, str]  # label key ("1", region "1+2") -> name
+    per_case: list[CaseEvaluation]
+    mean: dict[str, dict[str, float]]  # label key -> metric -> nanmean over cases
+    excluded_cases: dict[str, dict[str, int]]  # label key -> metric -> cases with NaN, left out of the mean
+    foreground_mean: dict[str, float]  # metric -> mean over foreground labels of `mean`
+    schema_version: int = EVALUATION_SCHEMA_VERSION
+    foreground_labels: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_cases(cls, per_case: list[CaseEvaluation], label_names: dict[str, str],
+                   foreground_labels: list[str]) -> "EvaluationSummary":
+        mean, excluded = {}, {}
+        for key in label_names:
+            values = {m: [case.metrics[key][m] for case in per_case] for m in METRIC_NAMES}
+            mean[key] = {m: _nanmean(v) for m, v in values.items()}
+            excluded[key] = {m: sum(math.isnan(x) for x in v) for m, v in values.items()}
+        foreground_mean = {m: _nanmean([mean[k][m] for k in foreground_labels]) for m in METRIC_NAMES}
+        return cls(label_names, per_case, mean, excluded, foreground_mean, foreground_labels=foreground_labels)
+
+    def to_json(self) -> dict:
+        return {
+            "schema_version": self.schema_version,
+            "label_names": self.label_names,
+            "foreground_labels": self.foreground_labels,
+            "foreground_mean": _numbers_to_json(self.foreground_mean),
+            "mean": _numbers_to_json(self.mean),
+            "excluded_cases": self.excluded_cases,
+            "per_case": [{"case_id": c.case_id, "prediction_file": c.prediction_file,
+                          "reference_file": c.reference_file, "metrics": _numbers_to_json(c.metrics)}
+                         for c in self.per_case],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict, where: str = "evaluation summary") -> "EvaluationSummary":
+        version = data.get("schema_version")
+        if version != EVALUATION_SCHEMA_VERSION:
+            raise AutosegError(f"{where}: schema_version {version!r}, expected {EVALUATION_SCHEMA_VERSION}; "
+                               "re-run the evaluation")
+        try:
+            per_case = [CaseEvaluation(c["case_id"], c["prediction_file"], c["reference_file"],
+                                       _numbers_from_json(c["metrics"])) for c in data["per_case"]]
+            return cls(dict(data["label_names"]), per_case, _numbers_from_json(data["mean"]),
+                       dict(data["excluded_cases"]), _numbers_from_json(data["foreground_mean"]),
+                       schema_version=version, foreground_labels=list(data.get("foreground_labels", [])))
+        except (KeyError, TypeError) as e:
+            raise AutosegError(f"{where}: malformed evaluation summary ({e})") from None
+
+    def save(self, folder: str | Path) -> tuple[Path, Path]:
+        """Write `summary.json` and `summary.csv` (one row per case and label) into `folder`, atomically."""
+        folder = Path(folder)
+        json_path = write_json(folder / SUMMARY_JSON, self.to_json())
+
+        def write_csv(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["case_id", "label", "name", *METRIC_NAMES])
+                for case in self.per_case:
+                    for key, name in self.label_names.items():
+                        writer.writerow([case.case_id, key, name, *(case.metrics[key][m] for m in METRIC_NAMES)])
+
+        return json_path, write_atomic(folder / SUMMARY_CSV, write_csv)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "EvaluationSummary":
+        """Read a summary.json (or the folder holding one)."""
+        path = Path(path)
+        path = path / SUMMARY_JSON if path.is_dir() else path
+        return cls.from_json(read_json(path), where=str(path))
+
+    def format_table(self) -> str:
+        """The mean metrics as a fixed-width text table, one row per label plus the foreground mean."""
+        columns = ("Dice", "IoU", "precision", "recall", "RVD", "ASSD_mm", "HD95_mm", "MSSD_mm")
+        name_width = max([len("foreground mean"), *(len(f"{k} {n}") for k, n in self.label_names.items())])
+        header = f"{'label':<{name_width}}  " + "  ".join(f"{c:>9}" for c in columns) + "  excluded"
+        lines = [f"{len(self.per_case)} cases", header, "-" * len(header)]
+        for key, name in self.label_names.items():
+            excluded = max(self.excluded_cases[key][c] for c in columns)
+            lines.append(f"{f'{key} {name}':<{name_width}}  " + "  ".join(f"{self.mean[key][c]:>9.4f}"
+                                                                         for c in columns) + f"  {excluded:>8}")
+        lines.append(f"{'foreground mean':<{name_width}}  "
+                     + "  ".join(f"{self.foreground_mean[c]:>9.4f}" for c in columns))
+        return "\n".join(lines)

@@ -1,0 +1,146 @@
+import csv
+import math
+
+import numpy as np
+import pytest
+
+from autoseg.errors import AutosegError
+from autoseg.evaluation import EvaluationSummary, case_metrics, evaluate_folder
+from autoseg.io import Geometry, write_segmentation
+
+
+def cube(shape=(8, 8, 10), start=(2, 2, 2), size=4):
+    seg = np.zeros(shape, dtype=np.int16)
+    seg[tuple(slice(s, s + size) for s in start)] = 1
+    return seg
+
+
+def test_cube_shifted_along_x_overlap_and_surface_by_hand():
+    # 4^3 cube vs the same cube one voxel further along x: 48 voxels shared, 16 on each side.
+    m = case_metrics(cube(start=(2, 2, 3)), cube(), [1], spacing_zyx=(2.0, 1.0, 1.0))["1"]
+    assert (m["TP"], m["FP"], m["FN"], m["n_pred"], m["n_ref"]) == (48, 16, 16, 64, 64)
+    assert m["Dice"] == pytest.approx(2 * 48 / (2 * 48 + 32))  # 0.75
+    assert m["IoU"] == pytest.approx(48 / 80)
+    assert m["VOE"] == pytest.approx(1 - 48 / 80)
+    assert m["RVD"] == 0.0
+    assert m["precision"] == m["recall"] == pytest.approx(0.75)
+    # Each surface has 64 - 2^3 = 56 voxels. Per direction 20 are 1 mm (x step) off the other surface:
+    # the 16 of the outer x face and the 4 inner voxels of the inner x face; the other 36 lie on it.
+    assert m["ASSD_mm"] == pytest.approx(2 * 20 * 1.0 / 112)
+    assert m["HD95_mm"] == pytest.approx(1.0)
+    assert m["MSSD_mm"] == pytest.approx(1.0)
+
+
+def test_same_shift_along_a_coarse_axis_is_scaled_by_its_spacing():
+    # Shift along x with 3 mm x spacing: the outer x faces (16 per direction) are 3 mm off, while the 4 inner
+    # voxels of the inner face are now closer to the y/z faces (1 mm in y) than to the x face (3 mm).
+    m = case_metrics(cube(start=(2, 2, 3)), cube(), [1], spacing_zyx=(1.0, 1.0, 3.0))["1"]
+    assert m["Dice"] == pytest.approx(0.75)  # overlap ignores spacing
+    assert m["ASSD_mm"] == pytest.approx((2 * 16 * 3.0 + 2 * 4 * 1.0) / 112)
+    assert m["HD95_mm"] == pytest.approx(3.0)
+    assert m["MSSD_mm"] == pytest.approx(3.0)
+
+
+def test_single_voxel_surfaces_pooled_percentile_and_spacing():
+    # Prediction: one voxel at x=2. Reference: voxels at x=3 and x=5 (same z, y).
+    # pred->ref: [1]; ref->pred: [1, 3]; pooled [1, 1, 3] (in x voxels).
+    pred, ref = np.zeros((5, 5, 12), np.int16), np.zeros((5, 5, 12), np.int16)
+    pred[2, 2, 2] = 1
+    ref[2, 2, 3] = ref[2, 2, 5] = 1
+    unit = case_metrics(pred, ref, [1], (1.0, 1.0, 1.0))["1"]
+    assert unit["ASSD_mm"] == pytest.approx(5 / 3)
+    assert unit["HD95_mm"] == pytest.approx(1 + 0.9 * (3 - 1))  # linear interpolation at rank 0.95 * 2
+    assert unit["MSSD_mm"] == pytest.approx(3.0)
+    coarse_x = case_metrics(pred, ref, [1], (1.0, 1.0, 2.0))["1"]
+    assert [coarse_x[k] for k in ("ASSD_mm", "HD95_mm", "MSSD_mm")] == pytest.approx([10 / 3, 5.6, 6.0])
+    coarse_z = case_metrics(pred, ref, [1], (5.0, 1.0, 1.0))["1"]  # no z offset: z spacing changes nothing
+    assert coarse_z["MSSD_mm"] == pytest.approx(3.0)
+
+
+def test_single_slice_image_has_in_plane_contours():
+    # 3x3 square vs 5x5 square around it in a (1, 7, 7) image. As 2D, the square's centre is not surface
+    # (otherwise it would be 2 voxels from the big ring). pred->ref: 8 x 1; ref->pred: 12 x 1 + 4 corners x sqrt(2).
+    pred, ref = np.zeros((1, 7, 7), np.int16), np.zeros((1, 7, 7), np.int16)
+    pred[0, 2:5, 2:5] = 1
+    ref[0, 1:6, 1:6] = 1
+    m = case_metrics(pred, ref, [1], (999.0, 0.5, 0.5))["1"]
+    assert m["MSSD_mm"] == pytest.approx(0.5 * math.sqrt(2))
+    assert m["ASSD_mm"] == pytest.approx(0.5 * (20 + 4 * math.sqrt(2)) / 24)
+
+
+def test_empty_mask_conventions():
+    empty, one_voxel = np.zeros((3, 3, 3), np.int16), np.zeros((3, 3, 3), np.int16)
+    one_voxel[1, 1, 1] = 1
+    both = case_metrics(empty, empty, [1], (1.0, 1.0, 1.0))["1"]
+    assert (both["Dice"], both["IoU"], both["VOE"], both["RVD"]) == (1.0, 1.0, 0.0, 0.0)
+    assert (both["ASSD_mm"], both["HD95_mm"], both["MSSD_mm"]) == (0.0, 0.0, 0.0)
+    missed = case_metrics(empty, one_voxel, [1], (1.0, 1.0, 1.0))["1"]
+    assert (missed["Dice"], missed["IoU"], missed["recall"], missed["precision"], missed["RVD"]) == (0, 0, 0, 0, -1)
+    assert all(math.isnan(missed[k]) for k in ("ASSD_mm", "HD95_mm", "MSSD_mm"))
+    invented = case_metrics(one_voxel, empty, [1], (1.0, 1.0, 1.0))["1"]
+    assert invented["Dice"] == 0 and math.isnan(invented["RVD"]) and math.isnan(invented["HD95_mm"])
+
+
+def test_region_is_scored_as_union_of_labels():
+    pred, ref = np.zeros((3, 3, 3), np.int16), np.zeros((3, 3, 3), np.int16)
+    pred[1, 1, 1], pred[1, 1, 2] = 1, 2
+    ref[1, 1, 1], ref[1, 1, 2] = 2, 1  # labels swapped: each label wrong, their union right
+    m = case_metrics(pred, ref, [1, 2, (1, 2)], (1.0, 1.0, 1.0))
+    assert m["1"]["Dice"] == m["2"]["Dice"] == 0.0
+    assert m["1+2"]["Dice"] == 1.0 and m["1+2"]["MSSD_mm"] == 0.0
+
+
+GEOMETRY = Geometry(shape=(8, 8, 10), spacing_zyx=(2.0, 1.0, 1.0))
+
+
+def write_cases(folder, cases):
+    folder.mkdir(parents=True, exist_ok=True)
+    for case_id, seg in cases.items():
+        write_segmentation(seg, GEOMETRY, folder / f"{case_id}.nii.gz")
+
+
+def test_evaluate_folder_means_exclusions_and_files(tmp_path):
+    empty = np.zeros(GEOMETRY.shape, np.int16)
+    write_cases(tmp_path / "ref", {"a": cube(), "b": cube()})
+    write_cases(tmp_path / "pred", {"a": cube(start=(2, 2, 3)), "b": empty})
+    summary = evaluate_folder(tmp_path / "pred", tmp_path / "ref", {0: "background", 1: "organ"})
+
+    assert [c.case_id for c in summary.per_case] == ["a", "b"]
+    assert summary.mean["1"]["Dice"] == pytest.approx((0.75 + 0.0) / 2)
+    # case b's surface distances are undefined (empty prediction): left out of the mean and counted
+    assert summary.mean["1"]["ASSD_mm"] == pytest.approx(40 / 112)
+    assert summary.excluded_cases["1"]["HD95_mm"] == 1 and summary.excluded_cases["1"]["Dice"] == 0
+    assert summary.foreground_mean["Dice"] == pytest.approx(0.375)
+
+    json_path, csv_path = summary.save(tmp_path / "out")
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["case_id"], r["label"], r["name"]) for r in rows] == [("a", "1", "organ"), ("b", "1", "organ")]
+    assert float(rows[0]["Dice"]) == pytest.approx(0.75) and math.isnan(float(rows[1]["HD95_mm"]))
+    reloaded = EvaluationSummary.load(tmp_path / "out")
+    assert reloaded.mean["1"]["Dice"] == pytest.approx(0.375)
+    assert math.isnan(reloaded.per_case[1].metrics["1"]["ASSD_mm"])
+    assert "organ" in summary.format_table() and "0.3750" in summary.format_table()
+
+
+def test_evaluate_folder_with_two_workers_matches_sequential(tmp_path):
+    write_cases(tmp_path / "ref", {"a": cube(), "b": cube()})
+    write_cases(tmp_path / "pred", {"a": cube(start=(2, 2, 3)), "b": cube()})
+    summary = evaluate_folder(tmp_path / "pred", tmp_path / "ref", {1: "organ"}, workers=2)
+    assert summary.mean["1"]["Dice"] == pytest.approx((0.75 + 1.0) / 2)
+
+
+def test_missing_prediction_is_an_error_naming_the_case(tmp_path):
+    write_cases(tmp_path / "ref", {"liver_001": cube(), "liver_002": cube()})
+    write_cases(tmp_path / "pred", {"liver_001": cube()})
+    with pytest.raises(AutosegError, match="liver_002"):
+        evaluate_folder(tmp_path / "pred", tmp_path / "ref", {1: "organ"})
+
+
+def test_geometry_mismatch_names_the_prediction_file(tmp_path):
+    write_cases(tmp_path / "ref", {"a": cube()})
+    (tmp_path / "pred").mkdir()
+    write_segmentation(cube(), Geometry(shape=GEOMETRY.shape, spacing_zyx=(1.0, 1.0, 1.0)),
+                       tmp_path / "pred" / "a.nii.gz")
+    with pytest.raises(AutosegError, match=r"a\.nii\.gz.*spacing"):
+        evaluate_folder(tmp_path / "pred", tmp_path / "ref", {1: "organ"})
