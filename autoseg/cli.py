@@ -154,3 +154,72 @@ def fingerprint(
     typer.echo(f"{'reused' if reused else 'wrote'} {path}")
     typer.echo(f"  cases {result.num_cases}, median spacing {[round(s, 3) for s in result.median_spacing]} mm, "
                f"median cropped shape {[int(s) for s in result.median_cropped_shape]}")
+
+
+# -------------------------------------------------------------------------------- model selection
+
+
+def _labels_for(labels: Optional[str], task: Optional[str]) -> dict[int, str]:
+    """Label values from --labels "1,2", else from the task's dataset.json."""
+    if labels:
+        try:
+            return {int(v): str(v) for v in labels.split(",")}
+        except ValueError:
+            fail(f"--labels: expected comma-separated label numbers, got {labels!r}")
+    from autoseg.dataset import load_dataset
+
+    name, folder = resolve_task(task)
+    if folder is None:
+        fail(f"task {name}: dataset folder unknown; pass --labels 1,2")
+    return load_dataset(folder).labels
+
+
+@command("evaluate")
+def evaluate(
+    predictions: Path = typer.Argument(..., help="Folder of predicted segmentations."),
+    references: Path = typer.Argument(..., help="Folder of reference segmentations (same file names)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels; default: the task's."),
+    task: Optional[str] = typer.Option(None, "--task"),
+    workers: int = typer.Option(2, "-j", "--workers", min=1),
+) -> None:
+    """Dice, IoU/VOE, RVD, precision, recall, ASSD, HD95 and max surface distance per case and label."""
+    from autoseg.evaluation import evaluate_folder
+
+    summary = evaluate_folder(predictions, references, _labels_for(labels, task), workers=workers)
+    json_path, csv_path = summary.save(predictions)
+    typer.echo(summary.format_table())
+    typer.echo(f"wrote {json_path} and {csv_path}")
+
+
+@command("ensemble")
+def ensemble(
+    folders: List[Path] = typer.Argument(..., help="Prediction folders with saved probabilities, then OUT_DIR."),
+    save_probabilities: bool = typer.Option(False, "--save-probabilities"),
+) -> None:
+    """Average the saved probabilities of several prediction folders and write segmentations."""
+    from autoseg.ensembling import ensemble_folders
+
+    if len(folders) < 3:
+        fail("ensemble needs at least two input folders and an output folder")
+    written = ensemble_folders(folders[:-1], folders[-1], save_probabilities=save_probabilities)
+    typer.echo(f"wrote {len(written)} ensembled segmentations to {folders[-1]}")
+
+
+@command("postprocess")
+def postprocess(
+    input_folder: Path = typer.Argument(..., help="Folder of segmentations."),
+    output_folder: Path = typer.Argument(...),
+    decision_file: Optional[Path] = typer.Option(None, "--decision", help="postprocessing.json; default: the task's."),
+    task: Optional[str] = typer.Option(None, "--task"),
+    workers: int = typer.Option(2, "-j", "--workers", min=1),
+) -> None:
+    """Apply the largest-connected-component postprocessing chosen by cross-validation."""
+    from autoseg.postprocessing import PostprocessingDecision, postprocess_folder
+
+    if decision_file is None:
+        name, _ = resolve_task(task)
+        decision_file = state.workspace.results(name) / "postprocessing.json"
+    decision = PostprocessingDecision.load(decision_file)
+    written = postprocess_folder(input_folder, output_folder, decision, workers)
+    typer.echo(f"postprocessed {len(written)} segmentations into {output_folder} "
+               f"(whole foreground: {decision.whole_foreground}, labels: {decision.per_label or 'none'})")
