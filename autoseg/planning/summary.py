@@ -1,0 +1,106 @@
+"""A human-readable account of a plan: one column per configuration, stage tables, decision notes.
+
+The notes are derived from the plan itself (not stored in plans.json), so they also describe plans a
+user edited by hand.
+"""
+
+from __future__ import annotations
+
+from autoseg.planning import rules
+from autoseg.planning.plans import Configuration, Plans
+
+
+def format_plan_summary(plans: Plans) -> str:
+    configurations = {name: plans.configuration(name) for name in plans.configurations}
+    lines = [
+        f"{plans.dataset_name}: plans for a {plans.gpu_memory_gb:g} GB GPU",
+        f"transpose: forward {plans.transpose_forward}, backward {plans.transpose_backward}",
+        f"original median spacing (mm, transposed): {_xs(plans.original_median_spacing)}; "
+        f"median shape after cropping: {_xs(plans.original_median_shape)}",
+        "",
+        _configuration_table(configurations),
+    ]
+    for name, configuration in configurations.items():
+        if configuration.inherits_from is None:
+            lines += ["", f"{name} stages:", _stage_table(configuration)]
+    notes = decision_notes(plans)
+    if notes:
+        lines += ["", "notes:"] + [f"- {note}" for note in notes]
+    return "\n".join(lines)
+
+
+def decision_notes(plans: Plans) -> list[str]:
+    """Why the plan looks as it does, one sentence per decision that departs from the obvious."""
+    notes = []
+    if plans.transpose_forward != sorted(plans.transpose_forward):
+        notes.append(f"transposed: original axis {plans.transpose_forward[0]} has the coarsest spacing and comes first")
+    names = plans.configurations
+    if "3d_fullres" in names:
+        fullres = plans.configuration("3d_fullres")
+        median_coarse = plans.original_median_spacing[0]
+        if abs(fullres.spacing[0] - median_coarse) > 1e-6:
+            notes.append(f"anisotropic: coarse axis spacing {fullres.spacing[0]:.3g} mm from the 10th percentile "
+                         f"instead of the median {median_coarse:.3g} mm")
+        coverage = rules.patch_coverage(fullres.patch_size, fullres.median_shape)
+        if "3d_lowres" in names:
+            lowres = plans.configuration("3d_lowres")
+            notes.append(f"3d_lowres: full-res patch covers {coverage:.0%} of the median image (< "
+                         f"{rules.LOWRES_MIN_PATCH_COVERAGE:.0%}); low-res spacing {_xs(lowres.spacing, 3)} mm, "
+                         f"its patch covers {rules.patch_coverage(lowres.patch_size, lowres.median_shape):.0%}")
+        elif coverage < rules.LOWRES_MIN_PATCH_COVERAGE:
+            notes.append(f"no 3d_lowres although the full-res patch covers {coverage:.0%} of the median image: "
+                         f"a low-res image large enough for a {rules.LOWRES_MIN_PATCH_COVERAGE:.0%} patch would not be "
+                         f"{rules.LOWRES_MIN_VOXEL_REDUCTION:g}x smaller")
+        else:
+            notes.append(f"no 3d_lowres: the full-res patch covers {coverage:.0%} of the median image")
+        if any(k == 1 for k in fullres.architecture.kernel_sizes[0]):
+            notes.append(f"3d_fullres first-stage kernel {fullres.architecture.kernel_sizes[0]}: thick axes "
+                         "are convolved in-plane until pooling makes them similar")
+    if "2d" in names and plans.configuration("2d").data_identifier == "3d_fullres":
+        notes.append("2d reads the 3d_fullres arrays (same in-plane spacing), no separate preprocessing")
+    first = plans.configuration(next(iter(names)))
+    for index, channel in enumerate(sorted(plans.modality, key=int)):
+        if first.use_mask_for_norm[index]:
+            notes.append(f"channel {channel} ({plans.modality[channel]}): z-score inside the nonzero mask "
+                         f"(cropping keeps < {rules.USE_MASK_MAX_RELATIVE_SIZE:.0%} of the median volume)")
+    return notes
+
+
+def _configuration_table(configurations: dict[str, Configuration]) -> str:
+    rows = {
+        "dimension": lambda c: str(c.dimension),
+        "target spacing (mm)": lambda c: _xs(c.spacing, 3),
+        "median shape (voxels)": lambda c: _xs(c.median_shape),
+        "patch size": lambda c: _xs(c.patch_size),
+        "batch size": lambda c: str(c.batch_size),
+        "stages": lambda c: str(c.architecture.num_stages),
+        "normalization": lambda c: ",".join(n + ("+mask" if m else "") for n, m in
+                                            zip(c.normalization, c.use_mask_for_norm)),
+        "batch dice": lambda c: str(c.batch_dice),
+        "estimated memory (GB)": lambda c: f"{c.estimated_memory_gb:.2f}",
+        "data identifier": lambda c: c.data_identifier,
+        "inherits from": lambda c: c.inherits_from or "-",
+        "previous / next stage": lambda c: f"{c.previous_stage or '-'} / {c.next_stage or '-'}",
+    }
+    header = [""] + list(configurations)
+    table = [header] + [[label] + [cell(c) for c in configurations.values()] for label, cell in rows.items()]
+    return _render(table)
+
+
+def _stage_table(configuration: Configuration) -> str:
+    architecture = configuration.architecture
+    table = [["stage", "features", "stride", "kernel"]]
+    for stage in range(architecture.num_stages):
+        table.append([str(stage), str(architecture.features_per_stage[stage]),
+                      _xs(architecture.strides[stage]), _xs(architecture.kernel_sizes[stage])])
+    return _render(table)
+
+
+def _render(table: list[list[str]]) -> str:
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table)
+
+
+def _xs(values: list, digits: int | None = None) -> str:
+    """[1.0, 0.7676, 0.7676] -> '1 x 0.768 x 0.768'."""
+    return " x ".join(f"{v:.{digits}g}" if digits else f"{v:g}" for v in values)
