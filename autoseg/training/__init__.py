@@ -1,0 +1,1 @@
+"""Training: losses (`autoseg.training.loss`), data loading, the training loop and checkpoints."""
