@@ -223,3 +223,75 @@ def postprocess(
     written = postprocess_folder(input_folder, output_folder, decision, workers)
     typer.echo(f"postprocessed {len(written)} segmentations into {output_folder} "
                f"(whole foreground: {decision.whole_foreground}, labels: {decision.per_label or 'none'})")
+
+
+# ------------------------------------------------------------------------------------- planning
+
+
+@command("plan")
+def plan(
+    task: Optional[str] = typer.Argument(None, help="Task name under raw/ or a dataset folder."),
+    fingerprint_file: Optional[Path] = typer.Option(None, "--fingerprint",
+                                                    help="Plan from a fingerprint file alone (no images)."),
+    gpu_memory: float = typer.Option(8.0, "--gpu-memory", min=0.5, help="Memory budget (GB) the plan is sized for."),
+    workers: int = typer.Option(2, "-j", "--workers", min=1),
+) -> None:
+    """Plan preprocessing, networks and batch sizes from the dataset fingerprint; print a summary."""
+    from autoseg.fingerprint import Fingerprint, load_or_extract
+    from autoseg.planning import format_plan_summary, plan_experiment
+
+    workspace = state.workspace
+    if fingerprint_file is not None:
+        if task is not None:
+            fail("give either TASK or --fingerprint, not both")
+        fingerprint = Fingerprint.load(fingerprint_file)
+        name, dataset_folder = fingerprint.dataset_name, None
+    else:
+        if task is None:
+            fail("missing TASK (a name under raw/ or a dataset folder), or --fingerprint FILE")
+        from autoseg.dataset import load_dataset
+
+        dataset = load_dataset(workspace.dataset_folder(task))
+        name, dataset_folder = dataset.root.name, dataset.root
+        with progress_bar(len(dataset.cases), "case", "fingerprint") as bar:
+            fingerprint, _ = load_or_extract(dataset, workspace.fingerprint_file(name), workers,
+                                             on_case_done=lambda _: bar.update())
+    plans = plan_experiment(fingerprint, gpu_memory_gb=gpu_memory)
+    path = plans.save(workspace.plans_file(name))
+    typer.echo(format_plan_summary(plans))
+    typer.echo(f"wrote {path}")
+    if dataset_folder is not None:
+        workspace.remember_task(name, dataset_folder)
+        typer.echo(f"current task: {name}")
+
+
+@command("preprocess")
+def preprocess(
+    task: Optional[str] = typer.Argument(None, help="Task; default: the task planned last."),
+    configurations: Optional[List[str]] = typer.Option(None, "-c", "--config", help="Configurations (default: all)."),
+    workers: int = typer.Option(2, "-j", "--workers", min=0,
+                                help="Worker processes (capped by free memory and case size); 0: in-process."),
+) -> None:
+    """Crop, normalize, resample and store every case for the planned configurations (resumable)."""
+    from autoseg.dataset import load_dataset
+    from autoseg.planning import Plans
+    from autoseg.preprocessing.task import preprocess_task
+
+    name, folder = resolve_task(task)
+    if folder is None:
+        fail(f"task {name}: no dataset folder known; pass the dataset folder as TASK")
+    dataset = load_dataset(folder)
+    plans = Plans.load(state.workspace.plans_file(name))
+    with progress_bar(None, "case", "preprocess") as bar:
+        summaries = preprocess_task(dataset, plans, state.workspace.preprocessed(name),
+                                    configurations=configurations, workers=workers,
+                                    progress=lambda data_id, case_id, outcome: bar.update())
+    failed = 0
+    for data_identifier, summary in summaries.items():
+        typer.echo(f"{data_identifier}: {len(summary.written)} written, {len(summary.skipped)} up to date, "
+                   f"{len(summary.failures)} failed ({summary.workers} worker(s))")
+        for failure in summary.failures:
+            typer.echo(f"  {failure.case_id}: {failure.error}", err=True)
+        failed += len(summary.failures)
+    if failed:
+        fail(f"{failed} case(s) failed to preprocess")

@@ -1,0 +1,74 @@
+"""Preprocess a whole task: every planned configuration that needs its own arrays.
+
+Configurations that share a `data_identifier` (e.g. 2d reading the 3d_fullres arrays) are
+preprocessed once. Reference labels are copied to `gt_segmentations/` so fold validation can be
+scored without the raw dataset.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+from autoseg.dataset import Dataset
+from autoseg.errors import AutosegError
+from autoseg.preprocessing.store import CasePreprocessor, PreprocessSummary, preprocess_dataset
+
+
+def preprocessor_for(plans, configuration_name: str) -> CasePreprocessor:
+    configuration = plans.configuration(configuration_name)
+    return CasePreprocessor(
+        transpose_forward=plans.transpose_forward,
+        target_spacing=configuration.spacing,
+        normalization=configuration.normalization,
+        use_mask_for_norm=configuration.use_mask_for_norm,
+        intensity_stats={k: vars(v) for k, v in plans.intensity_per_channel.items()},
+        is_2d_config=configuration.dimension == 2,
+    )
+
+
+def configurations_to_preprocess(plans, requested: Sequence[str] | None) -> dict[str, str]:
+    """data_identifier -> the configuration whose settings produce those arrays."""
+    names = list(requested) if requested else plans.configuration_names
+    chosen: dict[str, str] = {}
+    for name in names:
+        configuration = plans.configuration(name)
+        owner = configuration.data_identifier
+        # A configuration reading another's arrays is preprocessed with that configuration's settings.
+        if owner in plans.configurations and owner != name:
+            chosen.setdefault(owner, owner)
+        else:
+            chosen.setdefault(owner, name)
+    return chosen
+
+
+def copy_reference_labels(dataset: Dataset, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for case in dataset.cases:
+        if case.label_file is None or not case.label_file.is_file():
+            continue
+        from autoseg.io import file_ending
+
+        destination = target / f"{case.case_id}{file_ending(case.label_file)}"
+        if not destination.is_file() or destination.stat().st_mtime_ns < case.label_file.stat().st_mtime_ns:
+            shutil.copy2(case.label_file, destination)
+
+
+def preprocess_task(dataset: Dataset, plans, preprocessed_folder: Path, *, configurations: Sequence[str] | None = None,
+                    workers: int = 2, progress: Callable[[str, str, str], None] | None = None
+                    ) -> dict[str, PreprocessSummary]:
+    """Preprocess `dataset` for the planned configurations; returns a summary per data folder.
+
+    progress(data_identifier, case_id, outcome) is called once per case and folder.
+    """
+    if plans.dataset_name != dataset.name and plans.dataset_name != dataset.root.name:
+        raise AutosegError(f"plans are for {plans.dataset_name!r}, but the dataset is {dataset.name!r}; re-run plan")
+    copy_reference_labels(dataset, preprocessed_folder / "gt_segmentations")
+    summaries = {}
+    for data_identifier, configuration_name in configurations_to_preprocess(plans, configurations).items():
+        report = (lambda case_id, outcome, d=data_identifier: progress(d, case_id, outcome)) if progress else None
+        summaries[data_identifier] = preprocess_dataset(
+            dataset.cases, preprocessor_for(plans, configuration_name), preprocessed_folder / data_identifier,
+            workers=workers, progress=report)
+    return summaries

@@ -1,0 +1,415 @@
+"""Training one fold of one configuration: nnU-Net's loop in small named steps.
+
+    run_training(job, settings, events)
+        set up network, optimizer, loss, data (or restore them from checkpoint_latest.pt)
+        for each epoch: train_epoch -> validate_epoch -> log -> checkpoints -> progress plot
+        save checkpoint_final.pt
+
+The core never prints: progress goes through `TrainingEvents` callbacks that the CLI turns into
+bars and lines. With torch.distributed initialised (torchrun), the batch is split across ranks
+and only rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from autoseg.errors import AutosegError
+from autoseg.training.checkpoint import check_identity, load_checkpoint, save_checkpoint
+
+# nnU-Net's optimisation constants (reference section 5.1).
+INITIAL_LR = 1e-2
+MOMENTUM = 0.99
+WEIGHT_DECAY = 3e-5
+POLY_EXPONENT = 0.9
+GRAD_CLIP_NORM = 12.0
+EMA_DECAY = 0.9  # pseudo-Dice moving average for checkpoint_best
+# Saving checkpoint_latest may take at most this share of the training time (automatic interval).
+CHECKPOINT_TIME_SHARE = 0.03
+
+
+@dataclass
+class TrainingSettings:
+    epochs: int = 1000
+    iterations_per_epoch: int = 250
+    validation_iterations: int = 50
+    num_workers: int = 2
+    device: str = "auto"  # auto | cuda | cpu | mps
+    precision: str = "auto"  # auto (fp16 AMP on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16
+    seed: int | None = None
+    checkpoint_every: int | None = None  # epochs; None: chosen from the measured save time
+    channels_last: bool = False
+    initial_lr: float = INITIAL_LR
+
+
+@dataclass
+class TrainingJob:
+    """What to train: one configuration of a plan on one fold."""
+
+    plans: object  # autoseg.planning.plans.Plans
+    configuration_name: str
+    fold: int | str
+    data_folder: Path  # preprocessed arrays of the configuration
+    output_folder: Path  # results/TASK/CONFIG/fold_N
+    train_ids: list[str]
+    val_ids: list[str]
+    resume: bool = False
+
+
+@dataclass
+class TrainingEvents:
+    """Callbacks for progress; all optional."""
+
+    on_message: Callable[[str], None] = lambda message: None
+    on_iteration: Callable[[int, int], None] = lambda done, total: None  # within an epoch
+    on_epoch_end: Callable[[dict], None] = lambda record: None
+
+
+@dataclass
+class EpochLog:
+    """Per-epoch history, saved in checkpoints and plotted in progress.png."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    pseudo_dice: list[list[float]] = field(default_factory=list)  # per foreground class
+    ema_pseudo_dice: list[float] = field(default_factory=list)
+    learning_rate: list[float] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    data_wait_seconds: list[float] = field(default_factory=list)
+
+
+def poly_lr(epoch: int, total_epochs: int, initial_lr: float) -> float:
+    return initial_lr * (1 - epoch / total_epochs) ** POLY_EXPONENT
+
+
+def pick_device(requested: str):
+    import torch
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise AutosegError("--device cuda: no CUDA GPU is visible to torch (this torch build may be CPU-only)")
+    if requested == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise AutosegError("--device mps: Apple MPS is not available here")
+    if requested not in ("cuda", "cpu", "mps"):
+        raise AutosegError(f"--device {requested!r}: expected auto, cuda, cpu or mps")
+    return torch.device(requested)
+
+
+def autocast_dtype(precision: str, device) -> "torch.dtype | None":
+    import torch
+
+    if precision == "auto":
+        return torch.float16 if device.type == "cuda" else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def deep_supervision_loss_weights(n_outputs: int, distributed: bool) -> list[float]:
+    from autoseg.training.loss import deep_supervision_weights
+
+    weights = deep_supervision_weights(n_outputs)
+    if distributed:  # DDP needs every head to receive a gradient, however small
+        weights = [w if w > 0 else 1e-6 for w in weights]
+    return weights
+
+
+def identity_of_configuration(plans, configuration_name: str) -> dict:
+    """What a checkpoint must match to be used with a plan."""
+    configuration = plans.configuration(configuration_name)
+    return {
+        "dataset_name": plans.dataset_name,
+        "configuration": configuration_name,
+        "architecture": configuration.architecture.to_json(),
+        "patch_size": list(configuration.patch_size),
+        "fingerprint_signature": plans.fingerprint_signature,
+    }
+
+
+class _Distributed:
+    """Rank bookkeeping; a single process is rank 0 of 1."""
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self.active = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if self.active else 0
+        self.world = dist.get_world_size() if self.active else 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def sum(self, values: np.ndarray) -> np.ndarray:
+        if not self.active:
+            return values
+        import torch
+        import torch.distributed as dist
+
+        tensor = torch.as_tensor(values, dtype=torch.float64)
+        dist.all_reduce(tensor)
+        return tensor.numpy()
+
+
+class Trainer:
+    def __init__(self, job: TrainingJob, settings: TrainingSettings, events: TrainingEvents | None = None):
+        import torch
+
+        self.job, self.settings = job, settings
+        self.events = events or TrainingEvents()
+        self.dist = _Distributed()
+        self.configuration = job.plans.configuration(job.configuration_name)
+        self.device = pick_device(settings.device)
+        self.amp_dtype = autocast_dtype(settings.precision, self.device)
+        if settings.seed is not None:
+            torch.manual_seed(settings.seed + self.dist.rank)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        self.network = self._build_network()
+        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=settings.initial_lr, momentum=MOMENTUM,
+                                         nesterov=True, weight_decay=WEIGHT_DECAY)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 and self.device.type == "cuda" \
+            else None
+        self.loss = self._build_loss()
+        self.log = EpochLog()
+        self.epoch = 0
+        self.best_ema: float | None = None
+        self.checkpoint_every = settings.checkpoint_every
+        self.identity = identity_of_configuration(job.plans, job.configuration_name)
+
+    # ------------------------------------------------------------------------------------ set-up
+    def _build_network(self):
+        import torch
+
+        from autoseg.network import build_network
+
+        network = build_network(self.configuration.architecture).to(self.device)
+        if self.settings.channels_last and self.configuration.dimension == 3:
+            network = network.to(memory_format=torch.channels_last_3d)
+        self.model = network  # unwrapped module: what checkpoints hold
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            return DistributedDataParallel(network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return network
+
+    def _build_loss(self):
+        from autoseg.training.loss import DeepSupervisionLoss, DiceCELoss
+
+        base = DiceCELoss(batch_dice=self.configuration.batch_dice)
+        if not self.configuration.architecture.deep_supervision:
+            return base
+        n_outputs = self.configuration.architecture.num_stages - 1
+        return DeepSupervisionLoss(base, deep_supervision_loss_weights(n_outputs, self.dist.active))
+
+    def _batch_size_per_rank(self) -> int:
+        return max(1, int(math.ceil(self.configuration.batch_size / self.dist.world)))
+
+    def _loaders(self):
+        from autoseg.training.data import make_training_loaders
+
+        seed = (self.settings.seed or 0) + 1000 * self.dist.rank + 7919 * self.epoch
+        return make_training_loaders(
+            data_folder=self.job.data_folder, configuration=self.configuration,
+            train_ids=self.job.train_ids, val_ids=self.job.val_ids,
+            batch_size=self._batch_size_per_rank(), num_workers=self.settings.num_workers, seed=seed)
+
+    # ------------------------------------------------------------------------------------ state
+    def state(self) -> dict:
+        return {
+            "network_weights": self.model.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "scaler_state": self.scaler.state_dict() if self.scaler else None,
+            "epoch": self.epoch,
+            "planned_epochs": self.settings.epochs,
+            "log": asdict(self.log),
+            "best_ema": self.best_ema,
+            "identity": self.identity,
+            "inference": {"mirror_axes": list(range(self.configuration.dimension)),
+                          "precision": self.settings.precision},
+        }
+
+    def restore(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location=self.device)
+        check_identity(state, self.identity, path)
+        self.model.load_state_dict(state["network_weights"])
+        self.optimizer.load_state_dict(state["optimizer_state"])
+        if self.scaler and state.get("scaler_state"):
+            self.scaler.load_state_dict(state["scaler_state"])
+        self.epoch = int(state["epoch"])
+        self.log = EpochLog(**state["log"])
+        self.best_ema = state.get("best_ema")
+        planned = int(state.get("planned_epochs", self.settings.epochs))
+        self.events.on_message(f"resumed from {path.name} at epoch {self.epoch}")
+        if planned != self.settings.epochs:
+            self.events.on_message(f"learning-rate schedule recomputed over {self.settings.epochs} epochs "
+                                   f"(was {planned}); lr now {poly_lr(self.epoch, self.settings.epochs, self.settings.initial_lr):.2e}")
+        if self.epoch >= self.settings.epochs:
+            self.events.on_message(f"already trained for {self.epoch} epochs; pass a larger --epochs to extend")
+
+    def _save(self, name: str) -> float:
+        if not self.dist.is_main:
+            return 0.0
+        started = time.perf_counter()
+        save_checkpoint(self.state(), self.job.output_folder / name)
+        return time.perf_counter() - started
+
+    # ------------------------------------------------------------------------------------ steps
+    def _forward_loss(self, data, target):
+        import torch
+
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            outputs = self.network(data)
+        return outputs, self.loss(outputs, target)
+
+    def train_step(self, batch) -> float:
+        import torch
+
+        data, target = self._to_device(batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        _, loss = self._forward_loss(data, target)
+        if self.scaler:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), GRAD_CLIP_NORM)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), GRAD_CLIP_NORM)
+            self.optimizer.step()
+        return float(loss.detach())
+
+    def validation_step(self, batch) -> tuple[float, np.ndarray]:
+        """(loss, [tp, fp, fn] per foreground class) on the highest-resolution output."""
+        import torch
+
+        data, target = self._to_device(batch)
+        with torch.no_grad():
+            outputs, loss = self._forward_loss(data, target)
+        logits = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+        predicted = logits.argmax(1)
+        labels = target[:, 0]
+        counts = []
+        for label in range(1, logits.shape[1]):
+            p, t = predicted == label, labels == label
+            counts.append([(p & t).sum().item(), (p & ~t).sum().item(), (~p & t).sum().item()])
+        return float(loss), np.asarray(counts, dtype=np.float64).reshape(-1, 3)
+
+    def _to_device(self, batch):
+        import torch
+
+        data = torch.as_tensor(batch["data"]).to(self.device, non_blocking=True)
+        target = torch.as_tensor(batch["seg"]).long().to(self.device, non_blocking=True)
+        if self.settings.channels_last and data.ndim == 5:
+            data = data.contiguous(memory_format=torch.channels_last_3d)
+        return data, target
+
+    # ------------------------------------------------------------------------------------ epochs
+    def train_epoch(self, loader) -> tuple[float, float]:
+        """(mean loss, seconds spent waiting for data)."""
+        self.network.train()
+        losses, waited = [], 0.0
+        total = self.settings.iterations_per_epoch
+        for iteration in range(total):
+            started = time.perf_counter()
+            batch = next(loader)
+            waited += time.perf_counter() - started
+            losses.append(self.train_step(batch))
+            self.events.on_iteration(iteration + 1, total)
+        mean = self.dist.sum(np.array([np.mean(losses)]))[0] / self.dist.world
+        return float(mean), waited
+
+    def validate_epoch(self, loader) -> tuple[float, list[float]]:
+        self.network.eval()
+        losses, counts = [], 0
+        for _ in range(self.settings.validation_iterations):
+            loss, batch_counts = self.validation_step(next(loader))
+            losses.append(loss)
+            counts = counts + batch_counts
+        counts = self.dist.sum(np.asarray(counts, dtype=np.float64))
+        tp, fp, fn = counts[:, 0], counts[:, 1], counts[:, 2]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dice = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+        mean_loss = self.dist.sum(np.array([np.mean(losses)]))[0] / self.dist.world
+        return float(mean_loss), [float(d) for d in dice]
+
+    def _record_epoch(self, train_loss, val_loss, dice, lr, seconds, waited) -> dict:
+        mean_dice = float(np.nanmean(dice)) if not all(np.isnan(dice)) else 0.0
+        previous = self.log.ema_pseudo_dice[-1] if self.log.ema_pseudo_dice else None
+        ema = mean_dice if previous is None else EMA_DECAY * previous + (1 - EMA_DECAY) * mean_dice
+        for name, value in (("train_loss", train_loss), ("val_loss", val_loss), ("pseudo_dice", dice),
+                            ("ema_pseudo_dice", ema), ("learning_rate", lr), ("epoch_seconds", seconds),
+                            ("data_wait_seconds", waited)):
+            getattr(self.log, name).append(value)
+        return {"epoch": self.epoch, "train_loss": train_loss, "val_loss": val_loss, "pseudo_dice": dice,
+                "ema_pseudo_dice": ema, "learning_rate": lr, "epoch_seconds": seconds, "data_wait_seconds": waited}
+
+    def _checkpoints_after_epoch(self, record: dict) -> None:
+        if self.best_ema is None or record["ema_pseudo_dice"] > self.best_ema:
+            self.best_ema = record["ema_pseudo_dice"]
+            self._save("checkpoint_best.pt")
+        every = self.checkpoint_every or 1
+        if self.epoch % every == 0:
+            save_seconds = self._save("checkpoint_latest.pt")
+            if self.settings.checkpoint_every is None and save_seconds > 0:
+                # Keep saving under CHECKPOINT_TIME_SHARE of the time spent training.
+                self.checkpoint_every = max(1, math.ceil(save_seconds / (CHECKPOINT_TIME_SHARE * record["epoch_seconds"])))
+
+    def _write_logs(self, record: dict) -> None:
+        if not self.dist.is_main:
+            return
+        from autoseg.training.progress import append_log_line, plot_progress
+
+        append_log_line(self.job.output_folder / "training_log.txt", record)
+        plot_progress(self.log, self.job.output_folder / "progress.png")
+
+    def run(self) -> EpochLog:
+        import torch
+
+        self.job.output_folder.mkdir(parents=True, exist_ok=True)
+        if self.job.resume:
+            latest = self.job.output_folder / "checkpoint_latest.pt"
+            final = self.job.output_folder / "checkpoint_final.pt"
+            source = latest if latest.is_file() else final
+            if not source.is_file():
+                raise AutosegError(f"--resume: no checkpoint in {self.job.output_folder}; train without --resume")
+            self.restore(source)
+        if self.device.type == "cpu":
+            torch.set_num_threads(max(1, torch.get_num_threads()))
+        if self.epoch < self.settings.epochs:
+            train_loader, val_loader = self._loaders()
+            try:
+                self._epochs(train_loader, val_loader)
+            finally:
+                for loader in (train_loader, val_loader):
+                    if hasattr(loader, "close"):
+                        loader.close()
+        self._save("checkpoint_latest.pt")
+        self._save("checkpoint_final.pt")
+        return self.log
+
+    def _epochs(self, train_loader, val_loader) -> None:
+        while self.epoch < self.settings.epochs:
+            started = time.perf_counter()
+            lr = poly_lr(self.epoch, self.settings.epochs, self.settings.initial_lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            train_loss, waited = self.train_epoch(train_loader)
+            val_loss, dice = self.validate_epoch(val_loader)
+            self.epoch += 1
+            record = self._record_epoch(train_loss, val_loss, dice, lr, time.perf_counter() - started, waited)
+            self._checkpoints_after_epoch(record)
+            self._write_logs(record)
+            self.events.on_epoch_end(record)
+
+
+def run_training(job: TrainingJob, settings: TrainingSettings, events: TrainingEvents | None = None) -> EpochLog:
+    return Trainer(job, settings, events).run()
