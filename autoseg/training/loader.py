@@ -1,0 +1,311 @@
+"""Batches of sampled and augmented patches, produced in-process or by background worker processes.
+
+`make_loader(sampler, transforms, num_workers, seed)` returns a `BatchLoader`: an iterator of batch dicts
+(see `PatchSampler.sample_batch` and `autoseg.training.augmentation`). With `num_workers=0` everything runs
+in the calling process (always works, easiest to debug). With workers, worker i produces batches
+i, i + n, i + 2n, ... into its own bounded queue and the consumer reads the queues in turn, so the batch
+order and content depend only on the seed and the number of workers.
+
+Failures are reported, not hidden: an exception in a worker is re-raised in the consumer as
+`BackgroundWorkerError` carrying the worker's exception type, message and traceback text; a worker that
+dies without a word (killed by a signal, e.g. the out-of-memory killer) is reported with its index and exit
+code as soon as its pipe closes (the consumer keeps no sending end of it).
+
+Seeding: the sampler draws from an `np.random.Generator(seed + worker_index)`; batchgenerators' transforms
+draw from the global `np.random` and `random` states, which are seeded the same way and swapped in only
+around each batch, so the caller's global random state is left untouched when `num_workers=0`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import random
+import signal
+import threading
+import traceback
+import weakref
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from autoseg.errors import AutosegError
+
+# Batches buffered per worker: enough to hide jitter, small enough to bound memory (a 128^3 batch of 2 with
+# one channel is 16 MB of data + 8 MB of seg).
+DEFAULT_QUEUE_SIZE_PER_WORKER = 2
+# How often a waiting consumer checks that its workers are still alive.
+DEFAULT_POLL_INTERVAL_S = 0.5
+# How long close() waits for workers to stop on their own before terminating them.
+SHUTDOWN_GRACE_S = 3.0
+
+
+class BackgroundWorkerError(AutosegError):
+    """A data-loading worker raised or died; the message holds its own error and traceback."""
+
+
+class BatchProducer:
+    """Makes batch after batch from one random stream: sample, then transform.
+
+    Holds its own `np.random.Generator` for the sampler and private copies of the global `np.random` and
+    `random` states for batchgenerators, swapped in only while a batch is being made.
+    """
+
+    def __init__(self, sampler, transforms: Callable[..., dict] | None, seed: int):
+        self.sampler = sampler
+        self.transforms = transforms
+        self.rng = np.random.default_rng(seed)
+        legacy = np.random.RandomState(seed % 2**32)
+        self._numpy_global_state = legacy.get_state()
+        self._python_global_state = random.Random(seed).getstate()
+
+    def next_batch(self) -> dict:
+        with self._own_global_random_state(), _single_threaded_numerics():
+            batch = self.sampler.sample_batch(self.rng)
+            if self.transforms is not None:
+                batch = self.transforms(**batch)
+        return batch
+
+    @contextmanager
+    def _own_global_random_state(self):
+        caller_numpy, caller_python = np.random.get_state(), random.getstate()
+        np.random.set_state(self._numpy_global_state)
+        random.setstate(self._python_global_state)
+        try:
+            yield
+        finally:
+            self._numpy_global_state, self._python_global_state = np.random.get_state(), random.getstate()
+            np.random.set_state(caller_numpy)
+            random.setstate(caller_python)
+
+
+_THREADPOOL_CONTROLLER = None
+
+
+def _single_threaded_numerics():
+    """Limit BLAS/OpenMP to one thread while a batch is made, as nnU-Net does for its augmentation.
+
+    The coordinate rotations are small matrix products for which threads cost more than they bring
+    (2x slower per batch measured on a busy 2-core machine), and workers are parallel already.
+    Restored afterwards, so the caller's settings (e.g. torch's) are untouched. Needs threadpoolctl
+    (installed with scikit-learn); without it nothing is limited.
+    """
+    global _THREADPOOL_CONTROLLER
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:
+        return nullcontext()
+    if _THREADPOOL_CONTROLLER is None:
+        _THREADPOOL_CONTROLLER = ThreadpoolController()
+    return _THREADPOOL_CONTROLLER.limit(limits=1)
+
+
+def _batch_indices(worker_index: int, num_workers: int, num_batches: int | None) -> Iterator[int]:
+    index = worker_index
+    while num_batches is None or index < num_batches:
+        yield index
+        index += num_workers
+
+
+def _worker_main(worker_index: int, num_workers: int, num_batches: int | None, sampler, transforms, seed: int,
+                 connection, stop_event) -> None:
+    """Body of a worker process: send ("batch", dict) messages, or ("error", text) on failure, then return."""
+    # Ctrl-C goes to the whole process group; the consumer decides how to stop the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        producer = BatchProducer(sampler, transforms, seed + worker_index)
+        for _ in _batch_indices(worker_index, num_workers, num_batches):
+            if stop_event.is_set():
+                break
+            connection.send(("batch", producer.next_batch()))
+    except BaseException as err:  # noqa: BLE001 - everything must reach the consumer
+        text = f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
+        try:
+            connection.send(("error", text))
+        except OSError:
+            pass  # the consumer is gone
+    finally:
+        connection.close()
+
+
+def _pump(connection, local_queue: queue.Queue, stop_event) -> None:
+    """Consumer-side thread per worker: receive messages into a bounded local queue.
+
+    The end of the pipe ("eof") means the worker process is gone: the consumer holds no writing end, so a
+    killed worker is noticed at once, even in the middle of a message. While stopping, messages are
+    received and dropped, so that a worker blocked in send() can finish, see the stop event and exit.
+    """
+    while True:
+        try:
+            message = connection.recv()
+        except (EOFError, OSError):
+            message = ("eof", None)
+        if stop_event.is_set():
+            if message[0] == "eof":
+                break
+            continue
+        while not stop_event.is_set():
+            try:
+                local_queue.put(message, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        if message[0] != "batch":
+            break
+    connection.close()
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (often the out-of-memory killer)" if -exitcode == signal.SIGKILL else ""
+        return f"exit code {exitcode}, killed by {name}{hint}"
+    return f"exit code {exitcode}"
+
+
+def _shutdown(processes: list, threads: list, local_queues: list, stop_event) -> None:
+    """Stop workers: ask, wait a little, then terminate. Safe to call twice and from a finalizer."""
+    stop_event.set()
+    for local_queue in local_queues:
+        try:
+            while True:
+                local_queue.get_nowait()
+        except queue.Empty:
+            pass
+    for process in processes:
+        process.join(timeout=SHUTDOWN_GRACE_S)
+        if process.is_alive():
+            process.terminate()
+            process.join(timeout=SHUTDOWN_GRACE_S)
+    for thread in threads:
+        thread.join(timeout=SHUTDOWN_GRACE_S)
+
+
+class BatchLoader:
+    """Iterator of batches; use as a context manager or call close() to stop the workers.
+
+    num_batches=None gives an endless stream (training draws a fixed number of batches per epoch).
+    """
+
+    def __init__(self, sampler, transforms: Callable[..., dict] | None, num_workers: int, seed: int,
+                 num_batches: int | None = None, queue_size_per_worker: int = DEFAULT_QUEUE_SIZE_PER_WORKER,
+                 poll_interval_s: float = DEFAULT_POLL_INTERVAL_S, start_method: str | None = None):
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.num_workers = num_workers
+        self.num_batches = num_batches
+        self.poll_interval_s = poll_interval_s
+        self._next_index = 0
+        self._closed = False
+        self._producer = BatchProducer(sampler, transforms, seed) if num_workers == 0 else None
+        self._processes: list = []
+        self._local_queues: list = []
+        self._threads: list = []
+        self._finalizer = None
+        if num_workers > 0:
+            self._start_workers(sampler, transforms, seed, queue_size_per_worker, start_method)
+
+    def _start_workers(self, sampler, transforms, seed, queue_size_per_worker, start_method) -> None:
+        # fork (the Linux default) starts in milliseconds and shares the sampler without copying;
+        # spawn works too when sampler and transforms are picklable (PreprocessedFolder holds only a path).
+        context = multiprocessing.get_context(start_method)
+        self._stop_event = context.Event()
+        self._finalizer = weakref.finalize(self, _shutdown, self._processes, self._threads, self._local_queues,
+                                           self._stop_event)
+        receiving_ends = []
+        for worker_index in range(self.num_workers):
+            receiving, sending = context.Pipe(duplex=False)
+            process = context.Process(
+                target=_worker_main, name=f"autoseg-data-worker-{worker_index}", daemon=True,
+                args=(worker_index, self.num_workers, self.num_batches, sampler, transforms, seed,
+                      sending, self._stop_event),
+            )
+            process.start()
+            # Closed here before the next fork, so the worker holds the only sending end: its death ends the pipe.
+            sending.close()
+            self._processes.append(process)
+            receiving_ends.append(receiving)
+        # Threads start after the last fork: forking a process that runs threads can copy a held lock.
+        for worker_index, receiving in enumerate(receiving_ends):
+            local_queue: queue.Queue = queue.Queue(maxsize=queue_size_per_worker)
+            thread = threading.Thread(target=_pump, args=(receiving, local_queue, self._stop_event),
+                                      name=f"autoseg-data-pump-{worker_index}", daemon=True)
+            thread.start()
+            self._local_queues.append(local_queue)
+            self._threads.append(thread)
+
+    def __iter__(self) -> "BatchLoader":
+        return self
+
+    def __next__(self) -> dict:
+        if self._closed:
+            raise StopIteration
+        if self.num_batches is not None and self._next_index >= self.num_batches:
+            self.close()
+            raise StopIteration
+        if self._producer is not None:
+            batch = self._producer.next_batch()
+        else:
+            batch = self._receive(self._next_index % self.num_workers)
+        self._next_index += 1
+        return batch
+
+    def _receive(self, worker_index: int) -> dict:
+        local_queue, process = self._local_queues[worker_index], self._processes[worker_index]
+        while True:
+            try:
+                kind, payload = local_queue.get(timeout=self.poll_interval_s)
+                break
+            except queue.Empty:
+                # The pump reports a dead worker; this only guards against a pump that cannot see it.
+                if not process.is_alive() and not self._threads[worker_index].is_alive():
+                    kind, payload = "eof", None
+                    break
+        if kind == "batch":
+            return payload
+        if kind == "error":
+            self.close()
+            raise BackgroundWorkerError(
+                f"data-loading worker {worker_index} failed while making batch {self._next_index}:\n{payload}"
+            )
+        process.join(timeout=SHUTDOWN_GRACE_S)
+        exitcode = process.exitcode
+        self.close()
+        raise BackgroundWorkerError(
+            f"data-loading worker {worker_index} (pid {process.pid}) died without reporting an error: "
+            f"{_describe_exit(exitcode)}. Try fewer workers or a smaller patch/batch if memory is short; "
+            f"num_workers=0 runs the same pipeline in this process."
+        )
+
+    def close(self) -> None:
+        """Stop and join the workers (idempotent)."""
+        self._closed = True
+        if self._finalizer is not None:
+            self._finalizer()
+
+    def __enter__(self) -> "BatchLoader":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def make_loader(sampler, transforms: Callable[..., dict] | None, num_workers: int, seed: int,
+                num_batches: int | None = None, *,
+                queue_size_per_worker: int = DEFAULT_QUEUE_SIZE_PER_WORKER,
+                poll_interval_s: float = DEFAULT_POLL_INTERVAL_S,
+                start_method: str | None = None) -> BatchLoader:
+    """Batches from `sampler.sample_batch(rng)` passed through `transforms(**batch)` (None: untransformed).
+
+    num_workers: 0 runs in this process; n > 0 starts n worker processes (worker i seeded with seed + i).
+    num_batches: stop after this many; None for an endless stream.
+    queue_size_per_worker: finished batches each worker may buffer (memory bound).
+    start_method: multiprocessing start method; None uses the platform default (fork on Linux).
+    """
+    return BatchLoader(sampler, transforms, num_workers, seed, num_batches,
+                       queue_size_per_worker=queue_size_per_worker, poll_interval_s=poll_interval_s,
+                       start_method=start_method)
