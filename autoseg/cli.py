@@ -295,3 +295,129 @@ def preprocess(
         failed += len(summary.failures)
     if failed:
         fail(f"{failed} case(s) failed to preprocess")
+
+
+# ------------------------------------------------------------------------------------- training
+
+
+def _default_configuration(plans) -> str:
+    for name in ("3d_fullres", "2d"):
+        if name in plans.configurations:
+            return name
+    return plans.configuration_names[0]
+
+
+def _init_distributed_from_torchrun():
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; read them here, at the boundary, not in the core."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    import torch.distributed as dist
+
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl")
+        return f"cuda:{local_rank}"
+    dist.init_process_group("gloo")
+    return "cpu"
+
+
+def _launch_torchrun(gpus: int) -> None:
+    import subprocess
+
+    arguments = [a for a in sys.argv[1:]]
+    for flag in ("--gpus",):  # drop "--gpus N" / "--gpus=N" so the children train normally
+        while flag in arguments:
+            index = arguments.index(flag)
+            del arguments[index:index + 2]
+        arguments = [a for a in arguments if not a.startswith(flag + "=")]
+    command_line = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
+                    "-m", "autoseg.cli", *arguments]
+    raise typer.Exit(subprocess.call(command_line))
+
+
+@command("train")
+def train(
+    configuration: Optional[str] = typer.Argument(None, help="Configuration (default 3d_fullres, else 2d)."),
+    fold: str = typer.Option("0", "--fold", "-f", help="Fold number or 'all'."),
+    task: Optional[str] = typer.Option(None, "--task"),
+    epochs: int = typer.Option(1000, "--epochs", min=1),
+    iterations: int = typer.Option(250, "--iterations", min=1, help="Training iterations per epoch."),
+    validation_iterations: int = typer.Option(50, "--val-iterations", min=1),
+    workers: int = typer.Option(2, "--workers", min=0, help="Augmentation worker processes (0: in-process)."),
+    device: str = typer.Option("auto", "--device", help="auto, cuda, cpu or mps."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from checkpoint_latest.pt."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="Train on N GPUs with DistributedDataParallel (torchrun)."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Predict and score the fold's cases."),
+) -> None:
+    """Train one fold of a configuration; checkpoints, progress.png and validation in results/."""
+    if gpus > 1:
+        _launch_torchrun(gpus)
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        fail(f"--precision {precision!r}: expected auto, fp32, bf16 or fp16")
+    from autoseg.planning import Plans
+    from autoseg.training.splits import fold_cases, load_or_create_splits
+    from autoseg.training.trainer import TrainingEvents, TrainingJob, TrainingSettings, run_training
+    from autoseg.training.progress import format_epoch
+
+    distributed_device = _init_distributed_from_torchrun()
+    is_main = distributed_device is None or __import__("torch.distributed").distributed.get_rank() == 0
+    workspace = state.workspace
+    name = resolve_task(task)[0]
+    plans = Plans.load(workspace.plans_file(name))
+    configuration = configuration or _default_configuration(plans)
+    config = plans.configuration(configuration)
+    data_folder = workspace.preprocessed(name) / config.data_identifier
+    case_ids = sorted(p.name[:-len(".json")] for p in data_folder.glob("*.json"))
+    if not case_ids:
+        fail(f"{data_folder}: no preprocessed cases; run `autoseg preprocess` first")
+    splits = load_or_create_splits(workspace.results(name) / "splits.json", case_ids)
+    train_ids, val_ids = fold_cases(splits, fold, case_ids)
+    configuration_folder = workspace.results(name) / configuration
+    output = configuration_folder / f"fold_{fold}"
+    job = TrainingJob(plans, configuration, fold, data_folder, output, train_ids, val_ids, resume=resume)
+    settings = TrainingSettings(epochs=epochs, iterations_per_epoch=iterations, validation_iterations=validation_iterations,
+                                num_workers=workers, device=distributed_device or device, precision=precision,
+                                seed=seed, checkpoint_every=checkpoint_every)
+    bar = None
+
+    def on_iteration(done, total):
+        nonlocal bar
+        if not is_main:
+            return
+        if bar is None:
+            bar = progress_bar(total, "it", "epoch")
+        bar.update(1)
+        if done == total:
+            bar.close()
+            bar = None
+
+    events = TrainingEvents(on_message=lambda m: is_main and typer.echo(m),
+                            on_iteration=on_iteration,
+                            on_epoch_end=lambda record: is_main and typer.echo(format_epoch(record)))
+    if is_main:
+        typer.echo(f"training {name} {configuration} fold {fold}: {len(train_ids)} training / {len(val_ids)} "
+                   f"validation cases, {epochs} epochs x {iterations} iterations, patch {config.patch_size}, "
+                   f"batch {config.batch_size}")
+    run_training(job, settings, events)
+    if not is_main:
+        return
+    typer.echo(f"checkpoints and progress.png in {output}")
+    if validate:
+        from autoseg.training.validation import validate_fold
+
+        with progress_bar(len(val_ids), "case", "validation") as vbar:
+            summary = validate_fold(plans, configuration, configuration_folder, fold, data_folder,
+                                    workspace.preprocessed(name) / "gt_segmentations", val_ids,
+                                    device=distributed_device or device, on_case=lambda _: vbar.update())
+        typer.echo(summary.format_table())
+
+
+if __name__ == "__main__":
+    app()

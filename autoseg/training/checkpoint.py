@@ -1,0 +1,50 @@
+"""Checkpoints: written atomically, loaded with weights_only=True, checked against the plan.
+
+A checkpoint holds plain tensors and JSON-able values only:
+{"format": 1, "network_weights", "optimizer_state", "scaler_state" (or None), "epoch" (epochs done),
+ "planned_epochs", "log" {name: [per-epoch values]}, "best_ema", "identity" {dataset_name, configuration,
+ architecture, patch_size, fingerprint_signature}, "inference" {"mirror_axes": [...], "precision": ...}}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from autoseg.artifacts import write_atomic
+from autoseg.errors import CheckpointError
+
+CHECKPOINT_FORMAT = 1
+
+
+def save_checkpoint(state: dict, path: Path) -> Path:
+    import torch
+
+    return write_atomic(path, lambda tmp: torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp))
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    import pickle
+    import zipfile
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{path}: damaged or truncated checkpoint ({str(e).splitlines()[0][:120]}); "
+                              "delete it or resume from another one") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not an autoseg checkpoint of format {CHECKPOINT_FORMAT}")
+    return state
+
+
+def check_identity(state: dict, expected: dict, path: Path) -> None:
+    """Refuse a checkpoint made for another plan (different network, patch or dataset)."""
+    found = state.get("identity", {})
+    for key in ("dataset_name", "configuration", "architecture"):
+        if found.get(key) != expected.get(key):
+            raise CheckpointError(f"{path}: checkpoint was trained for a different plan ({key} differs); "
+                                  "re-plan or train from scratch")

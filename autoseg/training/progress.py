@@ -1,0 +1,56 @@
+"""Training observability: a text log line per epoch and progress.png with the curves."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+from autoseg.artifacts import write_atomic
+
+
+def format_epoch(record: dict) -> str:
+    dice = ", ".join("nan" if math.isnan(d) else f"{d:.3f}" for d in record["pseudo_dice"])
+    return (f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, val loss {record['val_loss']:.4f}, "
+            f"pseudo Dice [{dice}] (EMA {record['ema_pseudo_dice']:.3f}), lr {record['learning_rate']:.2e}, "
+            f"{record['epoch_seconds']:.1f} s ({record['data_wait_seconds']:.1f} s waiting for data)")
+
+
+def append_log_line(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(format_epoch(record) + "\n")
+
+
+def plot_progress(log, path: Path) -> None:
+    """Three panels: losses and pseudo Dice; epoch time; learning rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    history = asdict(log)
+    epochs = np.arange(1, len(history["train_loss"]) + 1)
+    figure, (losses, times, rates) = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
+    losses.plot(epochs, history["train_loss"], label="train loss", color="tab:blue")
+    losses.plot(epochs, history["val_loss"], label="val loss", color="tab:red")
+    losses.set_ylabel("loss")
+    dice_axis = losses.twinx()
+    dice = np.asarray(history["pseudo_dice"], dtype=float)
+    if dice.size:
+        dice_axis.plot(epochs, np.nanmean(dice, axis=1), ":", color="tab:green", label="pseudo Dice")
+    dice_axis.plot(epochs, history["ema_pseudo_dice"], color="tab:green", label="pseudo Dice (EMA)")
+    dice_axis.set_ylabel("pseudo Dice")
+    dice_axis.set_ylim(0, 1)
+    losses.legend(loc="upper left")
+    dice_axis.legend(loc="upper right")
+    times.plot(epochs, history["epoch_seconds"], label="epoch")
+    times.plot(epochs, history["data_wait_seconds"], label="waiting for data")
+    times.set_ylabel("seconds")
+    times.legend()
+    rates.plot(epochs, history["learning_rate"])
+    rates.set_ylabel("learning rate")
+    rates.set_xlabel("epoch")
+    figure.tight_layout()
+    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=80))
+    plt.close(figure)
