@@ -91,7 +91,17 @@ class Plans:
         if name not in self.configurations:
             raise PlanError(f"{where}: no configuration '{name}'; available: {', '.join(self.configurations)}")
         resolved = _resolve_inheritance(self.configurations, name, where)
+        if resolved.get("previous_stage") and "architecture" not in self.configurations[name]:
+            # A cascade stage inherits its parent's network but also reads the previous stage's
+            # segmentation as one-hot channels, one per foreground label.
+            architecture = dict(resolved["architecture"])
+            architecture["input_channels"] = len(self.modality) + self.num_foreground_labels
+            resolved = {**resolved, "architecture": architecture}
         return Configuration.from_json(resolved, f"{where}: configuration '{name}'", len(self.modality))
+
+    @property
+    def num_foreground_labels(self) -> int:
+        return sum(1 for value in self.labels if int(value) != 0)
 
     def to_json(self) -> dict:
         return {
