@@ -419,6 +419,33 @@ def train(
         typer.echo(summary.format_table())
 
 
+@command("find-best")
+def find_best_command(
+    task: Optional[str] = typer.Option(None, "--task"),
+    configurations: Optional[List[str]] = typer.Option(None, "-c", "--config", help="Default: every trained one."),
+    folds: Optional[str] = typer.Option(None, "--folds", help="Comma-separated; default: every fold of splits.json."),
+    no_ensembles: bool = typer.Option(False, "--no-ensembles", help="Compare single configurations only."),
+    workers: int = typer.Option(2, "-j", "--workers", min=1),
+) -> None:
+    """Pick the best configuration (or pair ensemble) by cross-validation Dice, then decide postprocessing."""
+    from autoseg.planning import Plans
+    from autoseg.postprocessing import PostprocessingDecision
+    from autoseg.selection import find_best
+
+    name, _ = resolve_task(task)
+    plans = Plans.load(state.workspace.plans_file(name))
+    results = state.workspace.results(name)
+    result = find_best(results, state.workspace.preprocessed(name) / "gt_segmentations",
+                       {int(v): n for v, n in plans.labels.items()}, configurations=configurations or None,
+                       folds=folds.split(",") if folds else None, allow_ensembles=not no_ensembles, workers=workers)
+    typer.echo(result.format_table())
+    decision = PostprocessingDecision.load(results / "postprocessing.json")
+    typer.echo(f"postprocessing: largest component of the whole foreground {decision.whole_foreground}, "
+               f"of labels {decision.per_label or 'none'} (foreground Dice {decision.foreground_dice_before:.4f} -> "
+               f"{decision.foreground_dice_after:.4f})")
+    typer.echo(f"`autoseg predict` now uses {' + '.join(result.chosen)}")
+
+
 # ------------------------------------------------------------------------------------ inference
 
 

@@ -1,0 +1,160 @@
+"""Model selection on hand-built training outputs: 2 folds of one case each, 8-voxel line images.
+
+Every case has the reference REFERENCE (label 1 on voxels 0-3). A configuration's prediction is
+given by the probability of label 1 per voxel; its segmentation is that probability > 0.5.
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+from autoseg.ensembling import save_probabilities
+from autoseg.errors import AutosegError, WorkspaceError
+from autoseg.io import Geometry, read_segmentation, write_segmentation
+from autoseg.postprocessing import PostprocessingDecision
+from autoseg.selection import (
+    SelectionResult,
+    find_best,
+    load_choice,
+    trained_configurations,
+)
+
+GEOMETRY = Geometry(shape=(1, 1, 8), spacing_zyx=(1.0, 1.0, 1.0))
+REFERENCE = np.array([1, 1, 1, 1, 0, 0, 0, 0], dtype=np.int16)
+LABELS = {0: "background", 1: "organ"}
+SPLITS = [{"train": ["c2"], "val": ["c1"]}, {"train": ["c1"], "val": ["c2"]}]
+
+EXACT = [0.9, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1]  # Dice 1
+HALF = [0.9, 0.9, 0.2, 0.2, 0.1, 0.1, 0.1, 0.1]  # 2 of 4 voxels: Dice 2*2/(2+4) = 0.667
+# Complementary errors. A: voxels {0, 1, 4} -> TP 2, FP 1, FN 2: Dice 4/7 = 0.571.
+# B: voxels {1, 2, 3} -> TP 3, FN 1: Dice 6/7 = 0.857. Mean: [0.65, 0.65, 0.65, 0.65, 0.4, ...] -> exactly
+# the reference (Dice 1); a voxel-wise maximum would keep A's false positive on voxel 4 (0.7).
+COMPLEMENT_A = [0.9, 0.9, 0.4, 0.4, 0.7, 0.1, 0.1, 0.1]
+COMPLEMENT_B = [0.4, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1]
+ISLAND = [0.9, 0.9, 0.9, 0.9, 0.1, 0.1, 0.1, 0.9]  # reference + a spurious voxel 7: Dice 8/9 = 0.889
+
+
+def write_case(folder, case_id, foreground_probability):
+    p = np.asarray(foreground_probability, dtype=np.float32).reshape(1, 1, 8)
+    save_probabilities(folder / case_id, np.stack([1 - p, p]).astype(np.float16), GEOMETRY, labels=[0, 1])
+    write_segmentation((p > 0.5).astype(np.int16), GEOMETRY, folder / f"{case_id}.nii.gz")
+
+
+def make_workspace(tmp_path, predictions: dict[str, list[float]], folds=("0", "1")):
+    """results/TASK with splits.json and, per configuration, the validation of the given folds."""
+    references = tmp_path / "preprocessed" / "Task" / "gt_segmentations"
+    for case_id in ("c1", "c2"):
+        write_segmentation(REFERENCE.reshape(1, 1, 8), GEOMETRY, references / f"{case_id}.nii.gz")
+    results = tmp_path / "results" / "Task"
+    results.mkdir(parents=True)
+    (results / "splits.json").write_text(json.dumps(SPLITS))
+    for configuration, probability in predictions.items():
+        for fold in folds:
+            validation = results / configuration / f"fold_{fold}" / "validation"
+            for case_id in SPLITS[int(fold)]["val"]:
+                write_case(validation, case_id, probability)
+            (validation / "summary.json").write_text("{}")  # a fold file that must not be gathered
+    return results, references
+
+
+def test_picks_the_configuration_with_the_higher_dice(tmp_path):
+    results, references = make_workspace(tmp_path, {"2d": HALF, "3d_fullres": EXACT})
+    result = find_best(results, references, LABELS)
+    assert result.chosen == ["3d_fullres"]
+    dice = {c.name: c.foreground_dice for c in result.candidates}
+    assert dice["3d_fullres"] == pytest.approx(1.0)
+    assert dice["2d"] == pytest.approx(2 / 3)
+    # The ensemble's mean keeps all four voxels (0.9+0.2)/2 = 0.55 > 0.5: also Dice 1, and the tie
+    # goes to the single model.
+    assert dice["2d+3d_fullres"] == pytest.approx(1.0)
+    assert [c.name for c in result.candidates] == ["3d_fullres", "2d+3d_fullres", "2d"]
+    assert sorted(p.name for p in (results / "3d_fullres" / "crossval").iterdir()) == [
+        "c1.json", "c1.nii.gz", "c1.npz", "c2.json", "c2.nii.gz", "c2.npz",
+        "crossval_info.json", "summary.csv", "summary.json"]
+    summary = json.loads((results / "2d" / "crossval" / "summary.json").read_text())
+    assert len(summary["per_case"]) == 2 and summary["foreground_mean"]["Dice"] == pytest.approx(2 / 3)
+    assert "* 3d_fullres" in result.format_table()
+
+
+def test_ensemble_with_complementary_errors_wins_and_is_the_mean(tmp_path):
+    results, references = make_workspace(tmp_path, {"A": COMPLEMENT_A, "B": COMPLEMENT_B})
+    result = find_best(results, references, LABELS)
+    dice = {c.name: c.foreground_dice for c in result.candidates}
+    assert dice["A"] == pytest.approx(4 / 7) and dice["B"] == pytest.approx(6 / 7)
+    assert dice["A+B"] == pytest.approx(1.0)
+    assert result.chosen == ["A", "B"]
+    ensembled, _ = read_segmentation(results / "ensembles" / "A+B" / "c1.nii.gz")
+    assert ensembled.ravel().tolist() == REFERENCE.tolist()  # voxel 4 (0.7, 0.1): mean 0.4 -> background
+
+    without_ensembles = find_best(results, references, LABELS, allow_ensembles=False)
+    assert without_ensembles.chosen == ["B"] and len(without_ensembles.candidates) == 2
+
+
+def test_configuration_with_a_missing_fold_is_skipped_with_the_reason(tmp_path):
+    results, references = make_workspace(tmp_path, {"3d_fullres": HALF})
+    write_case(results / "2d" / "fold_0" / "validation", "c1", EXACT)  # better, but only fold 0 trained
+    inventory = trained_configurations(results)
+    assert inventory.folds == ["0", "1"]
+    assert inventory.complete == {"3d_fullres": ["0", "1"]}
+    assert "fold 1" in inventory.skipped["2d"] and "autoseg train 2d --fold 1" in inventory.skipped["2d"]
+
+    result = find_best(results, references, LABELS)
+    assert result.chosen == ["3d_fullres"] and [c.name for c in result.candidates] == ["3d_fullres"]
+    assert "fold 1" in result.skipped["2d"]
+    # Asking for fold 0 alone makes 2d complete, and it wins on that fold's case.
+    fold_0 = find_best(results, references, LABELS, folds=[0])
+    assert fold_0.chosen == ["2d"] and fold_0.folds == ["0"]
+    assert sorted(p.name for p in (results / "2d" / "crossval").glob("*.nii.gz")) == ["c1.nii.gz"]
+    assert sorted(p.name for p in results.iterdir() if p.name.startswith(".")) == []  # no temporary folders left
+
+
+def test_fold_with_unfinished_validation_is_named(tmp_path):
+    results, _ = make_workspace(tmp_path, {"3d_fullres": EXACT})
+    (results / "3d_fullres" / "fold_1" / "validation" / "c2.nii.gz").unlink()
+    inventory = trained_configurations(results)
+    assert inventory.complete == {}
+    assert "lacks 1 of 1 validation cases (c2)" in inventory.skipped["3d_fullres"]
+
+
+def test_postprocessing_is_decided_on_the_winner(tmp_path):
+    results, references = make_workspace(tmp_path, {"3d_fullres": ISLAND, "2d": HALF})
+    result = find_best(results, references, LABELS, allow_ensembles=False)
+    assert result.chosen == ["3d_fullres"]
+    decision = PostprocessingDecision.load(results / "postprocessing.json")
+    assert decision.whole_foreground is True
+    assert decision.foreground_dice_before == pytest.approx(8 / 9)
+    assert decision.foreground_dice_after == pytest.approx(1.0)
+
+
+def test_nothing_trained_is_a_clear_error(tmp_path):
+    results, references = make_workspace(tmp_path, {"3d_fullres": EXACT}, folds=("0",))
+    with pytest.raises(WorkspaceError, match=r"no configuration has validation predictions for folds 0-1; "
+                                             r"train them first: `autoseg train CONFIG --fold N`"
+                                             r"\n  3d_fullres: fold 1 has no .*fold_1/validation"):
+        find_best(results, references, LABELS)
+    (results / "splits.json").unlink()
+    with pytest.raises(WorkspaceError, match="splits.json: not found"):
+        find_best(results, references, LABELS)
+    with pytest.raises(WorkspaceError, match="no results folder"):
+        find_best(tmp_path / "results" / "Other", references, LABELS)
+
+
+def test_unknown_fold_is_an_error(tmp_path):
+    results, references = make_workspace(tmp_path, {"3d_fullres": EXACT})
+    with pytest.raises(AutosegError, match="no fold 5"):
+        trained_configurations(results, folds=[5])
+
+
+def test_find_best_json_round_trips(tmp_path):
+    results, references = make_workspace(tmp_path, {"2d": HALF, "3d_fullres": EXACT})
+    assert load_choice(results) is None
+    result = find_best(results, references, LABELS)
+    assert load_choice(results) == result
+    assert SelectionResult.from_json(json.loads(json.dumps(result.to_json()))) == result
+    saved = json.loads((results / "find_best.json").read_text())
+    assert saved["schema_version"] == 1 and saved["chosen"] == ["3d_fullres"] and saved["folds"] == ["0", "1"]
+    assert saved["candidates"][0]["label_dice"] == {"1": pytest.approx(1.0)}
+    saved["schema_version"] = 0
+    with pytest.raises(AutosegError, match="schema_version 0"):
+        SelectionResult.from_json(saved)
