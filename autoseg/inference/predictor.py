@@ -148,8 +148,10 @@ def _batch_windows(model: TrainedModel, settings: PredictionSettings) -> int:
     return 4 if model.device.type == "cuda" else 2
 
 
-def preprocess_for(model: TrainedModel, image: np.ndarray, geometry: Geometry, case_id: str = ""):
-    """(data (C', z', y', x') float32, CaseProperties) in the configuration's grid."""
+def preprocess_for(model: TrainedModel, image: np.ndarray, geometry: Geometry, case_id: str = "",
+                   settings: PredictionSettings | None = None):
+    """(data (C', z', y', x') float32, CaseProperties) in the configuration's grid; a cascade stage
+    gets its previous stage's one-hot segmentation appended (that model runs here)."""
     from autoseg.preprocessing.pipeline import preprocess_case
 
     if image.shape[0] != model.num_input_channels:
@@ -163,9 +165,10 @@ def preprocess_for(model: TrainedModel, image: np.ndarray, geometry: Geometry, c
         intensity_stats={k: vars(v) for k, v in model.plans.intensity_per_channel.items()},
         is_2d_config=configuration.dimension == 2, case_id=case_id)
     if model.previous_stage is not None:
-        from autoseg.inference.cascade import append_previous_stage
+        from autoseg.cascade import append_predicted_previous_stage
 
-        data = append_previous_stage(model, data, properties, image, geometry)
+        data = append_predicted_previous_stage(model, data, properties, image, geometry,
+                                               settings or PredictionSettings())
     return data, properties
 
 
@@ -211,7 +214,7 @@ def predict_image(model: TrainedModel, image: np.ndarray, geometry: Geometry,
                   settings: PredictionSettings | None = None, progress=None, case_id: str = "") -> Prediction:
     """Segment one image (C, z, y, x) given its geometry; the result is in the same grid."""
     settings = settings or PredictionSettings()
-    data, properties = preprocess_for(model, image, geometry, case_id)
+    data, properties = preprocess_for(model, image, geometry, case_id, settings)
     logits = predict_logits(model, data, settings, progress)
     return logits_to_prediction(model, logits, properties, settings.save_probabilities, settings.postprocess)
 
@@ -254,9 +257,9 @@ def output_path_for(output_folder: Path, case_id: str, input_files: list[Path]) 
     return output_folder / f"{case_id}{ending}"
 
 
-def _read_and_preprocess(model, files, case_id):
+def _read_and_preprocess(model, files, case_id, settings):
     image, geometry = read_image(files)
-    return preprocess_for(model, image, geometry, case_id)
+    return preprocess_for(model, image, geometry, case_id, settings)
 
 
 def _export(model, logits, properties, output_path: Path, settings: PredictionSettings) -> str:
@@ -300,12 +303,12 @@ def predict_folder(model: TrainedModel, input_folder: Path, output_folder: Path,
     # One reader thread and one writer thread overlap I/O and resampling with the network.
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
         pending: list[tuple[str, Future]] = []
-        next_input = reader.submit(_read_and_preprocess, model, cases[todo[0]], todo[0]) if todo else None
+        next_input = reader.submit(_read_and_preprocess, model, cases[todo[0]], todo[0], settings) if todo else None
         for position, case_id in enumerate(todo):
             current = next_input
             if position + 1 < len(todo):
                 following = todo[position + 1]
-                next_input = reader.submit(_read_and_preprocess, model, cases[following], following)
+                next_input = reader.submit(_read_and_preprocess, model, cases[following], following, settings)
             try:
                 data, properties = current.result()
                 logits = predict_logits(model, data, settings, progress)

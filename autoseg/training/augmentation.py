@@ -209,6 +209,82 @@ def label_cleanup_transforms(use_mask_for_norm_any: bool, masked_channels: Seque
     return cleanup + list(extra_transforms) + [FinalizeBatchTransform()]
 
 
+class OnImageChannels(AbstractTransform):
+    """Run a transform on the first `image_channels` data channels only: the cascade's one-hot
+    channels must not get noise, blur or gamma."""
+
+    def __init__(self, transform: AbstractTransform, image_channels: int):
+        self.transform, self.image_channels = transform, image_channels
+
+    def __call__(self, **batch):
+        data = batch["data"]
+        image, extra = data[:, : self.image_channels], data[:, self.image_channels:]
+        batch = self.transform(**{**batch, "data": np.ascontiguousarray(image)})
+        batch["data"] = np.concatenate([batch["data"], extra], axis=1)
+        return batch
+
+
+class BinarizeChannels(AbstractTransform):
+    """Threshold interpolated one-hot channels (from `first_channel` on) back to 0/1."""
+
+    def __init__(self, first_channel: int):
+        self.first_channel = first_channel
+
+    def __call__(self, **batch):
+        batch["data"][:, self.first_channel:] = batch["data"][:, self.first_channel:] > 0.5
+        return batch
+
+
+class PerturbOneHotChannels(AbstractTransform):
+    """Make the cascade learn to correct its input: per sample and one-hot channel, with modest
+    probabilities, a random binary dilation/erosion/opening/closing and the removal of a random
+    small connected component (nnU-Net: operator p 0.4, component p 0.2, each per label p 0.5)."""
+
+    def __init__(self, first_channel: int, p_operator: float = 0.4, p_component: float = 0.2,
+                 p_per_channel: float = 0.5, max_radius: int = 3, max_component_fraction: float = 0.15):
+        self.first_channel, self.p_operator, self.p_component = first_channel, p_operator, p_component
+        self.p_per_channel, self.max_radius, self.max_fraction = p_per_channel, max_radius, max_component_fraction
+
+    def __call__(self, **batch):
+        from scipy import ndimage
+
+        data = batch["data"]
+        for sample in range(data.shape[0]):
+            for channel in range(self.first_channel, data.shape[1]):
+                mask = data[sample, channel] > 0.5
+                if np.random.uniform() < self.p_operator and np.random.uniform() < self.p_per_channel:
+                    radius = np.random.randint(1, self.max_radius + 1)
+                    structure = ndimage.iterate_structure(ndimage.generate_binary_structure(mask.ndim, 1), radius)
+                    operation = [ndimage.binary_dilation, ndimage.binary_erosion, ndimage.binary_opening,
+                                 ndimage.binary_closing][np.random.randint(4)]
+                    mask = operation(mask, structure)
+                if np.random.uniform() < self.p_component and np.random.uniform() < self.p_per_channel:
+                    mask = _remove_random_small_component(mask, self.max_fraction)
+                data[sample, channel] = mask
+        return batch
+
+
+def _remove_random_small_component(mask: np.ndarray, max_fraction: float) -> np.ndarray:
+    import cc3d
+
+    if not mask.any():
+        return mask
+    components = cc3d.connected_components(mask.astype(np.uint8), connectivity=26 if mask.ndim == 3 else 8)
+    sizes = np.bincount(components.ravel())[1:]
+    small = np.flatnonzero(sizes <= max_fraction * mask.size) + 1
+    if small.size:
+        mask = mask & (components != np.random.choice(small))
+    return mask
+
+
+def cascade_transforms(image_channels: int, training: bool) -> list:
+    """The cascade's steps after augmentation: binarize the one-hot channels, perturb them (training)."""
+    steps: list = [BinarizeChannels(image_channels)]
+    if training:
+        steps.append(PerturbOneHotChannels(image_channels))
+    return steps
+
+
 def training_transforms(
     patch_size: Sequence[int],
     *,
@@ -220,6 +296,7 @@ def training_transforms(
     use_mask_for_norm_any: bool,
     masked_channels: Sequence[int] | None = None,
     extra_transforms: Sequence[AbstractTransform] = (),
+    image_channels: int | None = None,
 ) -> Compose:
     """nnU-Net's training augmentation for batches of enlarged patches, cropping to patch_size (voxels).
 
@@ -233,9 +310,12 @@ def training_transforms(
         raise ValueError(f"patch_size {tuple(patch_size)} does not have dimension {dimension}")
     if do_dummy_2d and dimension != 3:
         raise ValueError("dummy 2D augmentation needs a 3D patch")
+    intensity = intensity_transforms(do_dummy_2d)
+    if image_channels is not None:  # extra (cascade one-hot) channels keep their values
+        intensity = [OnImageChannels(t, image_channels) for t in intensity]
     return Compose(
         spatial_transforms(patch_size, rotation_range_deg, scale_range, do_dummy_2d)
-        + intensity_transforms(do_dummy_2d)
+        + intensity
         + [MirrorAxesTransform(mirror_axes)]
         + label_cleanup_transforms(use_mask_for_norm_any, masked_channels, extra_transforms)
     )

@@ -16,24 +16,35 @@ from autoseg.training.sampling import PatchSampler, PreprocessedFolder, enlarged
 
 
 def make_training_loaders(*, data_folder: Path, configuration, train_ids: Sequence[str], val_ids: Sequence[str],
-                          batch_size: int, num_workers: int, seed: int, extra_transforms: Sequence = (),
-                          source=None):
+                          batch_size: int, num_workers: int, seed: int,
+                          previous_stage_predictions: Path | None = None, foreground_labels: Sequence[int] = ()):
     """(training loader, validation loader): endless iterators of {"data", "seg"} batches.
 
-    source: where cases are read (default: the preprocessed folder); the cascade passes one that
-    appends the previous stage's segmentation.
+    previous_stage_predictions: for a cascade stage, the folder of the previous stage's segmentations
+    on this grid; they are appended as one-hot channels (perturbed during training).
     """
     patch_size = list(configuration.patch_size)
     setup = rotation_and_dummy_2d_for(patch_size, configuration.dimension)
-    cases = source or PreprocessedFolder(Path(data_folder))
+    cases = PreprocessedFolder(Path(data_folder))
+    train_extra, val_extra, image_channels = (), (), None
+    if previous_stage_predictions is not None:
+        from autoseg.cascade import CascadeCases
+        from autoseg.training.augmentation import cascade_transforms
+
+        cases = CascadeCases(cases, previous_stage_predictions, foreground_labels)
+        image_channels = configuration.architecture.input_channels - len(foreground_labels)
+        train_extra = cascade_transforms(image_channels, training=True)
+        val_extra = cascade_transforms(image_channels, training=False)
     train_sampler = PatchSampler(cases, train_ids, patch_size, batch_size,
                                  read_patch_size=enlarged_patch_size(patch_size, setup.rotation_range_rad))
     train_transforms = training_transforms(
         patch_size, dimension=configuration.dimension, rotation_range_deg=setup.rotation_range_deg,
         do_dummy_2d=setup.do_dummy_2d, mirror_axes=setup.mirror_axes,
-        use_mask_for_norm_any=any(configuration.use_mask_for_norm), extra_transforms=extra_transforms)
+        use_mask_for_norm_any=any(configuration.use_mask_for_norm), extra_transforms=train_extra,
+        image_channels=image_channels,
+        masked_channels=None if image_channels is None else list(range(image_channels)))
     val_sampler = PatchSampler(cases, val_ids, patch_size, batch_size)
     train = make_loader(train_sampler, train_transforms, num_workers, seed)
     # Validation batches are cheap (no augmentation): one worker at most keeps them off the main thread.
-    val = make_loader(val_sampler, validation_transforms(extra_transforms), min(1, num_workers), seed + 10_000)
+    val = make_loader(val_sampler, validation_transforms(val_extra), min(1, num_workers), seed + 10_000)
     return train, val
