@@ -1,0 +1,220 @@
+"""Sliding-window prediction checked against oracles: "networks" that are known functions of their
+input, so the stitched output of the whole image can be written down by hand."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from autoseg.inference.sliding_window import (
+    gaussian_importance_map,
+    mirror_axes_combinations,
+    predict_sliding_window,
+    predict_slices_2d,
+    window_starts,
+)
+
+
+def times(factor: float, num_classes: int):
+    """Per-voxel network: every one of num_classes output channels is factor * the (1-channel)
+    input. Translation- and mirror-equivariant, so windows and flips must not change anything."""
+    def network(batch: torch.Tensor) -> torch.Tensor:
+        repeats = [1, num_classes] + [1] * (batch.ndim - 2)
+        return factor * batch.repeat(*repeats)
+    return network
+
+
+def position_along_last_axis(batch: torch.Tensor) -> torch.Tensor:
+    """One output channel holding each voxel's index inside its window along the last axis."""
+    ramp = torch.arange(batch.shape[-1], dtype=torch.float32)
+    return ramp.expand(batch.shape[0], 1, *batch.shape[2:]).clone()
+
+
+def random_conv_network(dimension: int, num_classes: int, seed: int = 0) -> torch.nn.Module:
+    """A real (border-sensitive, not mirror-equivariant) conv net; zero padding makes each window's
+    output depend on where the window lies."""
+    torch.manual_seed(seed)
+    conv = torch.nn.Conv3d if dimension == 3 else torch.nn.Conv2d
+    return torch.nn.Sequential(conv(1, 4, 3, padding=1), torch.nn.ReLU(),
+                               conv(4, num_classes, 3, padding=1)).eval()
+
+
+# --- window_starts ---------------------------------------------------------------------------
+
+def test_window_starts_hand_computed_cases():
+    # n = ceil((100 - 64) / 32) + 1 = 3 windows, spaced (100 - 64) / 2 = 18 apart.
+    assert window_starts([100], [64], 0.5) == [[0, 18, 36]]
+    assert window_starts([64], [64], 0.5) == [[0]]
+    # n = ceil(96 / 32) + 1 = 4, spaced 96 / 3 = 32.
+    assert window_starts([160], [64], 0.5) == [[0, 32, 64, 96]]
+    # step 1: n = ceil(36 / 64) + 1 = 2 -> first at 0, last flush with the border.
+    assert window_starts([100, 64], [64, 64], 1.0) == [[0, 36], [0]]
+    # n = ceil(3 / 4) + 1 = 2; spacing 3 / 1.
+    assert window_starts([11, 8], [8, 8], 0.5) == [[0, 3], [0]]
+
+
+def test_window_starts_rejects_image_smaller_than_patch():
+    with pytest.raises(ValueError, match="axis 1"):
+        window_starts([64, 30], [64, 32], 0.5)
+
+
+# --- gaussian_importance_map -----------------------------------------------------------------
+
+def test_gaussian_values_by_hand():
+    # patch 8: sigma 1, centre 3.5; the two middle voxels (offset 0.5) are the maximum, 1.
+    # Voxel 0 (offset 3.5): exp(-(3.5^2 - 0.5^2) / 2) = exp(-6).
+    weights = gaussian_importance_map([8])
+    assert weights.dtype == np.float32
+    assert weights[3] == pytest.approx(1.0) and weights[4] == pytest.approx(1.0)
+    assert weights[0] == pytest.approx(math.exp(-6.0), rel=1e-5)
+    assert weights[5] == pytest.approx(math.exp(-1.0), rel=1e-5)  # offset 1.5
+
+
+def test_gaussian_positive_symmetric_peaked_and_cached():
+    weights = gaussian_importance_map((9, 16, 6))
+    assert weights.shape == (9, 16, 6)
+    assert (weights > 0).all()
+    assert weights.max() == pytest.approx(1.0)
+    assert np.unravel_index(weights.argmax(), weights.shape)[0] == 4  # odd axis: exact centre
+    for axis in range(3):
+        np.testing.assert_allclose(weights, np.flip(weights, axis), rtol=1e-6)
+    # Separable: the 3D map is the outer product of its 1D profiles.
+    profiles = [gaussian_importance_map([p]) for p in (9, 16, 6)]
+    np.testing.assert_allclose(weights, np.einsum("i,j,k->ijk", *profiles), rtol=1e-5)
+    assert gaussian_importance_map([9, 16, 6]) is weights
+    assert not weights.flags.writeable
+
+
+def test_gaussian_tiny_sigma_keeps_every_weight_positive():
+    weights = gaussian_importance_map([64], sigma_fraction=0.002)  # borders underflow to 0
+    assert (weights > 0).all()
+
+
+# --- mirror_axes_combinations ----------------------------------------------------------------
+
+def test_mirror_axes_combinations():
+    assert mirror_axes_combinations((0, 1)) == [(), (0,), (1,), (0, 1)]
+    three = mirror_axes_combinations((0, 1, 2))
+    assert len(three) == 8 and len(set(three)) == 8 and three[0] == () and (0, 1, 2) in three
+    assert mirror_axes_combinations(()) == [()]
+
+
+# --- predict_sliding_window ------------------------------------------------------------------
+
+@pytest.mark.parametrize("spatial", [(5, 6, 7), (8, 8, 8), (13, 10, 19)],
+                         ids=["smaller_than_patch", "equal_to_patch", "not_a_multiple"])
+def test_per_voxel_network_gives_back_its_function_everywhere(spatial):
+    image = torch.randn(1, *spatial)
+    logits = predict_sliding_window([times(2.0, 3)], image, (8, 8, 8), num_classes=3,
+                                    mirror_axes=())
+    assert logits.shape == (3, *spatial) and logits.dtype == torch.float32
+    torch.testing.assert_close(logits, 2 * image.repeat(3, 1, 1, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_tta_on_mirror_equivariant_network_changes_nothing():
+    image = torch.randn(1, 11, 9, 10)
+    options = dict(num_classes=2, batch_windows=2)
+    without = predict_sliding_window([times(2.0, 2)], image, (8, 8, 8), mirror_axes=(), **options)
+    with_all = predict_sliding_window([times(2.0, 2)], image, (8, 8, 8), **options)
+    torch.testing.assert_close(with_all, without, atol=1e-5, rtol=1e-5)
+
+
+def test_tta_averages_each_window_with_its_mirror_image():
+    # Position r along x mirrored is 7 - r; their mean is 3.5 at every voxel of every window.
+    image = torch.zeros(1, 3, 12)
+    logits = predict_sliding_window([position_along_last_axis], image, (3, 8), num_classes=1,
+                                    mirror_axes=(1,))
+    torch.testing.assert_close(logits, torch.full((1, 3, 12), 3.5))
+
+
+def test_gaussian_weighting_of_overlapping_windows_by_hand():
+    # x: size 12, patch 8 -> windows at 0 and 4. Voxel 5 is position 5 in the first window
+    # (offset 1.5 from the centre 3.5, weight exp(-1)) and position 1 in the second (offset 2.5,
+    # weight exp(-3)). Voxel 0 is covered by the first window only.
+    image = torch.zeros(1, 1, 12)
+    weighted = predict_sliding_window([position_along_last_axis], image, (1, 8), num_classes=1,
+                                      mirror_axes=())
+    expected = (5 * math.exp(-1) + 1 * math.exp(-3)) / (math.exp(-1) + math.exp(-3))
+    assert weighted[0, 0, 5].item() == pytest.approx(expected, rel=1e-5)
+    assert weighted[0, 0, 0].item() == pytest.approx(0.0, abs=1e-6)
+    assert weighted[0, 0, 11].item() == pytest.approx(7.0, rel=1e-6)
+    flat = predict_sliding_window([position_along_last_axis], image, (1, 8), num_classes=1,
+                                  mirror_axes=(), use_gaussian=False)
+    assert flat[0, 0, 5].item() == pytest.approx(3.0)  # plain mean of 5 and 1
+
+
+def test_image_smaller_than_patch_is_padded_equally_on_both_sides():
+    # x: 4 voxels in a patch of 8 -> 2 zeros before, 2 after: the voxels sit at positions 2..5.
+    logits = predict_sliding_window([position_along_last_axis], torch.zeros(1, 1, 4), (1, 8),
+                                    num_classes=1, mirror_axes=())
+    assert logits.flatten().tolist() == [2.0, 3.0, 4.0, 5.0]
+
+
+def test_networks_are_averaged_in_logit_space():
+    image = torch.randn(1, 9, 10)
+    logits = predict_sliding_window([times(2.0, 2), times(4.0, 2)], image, (8, 8), num_classes=2)
+    torch.testing.assert_close(logits, 3 * image.repeat(2, 1, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_batched_windows_equal_one_at_a_time_and_progress_counts_windows():
+    image = torch.randn(1, 12, 11, 12)
+    network = random_conv_network(3, num_classes=2)
+    calls = []
+    one = predict_sliding_window([network], image, (8, 8, 8), num_classes=2, batch_windows=1,
+                                 mirror_axes=(0,))
+    four = predict_sliding_window([network], image, (8, 8, 8), num_classes=2, batch_windows=4,
+                                  mirror_axes=(0,), progress=lambda done, total: calls.append(
+                                      (done, total)))
+    torch.testing.assert_close(four, one, atol=1e-6, rtol=1e-5)
+    # windows per axis: ceil(4 / 4) + 1 = 2, ceil(3 / 4) + 1 = 2, 2 -> 8 windows in batches of 4.
+    assert calls == [(4, 8), (8, 8)]
+    probabilities = torch.softmax(four, dim=0)
+    torch.testing.assert_close(probabilities.sum(0), torch.ones(12, 11, 12))
+
+
+def test_float16_accumulation_and_bfloat16_autocast_stay_close_to_float32():
+    image = torch.randn(1, 12, 10)
+    network = random_conv_network(2, num_classes=3)
+    reference = predict_sliding_window([network], image, (8, 8), num_classes=3)
+    half = predict_sliding_window([network], image, (8, 8), num_classes=3,
+                                  accumulate_dtype=torch.float16)
+    autocast = predict_sliding_window([network], image, (8, 8), num_classes=3,
+                                      autocast_dtype=torch.bfloat16)
+    assert half.dtype == torch.float32 and autocast.dtype == torch.float32
+    torch.testing.assert_close(half, reference, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(autocast, reference, atol=5e-2, rtol=5e-2)
+
+
+def test_result_is_an_ordinary_tensor_and_numpy_input_is_accepted():
+    array = np.random.default_rng(0).normal(size=(1, 6, 9)).astype(np.float32)
+    array.setflags(write=False)  # as np.load(mmap_mode="r") gives
+    logits = predict_sliding_window([times(2.0, 1)], array, (4, 4), num_classes=1)
+    logits.mul_(0.5)  # in place, outside inference_mode: must not raise
+    np.testing.assert_allclose(logits.numpy(), array, atol=1e-5)
+
+
+def test_network_output_is_checked():
+    image = torch.zeros(1, 8, 8)
+    with pytest.raises(ValueError, match="deep supervision"):
+        predict_sliding_window([lambda x: [x, x]], image, (8, 8), num_classes=1)
+    with pytest.raises(ValueError, match="num_classes=2"):
+        predict_sliding_window([times(1.0, 3)], image, (8, 8), num_classes=2)
+
+
+# --- predict_slices_2d -----------------------------------------------------------------------
+
+def test_slices_2d_per_pixel_function_on_every_slice():
+    image = torch.randn(1, 3, 10, 7)
+    logits = predict_slices_2d([times(2.0, 2)], image, (8, 8), num_classes=2, batch_windows=3)
+    assert logits.shape == (2, 3, 10, 7)
+    torch.testing.assert_close(logits, 2 * image.repeat(2, 1, 1, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_slices_2d_equals_2d_sliding_window_per_slice():
+    image = torch.randn(1, 3, 12, 10)
+    network = random_conv_network(2, num_classes=2)
+    volume = predict_slices_2d([network], image, (8, 8), num_classes=2, batch_windows=5)
+    for z in range(3):
+        single = predict_sliding_window([network], image[:, z], (8, 8), num_classes=2)
+        torch.testing.assert_close(volume[:, z], single, atol=1e-5, rtol=1e-5)
