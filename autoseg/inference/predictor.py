@@ -185,9 +185,24 @@ def predict_logits(model: TrainedModel, data: np.ndarray, settings: PredictionSe
                    mirror_axes=None if settings.use_tta else (), batch_windows=_batch_windows(model, settings),
                    device=model.device, autocast_dtype=_autocast_dtype(model, settings), progress=progress)
     image = torch.from_numpy(np.ascontiguousarray(data))
+    options.update(_accumulator_placement(model, image.shape[1:], configuration.architecture.num_classes))
     if dimension == 2:
         return predict_slices_2d(model.networks, image, configuration.patch_size, **options)
     return predict_sliding_window(model.networks, image, configuration.patch_size, **options)
+
+
+def _accumulator_placement(model: TrainedModel, spatial_shape, num_classes: int) -> dict:
+    """On CUDA keep the logits accumulator on the GPU (fp16) when it fits in a third of the free
+    memory, so windows never travel back to the host; otherwise stitch on the CPU in float32."""
+    import torch
+
+    if model.device.type != "cuda":
+        return {}
+    free_bytes, _ = torch.cuda.mem_get_info(model.device)
+    needed = (num_classes + 1) * 2 * int(np.prod(spatial_shape))
+    if needed < free_bytes / 3:
+        return {"accumulate_on": model.device, "accumulate_dtype": torch.float16}
+    return {}
 
 
 def logits_to_prediction(model: TrainedModel, logits, properties, keep_probabilities: bool,
