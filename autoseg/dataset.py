@@ -128,7 +128,14 @@ def _v2_cases(root: Path, folder: str, ending: str, num_channels: int, with_labe
     cases = []
     for case_id, channels in sorted(by_case.items()):
         image_files = (channels[-1],) if -1 in channels else tuple(channels[c] for c in sorted(channels))
-        label = root / folder.replace("images", "labels") / f"{case_id}{ending}" if with_labels else None
+        label = None
+        if with_labels:
+            from autoseg.io import segmentation_ending_for
+
+            label_folder = root / folder.replace("images", "labels")
+            label = label_folder / f"{case_id}{ending}"
+            if not label.is_file():  # e.g. JPEG photos with PNG masks
+                label = label_folder / f"{case_id}{segmentation_ending_for(ending)}"
         cases.append(Case(case_id, image_files, label))
     return cases
 

@@ -141,7 +141,7 @@ def make_demo_dataset(output_folder: str | Path, task_name: str = "Task900_Demo"
     meta = {
         "name": task_name,
         "description": "Synthetic autoseg demo data",
-        "tensorImageSize": "3D" if spec.channels == 1 or spec.two_d else "4D",
+        "tensorImageSize": "2D" if spec.two_d else "3D" if spec.channels == 1 else "4D",
         "modality": modality,
         "labels": labels,
         "numTraining": spec.cases,

@@ -8,6 +8,7 @@ Volumes (.nii.gz, .nii, .mhd/.raw, .nrrd, .mha) go through SimpleITK; 2D natural
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,6 +25,15 @@ SUPPORTED_ENDINGS = VOLUME_ENDINGS + NATURAL_IMAGE_ENDINGS
 # Spacing given to the dummy z axis of 2D images: far coarser than any in-plane spacing, so the
 # planner never pools or resamples along it.
 PSEUDO_3D_Z_SPACING = 999.0
+NATURAL_IMAGE_PIXEL_SPACING = 1.0  # in-plane spacing of every picture, whatever dpi its file states
+# Lossy formats cannot hold a label map: predictions for such inputs are written as PNG.
+LOSSY_ENDINGS = (".jpg", ".jpeg")
+# Binary masks drawn in image editors are often stored as 0 (background) / 255 (foreground).
+BINARY_MASK_FOREGROUND = 255
+
+
+class MaskValuesRemappedWarning(UserWarning):
+    """A 0/255 picture mask was read as 0/1 labels (the message names the file)."""
 
 
 @dataclass(frozen=True)
@@ -110,10 +120,12 @@ def _geometry_of(image, path: Path) -> Geometry:
     dim = image.GetDimension()
     size = image.GetSize()
     if dim == 2 or file_ending(path) in NATURAL_IMAGE_ENDINGS:
-        spacing = image.GetSpacing()
+        # A picture's dpi is a print size, not a pixel size, and tools write it inconsistently (ITK
+        # turns 72 dpi in a JPEG or TIFF into 0.35 mm but ignores it in a PNG): a JPEG photo and its PNG
+        # mask would disagree. Pixels of natural images are therefore 1 x 1, as in nnU-Net.
         return Geometry(
             shape=(1, int(size[1]), int(size[0])),
-            spacing_zyx=(PSEUDO_3D_Z_SPACING, float(spacing[1]), float(spacing[0])),
+            spacing_zyx=(PSEUDO_3D_Z_SPACING, NATURAL_IMAGE_PIXEL_SPACING, NATURAL_IMAGE_PIXEL_SPACING),
             is_natural_2d=True,
         )
     if dim not in (3, 4):
@@ -135,9 +147,10 @@ def _channels_first(array: np.ndarray, image, path: Path) -> np.ndarray:
     components = image.GetNumberOfComponents() if hasattr(image, "GetNumberOfComponents") \
         else image.GetNumberOfComponentsPerPixel()
     if file_ending(path) in NATURAL_IMAGE_ENDINGS or image.GetDimension() == 2:
-        if components > 1:  # (y, x, rgb) -> (rgb, 1, y, x)
-            rgb = array[..., :3] if array.shape[-1] == 4 else array  # drop alpha
-            return np.moveaxis(rgb, -1, 0)[:, None]
+        if components > 1:  # (y, x, colour) -> (colour, 1, y, x)
+            has_alpha = components in (2, 4) and file_ending(path) in NATURAL_IMAGE_ENDINGS  # gray+A, RGBA
+            colour = array[..., :-1] if has_alpha else array
+            return np.moveaxis(colour, -1, 0)[:, None]
         return array.reshape(1, 1, *array.shape[-2:])
     if components > 1:  # vector volume (z, y, x, c)
         return np.moveaxis(array, -1, 0)
@@ -166,12 +179,31 @@ def read_image(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, Ge
     return np.concatenate(arrays, axis=0) if len(arrays) > 1 else arrays[0], geometry
 
 
+def _picture_mask_as_labels(array: np.ndarray, path: Path) -> np.ndarray:
+    """Label values of a picture mask (C, 1, y, x): gray copies in RGB collapse to one channel and a
+    0/255 binary mask becomes 0/1, with a `MaskValuesRemappedWarning` naming the file."""
+    if array.shape[0] > 1 and np.all(array == array[:1]):  # mask saved as RGB with R == G == B
+        array = array[:1]
+    values = np.unique(array)
+    if BINARY_MASK_FOREGROUND in values and set(values.tolist()) <= {0, BINARY_MASK_FOREGROUND}:
+        warnings.warn(f"{path}: mask values 0/{BINARY_MASK_FOREGROUND} read as labels 0/1",
+                      MaskValuesRemappedWarning, stacklevel=3)
+        array = (array == BINARY_MASK_FOREGROUND).astype(np.uint8)
+    return array
+
+
 def read_segmentation(path: str | Path) -> tuple[np.ndarray, Geometry]:
-    """Read a label map as int16 (z, y, x). Non-integer values are an error."""
+    """Read a label map as int16 (z, y, x). Non-integer values are an error.
+
+    Picture masks (.png, .tif, ...): a 0/255 mask is read as 0/1 with a `MaskValuesRemappedWarning`,
+    and an RGB mask whose three channels are equal as one channel.
+    """
     path = Path(path)
     voxels, header = _read_voxels(path)
     geometry = _geometry_of(header, path)
     array = _channels_first(np.asarray(voxels), header, path)
+    if geometry.is_natural_2d:
+        array = _picture_mask_as_labels(array, path)
     if array.shape[0] != 1:
         raise ImageReadError(f"{path}: a label map must have one channel, found {array.shape[0]}")
     array = array[0]
@@ -228,7 +260,20 @@ def write_image(array_zyx: np.ndarray, geometry: Geometry, path: str | Path) -> 
     return write_atomic(path, write)
 
 
+def segmentation_ending_for(image_ending: str) -> str:
+    """File ending for the label map of an image with `image_ending`: the same one, except that lossy
+    JPEG would corrupt labels at every edge (PNG instead) and header/data pairs become one file."""
+    return {".jpg": ".png", ".jpeg": ".png", ".mhd": ".nii.gz", ".nhdr": ".nrrd"}.get(image_ending, image_ending)
+
+
 def write_segmentation(segmentation: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
-    """Write an integer label map (z, y, x) in the smallest integer type that holds it."""
-    dtype = np.uint8 if segmentation.size == 0 or (segmentation.min() >= 0 and segmentation.max() < 256) else np.int16
+    """Write an integer label map (z, y, x) in the smallest integer type that holds it.
+
+    Pictures are written unsigned (PNG has no signed pixels): uint8, or uint16 beyond 255 labels.
+    """
+    if file_ending(path) in LOSSY_ENDINGS:
+        raise ValueError(f"{path}: JPEG is lossy and would change label values at edges; write the "
+                         f"segmentation as {segmentation_ending_for(file_ending(path))}")
+    fits_uint8 = segmentation.size == 0 or (segmentation.min() >= 0 and segmentation.max() < 256)
+    dtype = np.uint8 if fits_uint8 else (np.uint16 if geometry.is_natural_2d else np.int16)
     return write_image(segmentation.astype(dtype, copy=False), geometry, path)

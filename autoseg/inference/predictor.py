@@ -266,10 +266,11 @@ def group_input_files(folder: Path, num_channels: int) -> dict[str, list[Path]]:
 
 
 def output_path_for(output_folder: Path, case_id: str, input_files: list[Path]) -> Path:
-    ending = file_ending(input_files[0])
-    if ending in (".mhd", ".nhdr"):  # header/data pairs are written as one self-contained file
-        ending = ".nii.gz" if ending == ".mhd" else ".nrrd"
-    return output_folder / f"{case_id}{ending}"
+    """Same format as the input, except where that format cannot hold a label map exactly (JPEG)
+    or is a header/data pair (.mhd): see `segmentation_ending_for`."""
+    from autoseg.io import segmentation_ending_for
+
+    return output_folder / f"{case_id}{segmentation_ending_for(file_ending(input_files[0]))}"
 
 
 def _read_and_preprocess(model, files, case_id, settings):
