@@ -21,6 +21,22 @@ def append_log_line(path: Path, record: dict) -> None:
         f.write(format_epoch(record) + "\n")
 
 
+def rewrite_log(path: Path, log) -> None:
+    """training_log.txt holding exactly the epochs of `log` (an EpochLog), one line each.
+
+    On resume from a checkpoint older than the last logged epoch (checkpoints every N epochs), the
+    lines of the epochs being redone are dropped, so the file never lists an epoch twice.
+    """
+    history = asdict(log)
+    lines = [format_epoch({"epoch": index + 1, **{name: values[index] for name, values in history.items()}})
+             for index in range(len(history["train_loss"]))]
+
+    def write(tmp: str) -> None:
+        Path(tmp).write_text("".join(line + "\n" for line in lines))
+
+    write_atomic(path, write)
+
+
 def plot_progress(log, path: Path) -> None:
     """Three panels: losses and pseudo Dice; epoch time; learning rate."""
     import matplotlib

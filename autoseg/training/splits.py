@@ -33,7 +33,7 @@ def load_or_create_splits(path: Path, case_ids: list[str]) -> list[dict]:
         if not isinstance(splits, list) or not all(isinstance(s, dict) and "train" in s and "val" in s for s in splits):
             raise AutosegError(f"{path}: expected a list of {{\"train\": [...], \"val\": [...]}}")
         for index, split in enumerate(splits):
-            unknown = sorted(set(split["train"]) | set(split["val"]) - known)
+            unknown = sorted((set(split["train"]) | set(split["val"])) - known)
             if unknown:
                 raise AutosegError(f"{path}: fold {index} names unknown cases {unknown[:5]}")
         return splits

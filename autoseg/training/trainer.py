@@ -153,9 +153,11 @@ class _Distributed:
         import torch
         import torch.distributed as dist
 
-        tensor = torch.as_tensor(values, dtype=torch.float64)
+        # NCCL (multi-GPU training) reduces CUDA tensors only; gloo reduces CPU tensors.
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+        tensor = torch.as_tensor(values, dtype=torch.float64, device=device)
         dist.all_reduce(tensor)
-        return tensor.numpy()
+        return tensor.cpu().numpy()
 
 
 class Trainer:
@@ -246,6 +248,10 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.log = EpochLog(**state["log"])
         self.best_ema = state.get("best_ema")
+        if self.dist.is_main:
+            from autoseg.training.progress import rewrite_log
+
+            rewrite_log(self.job.output_folder / "training_log.txt", self.log)
         planned = int(state.get("planned_epochs", self.settings.epochs))
         self.events.on_message(f"resumed from {path.name} at epoch {self.epoch}")
         if planned != self.settings.epochs:

@@ -1,0 +1,343 @@
+"""The trainer on a small synthetic task: it learns, it resumes, its files are what inference expects.
+
+The task (tests/helpers_training.py): 10 CT-like cases of about 24x48x48 voxels at 2x1x1 mm, an organ
+(label 1, 90 HU in 40 HU tissue, noise 15 HU) with a small lesion inside (label 2); the plan is shrunk
+to a 16x32x32 patch and a 4-stage U-Net of 8..64 features, batch 2.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from autoseg.errors import AutosegError, CheckpointError
+from autoseg.training.checkpoint import load_checkpoint
+from autoseg.training.splits import NUM_FOLDS, SPLIT_SEED, fold_cases, load_or_create_splits, make_splits
+from autoseg.training.trainer import INITIAL_LR, Trainer, TrainingEvents, poly_lr, run_training
+from helpers_training import CONFIGURATION, TASK_NAME, small_task, tiny_settings, training_job  # noqa: F401
+
+CHECKPOINT_KEYS = {"format", "network_weights", "optimizer_state", "scaler_state", "epoch", "planned_epochs", "log",
+                   "best_ema", "identity", "inference"}
+# The learning run: 3 epochs x 20 iterations of batch 2 (15 s on an idle 2-core CPU, ~1.5 min loaded).
+LEARNING_EPOCHS, LEARNING_ITERATIONS = 3, 20
+# Organ Dice on the 2 held-out cases, sliding window without TTA: measured 0.95 (0.97 after 80
+# iterations); 0.8 leaves margin for other CPUs' arithmetic.
+MIN_ORGAN_DICE = 0.8
+
+
+@pytest.fixture(scope="module")
+def trained_fold(small_task, tmp_path_factory):
+    """Fold 0 trained for 3x20 iterations, then validated: (fold folder, EpochLog, summary, seconds)."""
+    from autoseg.training.validation import validate_fold
+
+    configuration_folder = tmp_path_factory.mktemp("results") / CONFIGURATION
+    job = training_job(small_task, configuration_folder / "fold_0", fold=0)
+    started = time.perf_counter()
+    log = run_training(job, tiny_settings(epochs=LEARNING_EPOCHS, iterations_per_epoch=LEARNING_ITERATIONS,
+                                          validation_iterations=2, checkpoint_every=None))
+    summary = validate_fold(small_task.plans, CONFIGURATION, configuration_folder, "0", small_task.data_folder,
+                            small_task.reference_folder, job.val_ids, device="cpu", use_tta=False)
+    return job.output_folder, log, summary, time.perf_counter() - started
+
+
+# ------------------------------------------------------------------------------------ learning
+def test_short_training_segments_the_held_out_organ(trained_fold):
+    _, log, summary, seconds = trained_fold
+    organ_dice = summary.mean["1"]["Dice"]
+    print(f"organ Dice {organ_dice:.3f} on {len(summary.per_case)} held-out cases after "
+          f"{LEARNING_EPOCHS * LEARNING_ITERATIONS} iterations, {seconds:.0f} s with validation")
+    assert len(summary.per_case) == 2  # 10 cases, 5 folds
+    assert organ_dice > MIN_ORGAN_DICE
+    # The loss really went down: Dice+CE starts near 1 + ln(3) - 1/3 for an untrained 3-class net.
+    assert log.train_loss[-1] < log.train_loss[0] - 0.5
+    assert log.pseudo_dice[-1][0] > 0.7  # the online (patch) validation sees the organ too: measured 0.93
+
+
+def test_learning_rate_follows_the_poly_schedule(trained_fold):
+    _, log, _, _ = trained_fold
+    expected = [INITIAL_LR * (1 - e / LEARNING_EPOCHS) ** 0.9 for e in range(LEARNING_EPOCHS)]
+    assert log.learning_rate == pytest.approx(expected)
+    assert log.learning_rate[0] == INITIAL_LR and log.learning_rate[2] == pytest.approx(0.01 * (1 / 3) ** 0.9)
+
+
+# ------------------------------------------------------------------------------------ artifacts
+def test_fold_folder_holds_checkpoints_progress_plot_and_one_log_line_per_epoch(trained_fold):
+    folder, log, _, _ = trained_fold
+    for name in ("checkpoint_best.pt", "checkpoint_latest.pt", "checkpoint_final.pt"):
+        assert (folder / name).is_file(), name
+    assert (folder / "progress.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = (folder / "training_log.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in lines] == [f"epoch {e}" for e in range(1, LEARNING_EPOCHS + 1)]
+    assert f"train loss {log.train_loss[-1]:.4f}" in lines[-1]
+
+
+@pytest.mark.parametrize("name", ["checkpoint_final.pt", "checkpoint_best.pt"])
+def test_checkpoint_holds_only_plain_types(trained_fold, small_task, name):
+    folder, log, _, _ = trained_fold
+    # weights_only=True refuses anything but tensors and plain Python containers/numbers/strings.
+    state = torch.load(folder / name, map_location="cpu", weights_only=True)
+    assert set(state) == CHECKPOINT_KEYS
+    assert state["format"] == 1 and state["planned_epochs"] == LEARNING_EPOCHS
+    assert state["identity"]["dataset_name"] == small_task.plans.dataset_name
+    assert state["identity"]["patch_size"] == [16, 32, 32]
+    assert state["inference"] == {"mirror_axes": [0, 1, 2], "precision": "fp32"}
+    assert all(isinstance(t, torch.Tensor) for t in state["network_weights"].values())
+    if name == "checkpoint_final.pt":
+        assert state["epoch"] == LEARNING_EPOCHS
+        assert state["log"]["train_loss"] == log.train_loss
+        assert state["best_ema"] == max(log.ema_pseudo_dice)
+        json.dumps(state["log"])  # the history is JSON-able (NaN aside)
+
+
+def test_best_checkpoint_is_the_epoch_of_the_highest_ema_pseudo_dice(trained_fold):
+    folder, log, _, _ = trained_fold
+    best = load_checkpoint(folder / "checkpoint_best.pt")
+    best_epoch = int(np.argmax(log.ema_pseudo_dice)) + 1
+    assert best["epoch"] == best_epoch
+    assert best["best_ema"] == pytest.approx(log.ema_pseudo_dice[best_epoch - 1])
+
+
+# ------------------------------------------------------------------------------------ resume
+def _momentum_buffers(optimizer_state: dict) -> list[torch.Tensor]:
+    return [optimizer_state["state"][i]["momentum_buffer"] for i in sorted(optimizer_state["state"])]
+
+
+def test_resume_extends_a_finished_run_with_its_optimizer_state(small_task, tmp_path):
+    job = training_job(small_task, tmp_path / "fold_0")
+    first = run_training(job, tiny_settings(epochs=1, iterations_per_epoch=2))
+    saved = load_checkpoint(tmp_path / "fold_0" / "checkpoint_final.pt")
+    assert saved["epoch"] == 1
+
+    messages, at_resume = [], {}
+    resumed_job = training_job(small_task, tmp_path / "fold_0", resume=True)
+    trainer = Trainer(resumed_job, tiny_settings(epochs=2), None)
+
+    def on_message(message):
+        messages.append(message)
+        if message.startswith("resumed"):  # restore() has just run: capture what it restored
+            # Copies: the optimizer updates its buffers in place on the next step.
+            at_resume["buffers"] = [b.clone() for b in _momentum_buffers(trainer.optimizer.state_dict())]
+            at_resume["epoch"] = trainer.epoch
+            at_resume["weights"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    trainer.events = TrainingEvents(on_message=on_message)
+    log = trainer.run()
+
+    assert at_resume["epoch"] == 1
+    saved_buffers = _momentum_buffers(saved["optimizer_state"])
+    restored_buffers = at_resume["buffers"]
+    assert len(restored_buffers) == len(saved_buffers) > 0
+    assert all(torch.equal(a, b) for a, b in zip(restored_buffers, saved_buffers))
+    assert any(b.abs().sum() > 0 for b in restored_buffers)  # a real state, not fresh zeros
+    assert all(torch.equal(at_resume["weights"][k], v) for k, v in saved["network_weights"].items())
+    assert messages[0] == "resumed from checkpoint_latest.pt at epoch 1"
+    # Epoch 2 of 2 starts at 0.01 * (1 - 1/2)^0.9 = 5.36e-3.
+    assert messages[1] == "learning-rate schedule recomputed over 2 epochs (was 1); lr now 5.36e-03"
+    assert len(log.train_loss) == 2 and log.train_loss[:1] == first.train_loss
+    assert log.learning_rate == pytest.approx([INITIAL_LR, poly_lr(1, 2, INITIAL_LR)])
+    final = load_checkpoint(tmp_path / "fold_0" / "checkpoint_final.pt")
+    assert final["epoch"] == 2 and final["planned_epochs"] == 2
+    assert len((tmp_path / "fold_0" / "training_log.txt").read_text().splitlines()) == 2
+
+
+def test_resume_of_a_run_already_at_its_epochs_trains_nothing_more(small_task, tmp_path):
+    run_training(training_job(small_task, tmp_path), tiny_settings(epochs=1))
+    messages = []
+    log = run_training(training_job(small_task, tmp_path, resume=True), tiny_settings(epochs=1),
+                       TrainingEvents(on_message=messages.append))
+    assert len(log.train_loss) == 1
+    assert messages[-1] == "already trained for 1 epochs; pass a larger --epochs to extend"
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_after(epoch: int):
+    def on_epoch_end(record):
+        if record["epoch"] == epoch:
+            raise _Killed()
+
+    return TrainingEvents(on_epoch_end=on_epoch_end)
+
+
+def test_a_run_killed_after_its_first_epoch_leaves_a_loadable_latest_checkpoint(small_task, tmp_path):
+    # Default (automatic) checkpoint interval: the first epoch always saves checkpoint_latest.
+    with pytest.raises(_Killed):
+        run_training(training_job(small_task, tmp_path), tiny_settings(epochs=2, checkpoint_every=None),
+                     _kill_after(1))
+    assert not (tmp_path / "checkpoint_final.pt").exists()
+    latest = load_checkpoint(tmp_path / "checkpoint_latest.pt")
+    assert latest["epoch"] == 1 and len(latest["log"]["train_loss"]) == 1
+    messages = []
+    log = run_training(training_job(small_task, tmp_path, resume=True), tiny_settings(epochs=2),
+                       TrainingEvents(on_message=messages.append))
+    assert messages == ["resumed from checkpoint_latest.pt at epoch 1"]  # same plan: no schedule change
+    assert len(log.train_loss) == 2 and log.train_loss[0] == latest["log"]["train_loss"][0]
+    assert load_checkpoint(tmp_path / "checkpoint_final.pt")["epoch"] == 2
+
+
+def test_resume_from_an_older_checkpoint_rewrites_the_log_to_match_it(small_task, tmp_path):
+    # Checkpoints every 2 epochs, killed after epoch 3 (before the final checkpoint): checkpoint_latest
+    # holds epoch 2, the log 3 lines.
+    with pytest.raises(_Killed):
+        run_training(training_job(small_task, tmp_path), tiny_settings(epochs=3, checkpoint_every=2),
+                     _kill_after(3))
+    assert load_checkpoint(tmp_path / "checkpoint_latest.pt")["epoch"] == 2
+    assert len((tmp_path / "training_log.txt").read_text().splitlines()) == 3
+    run_training(training_job(small_task, tmp_path, resume=True), tiny_settings(epochs=3, checkpoint_every=2))
+    lines = (tmp_path / "training_log.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "epoch 3"]
+
+
+@pytest.mark.parametrize("keep", [0, 100, 0.5, -50])
+def test_truncated_checkpoint_raises_checkpoint_error(trained_fold, tmp_path, keep):
+    source = (trained_fold[0] / "checkpoint_final.pt").read_bytes()
+    size = int(len(source) * keep) if isinstance(keep, float) else (keep if keep >= 0 else len(source) + keep)
+    damaged = tmp_path / "checkpoint_latest.pt"
+    damaged.write_bytes(source[:size])
+    with pytest.raises(CheckpointError, match="damaged or truncated checkpoint") as error:
+        load_checkpoint(damaged)
+    assert str(damaged) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_checkpoint_of_another_plan_is_refused(trained_fold, small_task, tmp_path):
+    from helpers_training import small_plans
+
+    other = small_plans(small_task.plans, base_features=4)  # same task, a narrower network
+    job = training_job(small_task, trained_fold[0], resume=True)
+    job.plans = other
+    with pytest.raises(CheckpointError, match="different plan \\(architecture differs\\)"):
+        Trainer(job, tiny_settings(epochs=8)).run()
+
+
+# ------------------------------------------------------------------------------------ CLI
+@pytest.fixture
+def workspace(small_task, tmp_path) -> Path:
+    """A writable copy of the small task's workspace (plans, arrays, current task)."""
+    home = tmp_path / "workspace"
+    shutil.copytree(small_task.preprocessed_folder.parent.parent, home)
+    return home
+
+
+def test_cli_resume_from_truncated_checkpoint_is_a_one_line_error(workspace, trained_fold):
+    from autoseg.cli import app
+
+    fold_folder = workspace / "results" / TASK_NAME / CONFIGURATION / "fold_0"
+    fold_folder.mkdir(parents=True)
+    source = (trained_fold[0] / "checkpoint_final.pt").read_bytes()
+    (fold_folder / "checkpoint_latest.pt").write_bytes(source[: len(source) // 2])
+    result = CliRunner().invoke(app, ["--home", str(workspace), "train", CONFIGURATION, "--fold", "0", "--resume",
+                                      "--epochs", "2", "--iterations", "1", "--val-iterations", "1",
+                                      "--workers", "0", "--device", "cpu", "--no-validate"])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    errors = result.stderr.splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: ")
+    assert "checkpoint_latest.pt: damaged or truncated checkpoint" in errors[0]
+
+
+def test_cli_trains_fold_all_and_reuses_the_saved_splits(workspace):
+    from autoseg.cli import app
+
+    splits_file = workspace / "results" / TASK_NAME / "splits.json"
+    arguments = ["--home", str(workspace), "train", CONFIGURATION, "--epochs", "1", "--iterations", "1",
+                 "--val-iterations", "1", "--workers", "0", "--device", "cpu", "--seed", "0", "--no-validate"]
+    result = CliRunner().invoke(app, arguments + ["--fold", "all"])
+    assert result.exit_code == 0, result.output
+    assert "10 training / 10 validation cases" in result.output
+    assert (workspace / "results" / TASK_NAME / CONFIGURATION / "fold_all" / "checkpoint_final.pt").is_file()
+    written = splits_file.read_text()
+    # A second command reads the same splits.json back (it must not reject its own file).
+    result = CliRunner().invoke(app, arguments + ["--fold", "1"])
+    assert result.exit_code == 0, result.output
+    assert "8 training / 2 validation cases" in result.output
+    assert splits_file.read_text() == written
+
+
+# ------------------------------------------------------------------------------------ seeds, workers
+def test_same_seed_gives_identical_cpu_runs_and_another_seed_does_not(small_task, tmp_path):
+    def losses(seed, folder):
+        log = run_training(training_job(small_task, tmp_path / folder), tiny_settings(seed=seed, iterations_per_epoch=2))
+        weights = load_checkpoint(tmp_path / folder / "checkpoint_final.pt")["network_weights"]
+        return log.train_loss + log.val_loss, weights
+
+    first, first_weights = losses(7, "a")
+    second, second_weights = losses(7, "b")
+    other, _ = losses(8, "c")
+    assert first == second
+    assert all(torch.equal(first_weights[k], second_weights[k]) for k in first_weights)
+    assert other != first
+
+
+def test_background_workers_feed_an_epoch(small_task, tmp_path):
+    log = run_training(training_job(small_task, tmp_path), tiny_settings(num_workers=2, iterations_per_epoch=2))
+    assert len(log.train_loss) == 1 and math.isfinite(log.train_loss[0])
+    assert log.data_wait_seconds[0] >= 0
+    assert (tmp_path / "checkpoint_final.pt").is_file()
+
+
+# ------------------------------------------------------------------------------------ splits
+def _ids(n: int) -> list[str]:
+    return [f"case_{i:02d}" for i in range(n)]
+
+
+def test_splits_are_a_seeded_five_fold_kfold_over_sorted_ids():
+    from sklearn.model_selection import KFold
+
+    ids = _ids(12)
+    splits = make_splits(list(reversed(ids)))  # input order does not matter
+    assert len(splits) == NUM_FOLDS == 5
+    expected = KFold(n_splits=5, shuffle=True, random_state=SPLIT_SEED).split(ids)
+    for split, (train, val) in zip(splits, expected):
+        assert split == {"train": [ids[i] for i in train], "val": [ids[i] for i in val]}
+    validated = sorted(case for split in splits for case in split["val"])
+    assert validated == ids  # every case validated exactly once
+    assert [len(s["val"]) for s in splits] == [3, 3, 2, 2, 2]
+    assert all(not set(s["train"]) & set(s["val"]) for s in splits)
+
+
+def test_fewer_cases_than_folds_gives_one_fold_per_case_and_one_case_is_refused():
+    assert [len(s["val"]) for s in make_splits(_ids(3))] == [1, 1, 1]
+    with pytest.raises(AutosegError, match="at least 2 cases"):
+        make_splits(_ids(1))
+
+
+def test_splits_file_is_written_once_and_reused(tmp_path):
+    path = tmp_path / "splits.json"
+    created = load_or_create_splits(path, _ids(10))
+    assert json.loads(path.read_text()) == created
+    # Later calls read the file (a new case list does not reshuffle existing folds).
+    assert load_or_create_splits(path, list(reversed(_ids(10))) + ["case_10"]) == created
+
+
+def test_user_edited_splits_are_respected(tmp_path):
+    path = tmp_path / "splits.json"
+    edited = [{"train": ["case_00", "case_01"], "val": ["case_02"]}, {"train": ["case_02"], "val": ["case_00"]}]
+    path.write_text(json.dumps(edited))
+    splits = load_or_create_splits(path, _ids(4))
+    assert splits == edited
+    assert fold_cases(splits, 1, _ids(4)) == (["case_02"], ["case_00"])
+    with pytest.raises(AutosegError, match="fold 2 does not exist: splits.json has folds 0..1"):
+        fold_cases(splits, 2, _ids(4))
+
+
+def test_splits_naming_unknown_cases_are_refused(tmp_path):
+    path = tmp_path / "splits.json"
+    path.write_text(json.dumps([{"train": ["case_00", "gone_07"], "val": ["case_01"]}]))
+    with pytest.raises(AutosegError, match=r"fold 0 names unknown cases \['gone_07'\]"):
+        load_or_create_splits(path, _ids(2))
+
+
+def test_fold_all_trains_and_validates_on_every_case():
+    ids = _ids(4)
+    assert fold_cases(make_splits(ids), "all", list(reversed(ids))) == (ids, ids)
+    assert fold_cases(make_splits(ids), "2", ids) == tuple(make_splits(ids)[2].values())
