@@ -59,23 +59,40 @@ def check_case(case: Case, dataset: Dataset) -> list[Problem]:
     unknown = sorted(set(np.unique(label).tolist()) - set(dataset.labels))
     if unknown:
         add(case.label_file, f"label values {unknown} not in dataset.json labels {sorted(dataset.labels)}")
-    if geometry is not None and (difference := geometry.agrees_with(label_geometry, GEOMETRY_TOLERANCE)):
-        add(case.label_file, f"label does not match its image: {difference}")
+    if geometry is not None and (difference := label_geometry.agrees_with(geometry, GEOMETRY_TOLERANCE)):
+        add(case.label_file, f"label does not match its image (label's != image's): {difference}")
+    return problems
+
+
+def dataset_json_problems(dataset: Dataset) -> list[Problem]:
+    """Problems of dataset.json's entries: unusable entries (from `load_dataset(strict=False)`) and a
+    `numTraining` that disagrees with the number of training entries."""
+    json_file = str(dataset.root / "dataset.json")
+    problems = [Problem(entry.case_id, json_file, f"{entry.where}: {entry.message}") for entry in dataset.invalid_entries]
+    listed = len(dataset.cases) + len({e.index for e in dataset.invalid_entries if e.kind == "training"})
+    if dataset.declared_num_training is not None and dataset.declared_num_training != listed:
+        problems.append(Problem("dataset", json_file, f"numTraining is {dataset.declared_num_training}, "
+                                                      f"but {listed} training cases are listed"))
     return problems
 
 
 def check_dataset(dataset: Dataset, workers: int = 1, on_case_done=None) -> list[Problem]:
-    """Check every training case; `on_case_done()` is called after each case (progress)."""
+    """Check dataset.json's entries and every training case; `on_case_done()` is called after each case (progress).
+
+    Pass a dataset loaded with `load_dataset(folder, strict=False)` to have unusable entries reported
+    here rather than raised by the loader.
+    """
     def run(case):
         result = check_case(case, dataset)
         if on_case_done:
             on_case_done()
         return result
 
+    problems = dataset_json_problems(dataset)
     # Reading is I/O and decompression bound (SimpleITK releases the GIL): threads suffice.
     with ThreadPoolExecutor(max(1, workers)) as pool:
         per_case = list(pool.map(run, dataset.cases))
-    problems = [p for case_problems in per_case for p in case_problems]
+    problems += [p for case_problems in per_case for p in case_problems]
     for case in dataset.test_cases:
         for file in case.image_files:
             if not Path(file).is_file():

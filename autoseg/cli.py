@@ -128,7 +128,7 @@ def check(
     from autoseg.check import check_dataset
     from autoseg.dataset import load_dataset
 
-    dataset = load_dataset(state.workspace.dataset_folder(task))
+    dataset = load_dataset(state.workspace.dataset_folder(task), strict=False)  # bad entries become problems
     with progress_bar(len(dataset.cases), "case", "check") as bar:
         problems = check_dataset(dataset, workers, on_case_done=lambda: bar.update())
     for problem in problems:

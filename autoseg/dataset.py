@@ -9,6 +9,7 @@ nnU-Net v2: `channel_names`, `labels` {"background": 0}, `file_ending`, one file
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,22 @@ class Case:
     label_file: Path | None
 
 
+@dataclass(frozen=True)
+class InvalidEntry:
+    """A `training` / `test` entry of dataset.json that cannot be used (kept by `load_dataset(strict=False)`)."""
+
+    case_id: str  # from the entry's file names, else "training[i]"
+    kind: str  # "training" or "test"
+    index: int  # position in that list
+    key: str  # "image", "label", or "" for the entry as a whole
+    message: str
+
+    @property
+    def where(self) -> str:
+        """e.g. "training[3].label"."""
+        return f"{self.kind}[{self.index}]" + (f".{self.key}" if self.key else "")
+
+
 @dataclass
 class Dataset:
     root: Path
@@ -33,6 +50,8 @@ class Dataset:
     cases: list[Case]
     test_cases: list[Case] = field(default_factory=list)
     file_ending: str = ".nii.gz"
+    declared_num_training: int | None = None  # dataset.json `numTraining`, when given
+    invalid_entries: list[InvalidEntry] = field(default_factory=list)  # only with strict=False
 
     @property
     def num_channels(self) -> int:
@@ -49,14 +68,21 @@ class Dataset:
         raise DatasetError(f"{self.root}: no training case named {case_id!r}")
 
 
-def _inside(root: Path, relative: str, where: str) -> Path:
-    """Resolve a dataset.json path, refusing anything that escapes the dataset folder."""
+def _path_problem(root: Path, relative) -> str | None:
+    """What is wrong with a dataset.json file path, or None: it must be relative and stay in `root`.
+
+    The test is on the path as written ("../", absolute), not on where symbolic links lead, so a
+    dataset whose imagesTr/ is a link to another disk stays usable.
+    """
     if not isinstance(relative, str) or not relative:
-        raise DatasetError(f"{root / 'dataset.json'}: {where}: expected a file path, got {relative!r}")
-    path = (root / relative).resolve()
-    if Path(relative).is_absolute() or not path.is_relative_to(root.resolve()):
-        raise DatasetError(f"{root / 'dataset.json'}: {where}: path {relative!r} leaves the dataset folder")
-    return path
+        return f"expected a file path, got {relative!r}"
+    if Path(relative).is_absolute() or not _entry_path(root, relative).is_relative_to(root):
+        return f"path {relative!r} leaves the dataset folder"
+    return None
+
+
+def _entry_path(root: Path, relative: str) -> Path:
+    return Path(os.path.normpath(root / relative))
 
 
 def case_id_from_filename(path: Path, ending: str) -> str:
@@ -94,23 +120,44 @@ def _parse_labels(meta: dict, json_path: Path) -> dict[int, str]:
     return labels
 
 
-def _msd_cases(root: Path, meta: dict, json_path: Path) -> tuple[list[Case], list[Case]]:
+def _entry_case_id(root: Path, entry, index: int, kind: str) -> str:
+    """Case id of a dataset.json entry for messages: from its image (else label) file name,
+    preferring a usable path, else `kind[index]` (e.g. "training[3]")."""
+    names = [entry.get(key) for key in ("image", "label")] if isinstance(entry, dict) else [entry]
+    names = [n for n in names if isinstance(n, str) and Path(n).name.strip(".")]
+    names.sort(key=lambda n: _path_problem(root, n) is not None)  # stable: usable paths first
+    return case_id_from_filename(Path(names[0]), file_ending(names[0])) if names else f"{kind}[{index}]"
+
+
+def _msd_cases(root: Path, meta: dict, json_path: Path) -> tuple[list[Case], list[Case], list[InvalidEntry]]:
+    """Training and test cases listed in an MSD dataset.json, and the entries that cannot be used."""
     training = meta.get("training")
     if not isinstance(training, list):
         raise DatasetError(f"{json_path}: 'training' must be a list of {{\"image\", \"label\"}} entries")
-    cases = []
+    cases, invalid = [], []
     for index, entry in enumerate(training):
+        case_id = _entry_case_id(root, entry, index, "training")
         if not isinstance(entry, dict) or "image" not in entry or "label" not in entry:
-            raise DatasetError(f"{json_path}: training[{index}] needs 'image' and 'label'")
-        image = _inside(root, entry["image"], f"training[{index}].image")
-        label = _inside(root, entry["label"], f"training[{index}].label")
-        cases.append(Case(case_id_from_filename(image, file_ending(image)), (image,), label))
+            invalid.append(InvalidEntry(case_id, "training", index, "", "needs 'image' and 'label'"))
+            continue
+        paths = {}
+        for key in ("image", "label"):
+            if problem := _path_problem(root, entry[key]):
+                invalid.append(InvalidEntry(case_id, "training", index, key, problem))
+            else:
+                paths[key] = _entry_path(root, entry[key])
+        if len(paths) == 2:
+            image = paths["image"]
+            cases.append(Case(case_id_from_filename(image, file_ending(image)), (image,), paths["label"]))
     tests = []
     for index, entry in enumerate(meta.get("test", []) or []):
-        relative = entry["image"] if isinstance(entry, dict) else entry
-        image = _inside(root, relative, f"test[{index}]")
+        relative = entry.get("image") if isinstance(entry, dict) else entry
+        if problem := _path_problem(root, relative):
+            invalid.append(InvalidEntry(_entry_case_id(root, entry, index, "test"), "test", index, "", problem))
+            continue
+        image = _entry_path(root, relative)
         tests.append(Case(case_id_from_filename(image, file_ending(image)), (image,), None))
-    return cases, tests
+    return cases, tests, invalid
 
 
 def _v2_cases(root: Path, folder: str, ending: str, num_channels: int, with_labels: bool) -> list[Case]:
@@ -140,8 +187,14 @@ def _v2_cases(root: Path, folder: str, ending: str, num_channels: int, with_labe
     return cases
 
 
-def load_dataset(folder: str | Path) -> Dataset:
-    """Read `folder/dataset.json` and list the cases. Files are not opened (see `autoseg.check`)."""
+def load_dataset(folder: str | Path, strict: bool = True) -> Dataset:
+    """Read `folder/dataset.json` and list the cases. Files are not opened (see `autoseg.check`).
+
+    strict: an unusable `training`/`test` entry (path leaving the folder, missing 'label', ...)
+    raises a DatasetError; with strict=False such entries are left out of `cases` and listed in
+    `invalid_entries`, so `autoseg check` can report all of them with the other problems.
+    A dataset.json that is malformed as a whole (bad JSON, modality, labels) always raises.
+    """
     root = Path(folder).resolve()
     json_path = root / "dataset.json"
     if not root.is_dir():
@@ -152,13 +205,19 @@ def load_dataset(folder: str | Path) -> Dataset:
         meta = json.loads(json_path.read_text())
     except json.JSONDecodeError as e:
         raise DatasetError(f"{json_path}: malformed JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise DatasetError(f"{json_path}: not a UTF-8 text file") from None
     if not isinstance(meta, dict):
         raise DatasetError(f"{json_path}: expected a JSON object at the top level")
     modality = _parse_modality(meta, json_path)
     labels = _parse_labels(meta, json_path)
     ending = meta.get("file_ending")
+    invalid: list[InvalidEntry] = []
     if "training" in meta:
-        cases, tests = _msd_cases(root, meta, json_path)
+        cases, tests, invalid = _msd_cases(root, meta, json_path)
+        if invalid and strict:
+            first = invalid[0]
+            raise DatasetError(f"{json_path}: {first.where}: {first.message}")
         ending = ending or (file_ending(cases[0].image_files[0]) if cases else ".nii.gz")
     else:
         if not ending:
@@ -167,11 +226,14 @@ def load_dataset(folder: str | Path) -> Dataset:
         tests = _v2_cases(root, "imagesTs", ending, len(modality), with_labels=False)
     if ending not in SUPPORTED_ENDINGS:
         raise DatasetError(f"{json_path}: unsupported file_ending {ending!r}")
-    if not cases:
+    if not cases and not invalid:
         raise DatasetError(f"{json_path}: no training cases listed or found")
     ids = [c.case_id for c in cases]
     if len(set(ids)) != len(ids):
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise DatasetError(f"{json_path}: case {duplicate!r} is listed twice")
+    declared = meta.get("numTraining")
+    if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int)):
+        raise DatasetError(f"{json_path}: 'numTraining' must be a whole number, got {declared!r}")
     name = str(meta.get("name") or root.name)
-    return Dataset(root, name, modality, labels, cases, tests, ending)
+    return Dataset(root, name, modality, labels, cases, tests, ending, declared, invalid)

@@ -47,6 +47,9 @@ def _case_volume(spec: DemoSpec, rng: np.random.Generator) -> tuple[np.ndarray, 
     lesion_radius = organ_radii.min() * rng.uniform(0.3, 0.45)
     lesion_center = organ_center + rng.uniform(-0.3, 0.3, 3) * (organ_radii - lesion_radius)
     lesion = _ellipsoid(grid, lesion_center, [lesion_radius] * 3) & organ
+    if not lesion.any():  # a sphere thinner than the slices can miss every voxel centre: widen it to
+        # one voxel per axis, which always holds the voxel nearest its centre (0.5^2 * 3 < 1)
+        lesion = _ellipsoid(grid, lesion_center, [max(lesion_radius, s) for s in spacing]) & organ
     label = organ.astype(np.uint8) + lesion.astype(np.uint8)
     channels = []
     for channel in range(spec.channels):

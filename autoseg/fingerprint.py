@@ -7,7 +7,6 @@ and records spacing, shapes, class voxel counts and a seeded sample of foregroun
 from __future__ import annotations
 
 import hashlib
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,10 +18,13 @@ from autoseg.artifacts import read_json, write_json
 from autoseg.dataset import Case, Dataset
 from autoseg.errors import AutosegError
 
-FINGERPRINT_SCHEMA_VERSION = 1
+# 2: dataset-level percentiles of spacings and cropped shapes (`spacing_percentiles`, `cropped_shape_percentiles`).
+FINGERPRINT_SCHEMA_VERSION = 2
 # Foreground voxels sampled per case and channel for the intensity statistics.
 INTENSITY_SAMPLES_PER_CASE = 10_000
 INTENSITY_SAMPLE_SEED = 1234
+# Percentiles of spacings and cropped shapes recorded for the dataset (0 and 100: min and max).
+SHAPE_AND_SPACING_PERCENTILES = (0, 10, 50, 90, 100)
 
 
 @dataclass
@@ -79,6 +81,10 @@ class Fingerprint:
     median_relative_size_after_cropping: float
     intensity_per_channel: dict[str, ChannelIntensity]
     mean_class_fraction: dict[str, float] = field(default_factory=dict)  # label -> mean share of voxels
+    # Percentile (str, see SHAPE_AND_SPACING_PERCENTILES) -> (z, y, x) value over the cases; reference
+    # fingerprints hold only what was published (e.g. "0", "50", "100": min, median, max).
+    spacing_percentiles: dict[str, list[float]] = field(default_factory=dict)
+    cropped_shape_percentiles: dict[str, list[float]] = field(default_factory=dict)
     cases: list[CaseFingerprint] = field(default_factory=list)
     dataset_signature: str = ""  # detects added, removed or modified files
     source: str = "autoseg fingerprint"
@@ -161,8 +167,14 @@ def analyze_case(case: Case) -> tuple[CaseFingerprint, np.ndarray]:
     return fingerprint, sample.astype(np.float32)
 
 
+def axis_percentiles(values: np.ndarray) -> dict[str, list[float]]:
+    """(n_cases, 3) values -> {"0": [z, y, x] minimum, "10": ..., "100": maximum} (numpy's linear percentiles)."""
+    return {str(q): [float(v) for v in np.percentile(values, q, axis=0)] for q in SHAPE_AND_SPACING_PERCENTILES}
+
+
 def summarize(dataset: Dataset, cases: list[CaseFingerprint], samples: list[np.ndarray],
               signature: str) -> Fingerprint:
+    """Dataset-level fingerprint from the per-case fingerprints and foreground samples (C, n) of every case."""
     spacings = np.array([c.spacing for c in cases], dtype=np.float64)
     shapes = np.array([c.cropped_shape for c in cases], dtype=np.float64)
     intensities = {}
@@ -184,6 +196,8 @@ def summarize(dataset: Dataset, cases: list[CaseFingerprint], samples: list[np.n
         median_relative_size_after_cropping=float(np.median([c.relative_size_after_cropping for c in cases])),
         intensity_per_channel=intensities,
         mean_class_fraction=fractions,
+        spacing_percentiles=axis_percentiles(spacings),
+        cropped_shape_percentiles=axis_percentiles(shapes),
         cases=cases,
         dataset_signature=signature,
     )
@@ -204,14 +218,21 @@ def extract_fingerprint(dataset: Dataset, workers: int = 1,
 
 
 def _map_cases(function, cases: list[Case], workers: int) -> Iterable:
-    """Results in case order; one case per worker in flight so memory stays bounded."""
+    """Results in case order; each worker holds one case at a time, so memory is about `workers` cases
+    (the results, a fingerprint and a 10,000-voxel sample per case, are small). A worker's own error
+    (e.g. an ImageReadError naming the file) comes back as itself; a killed worker as an AutosegError."""
     if workers <= 1:
         yield from map(function, cases)
         return
     import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
 
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        yield from pool.map(function, cases)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            yield from pool.map(function, cases)
+    except BrokenProcessPool:
+        raise AutosegError(f"a fingerprint worker process died (killed, most likely out of memory) with "
+                           f"{workers} workers; rerun with fewer (-j)") from None
 
 
 def load_or_extract(dataset: Dataset, path: Path, workers: int = 1, on_case_done=None) -> tuple[Fingerprint, bool]:

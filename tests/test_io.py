@@ -68,3 +68,43 @@ def test_non_integer_label_is_an_error(tmp_path):
 
 def test_geometry_json_round_trip():
     assert Geometry.from_json(GEOMETRY.to_json()) == GEOMETRY
+
+
+@pytest.mark.parametrize("ending", [".nii.gz", ".mhd", ".nrrd"])
+def test_nan_survives_reading(tmp_path, ending):
+    # SimpleITK's own NIfTI reader turns NaN into 0; `autoseg check` must see it in every format.
+    array = np.ones(GEOMETRY.shape, np.float32)
+    array[1, 2, 3] = np.nan
+    read, _ = read_image(write_image(array, GEOMETRY, tmp_path / f"nan{ending}"))
+    assert np.isnan(read).sum() == 1 and np.isnan(read[0, 1, 2, 3])
+
+
+def test_4d_msd_image_keeps_the_3d_geometry(tmp_path):
+    images = []
+    for c in range(2):
+        image = sitk.GetImageFromArray(np.full((4, 5, 6), c, np.float32))
+        image.SetSpacing((0.5, 0.6, 2.0))
+        image.SetOrigin((1.0, 2.0, 3.0))
+        image.SetDirection((0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+        images.append(image)
+    joined = sitk.JoinSeries(images)  # 4D: the 4th axis gets spacing 1, origin 0
+    joined.SetOrigin((1.0, 2.0, 3.0, 0.0))
+    direction = np.eye(4)
+    direction[:3, :3] = np.array([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    joined.SetDirection(direction.ravel().tolist())
+    sitk.WriteImage(joined, str(tmp_path / "multi.nii.gz"))
+    _, geometry = read_image(tmp_path / "multi.nii.gz")
+    assert geometry.shape == (4, 5, 6)
+    np.testing.assert_allclose(geometry.origin_xyz, (1.0, 2.0, 3.0))
+    np.testing.assert_allclose(geometry.direction, (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
+    # a prediction written with it lies where a 3D channel would
+    seg_path = write_segmentation(np.zeros((4, 5, 6), np.int16), geometry, tmp_path / "seg.nii.gz")
+    assert read_segmentation(seg_path)[1].agrees_with(geometry) is None
+
+
+def test_channel_files_with_different_grids_are_refused(tmp_path):
+    write_image(np.zeros(GEOMETRY.shape, np.float32), GEOMETRY, tmp_path / "c_0000.nii.gz")
+    other = Geometry(GEOMETRY.shape, (3.0, 0.8, 0.9), GEOMETRY.origin_xyz, GEOMETRY.direction)
+    write_image(np.zeros(GEOMETRY.shape, np.float32), other, tmp_path / "c_0001.nii.gz")
+    with pytest.raises(ImageReadError, match="c_0001.nii.gz: channel geometry differs"):
+        read_image([tmp_path / "c_0000.nii.gz", tmp_path / "c_0001.nii.gz"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,7 +86,8 @@ def test_median_resampled_shape_uses_cases_when_present():
     ("ct", 1.0, ("ct", False)),
     ("T2", 0.5, ("zscore", True)),
     ("T2", 0.9, ("zscore", False)),
-    ("FLAIR", 0.75, ("zscore", False)),  # the mask needs strictly < 0.75
+    ("FLAIR", 0.75, ("zscore", True)),  # cropping removed exactly a quarter: the mask is used
+    ("FLAIR", 0.76, ("zscore", False)),
     ("noNorm", 0.5, ("none", False)),
     ("none", 0.5, ("none", False)),
     ("R", 0.5, ("rgb_to_0_1", False)),
@@ -344,3 +346,61 @@ def test_summary_shows_configurations_and_notes():
     assert " x ".join(str(p) for p in fullres.patch_size) in text
     assert "anisotropic: coarse axis spacing 3 mm from the 10th percentile instead of the median 5 mm" in text
     assert "1 x 3 x 3" in text  # first-stage kernel of the stage table
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from autoseg.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_plan_fingerprints_first_records_the_task_and_prints_the_summary(small_ct_dataset, tmp_path):
+    home = tmp_path / "home"
+    result = _cli("--home", home, "plan", small_ct_dataset, "-j", "1")
+    assert result.exit_code == 0, result.output
+    preprocessed = home / "preprocessed" / "Task900_Demo"
+    plans = Plans.load(preprocessed / "plans.json")
+    fingerprint = Fingerprint.load(preprocessed / "fingerprint.json")  # run first, as none existed
+    assert plans.fingerprint_signature == fingerprint.dataset_signature != ""
+    for row in ("target spacing (mm)", "median shape (voxels)", "patch size", "batch size", "stages",
+                "normalization", "estimated memory (GB)", "3d_fullres stages:", "stride", "kernel"):
+        assert row in result.output
+    fullres = plans.configuration("3d_fullres")
+    assert " x ".join(str(p) for p in fullres.patch_size) in result.output
+    assert json.loads((home / "current_task.json").read_text())["task"] == "Task900_Demo"
+
+
+def test_cli_plan_replans_from_a_changed_dataset(writable_dataset, tmp_path):
+    from tests.conftest import edit_dataset_json
+
+    home = tmp_path / "home"
+    assert _cli("--home", home, "plan", writable_dataset).exit_code == 0
+    edit_dataset_json(writable_dataset, lambda m: m.update(training=m["training"][:3]))
+    assert _cli("--home", home, "plan", writable_dataset).exit_code == 0
+    assert Fingerprint.load(home / "preprocessed" / "Task900_Demo" / "fingerprint.json").num_cases == 3
+
+
+def test_cli_plan_from_a_fingerprint_file_with_a_memory_budget(tmp_path):
+    reference = Path(__file__).resolve().parents[1] / "fingerprints" / "Task03_Liver.json"
+    home = tmp_path / "home"
+    result = _cli("--home", home, "plan", "--fingerprint", reference, "--gpu-memory", "4")
+    assert result.exit_code == 0, result.output
+    plans = Plans.load(home / "preprocessed" / "Task03_Liver" / "plans.json")
+    assert plans.gpu_memory_gb == 4.0 and "plans for a 4 GB GPU" in result.output
+    assert all(plans.configuration(name).estimated_memory_gb <= 4.0 for name in plans.configurations)
+    eight = plan_experiment(Fingerprint.load(reference), gpu_memory_gb=8).configuration("3d_fullres")
+    assert np.prod(plans.configuration("3d_fullres").patch_size) < np.prod(eight.patch_size)
+    assert not (home / "current_task.json").exists()  # no dataset: nothing for later stages to run on
+    both = _cli("--home", home, "plan", "Task03_Liver", "--fingerprint", reference)
+    assert both.exit_code == 1 and "not both" in both.output
+
+
+def test_cli_plan_bad_fingerprint_file_is_one_line(tmp_path):
+    bad = tmp_path / "fingerprint.json"
+    bad.write_text('{"schema_version": 2, "dataset_name": "x"}')
+    result = _cli("--home", tmp_path, "plan", "--fingerprint", bad)
+    assert result.exit_code == 1 and str(bad) in result.output and "malformed fingerprint" in result.output
+    assert "Traceback" not in result.output

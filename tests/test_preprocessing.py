@@ -166,3 +166,83 @@ def test_worker_count_is_bounded_by_cpus_cases_and_memory():
     assert worker_count(8, peak_bytes_per_case=3 * gib, available_bytes=10 * gib, cpu_count=16, num_cases=10) == 3
     assert worker_count(8, peak_bytes_per_case=30 * gib, available_bytes=10 * gib, cpu_count=16, num_cases=10) == 1
     assert worker_count(0, peak_bytes_per_case=gib, available_bytes=100 * gib, cpu_count=16, num_cases=10) == 0
+
+
+def test_thick_slices_are_resampled_in_plane_then_nearest_along_the_coarse_axis():
+    # (z, y, x) = (4, 8, 8) at (4, 1, 1) mm, slice z holding the value z + 1 everywhere inside; target
+    # (2, 0.5, 0.5): 4 / 1 > 3, so every output slice copies one input slice (2k and 2k+1 <- k),
+    # never a cubic blend of two.
+    image = np.zeros((1, 4, 8, 8), np.float32)
+    for z in range(4):
+        image[0, z] = z + 1.0
+    data, _, props = preprocess_case(image, None, Geometry((4, 8, 8), (4.0, 1.0, 1.0)), transpose_forward=[0, 1, 2],
+                                     target_spacing=[2.0, 0.5, 0.5], normalization=["none"], use_mask_for_norm=[False],
+                                     intensity_stats={})
+    assert data.shape == (1, 8, 16, 16) and props.shape_after_resampling == [8, 16, 16]
+    assert [float(v) for v in data[0, :, 8, 8]] == [1, 1, 2, 2, 3, 3, 4, 4]
+    np.testing.assert_allclose(data[0, 3], 2.0, atol=1e-5)  # constant in-plane stays constant
+
+
+def test_stored_properties_give_back_the_original_geometry(tmp_path):
+    # An oblique, offset image on disk -> preprocess -> store -> restore a prediction -> write it: the
+    # written file has the input's exact grid (shape, spacing, origin, direction).
+    image, seg, _ = anisotropic_case()
+    geometry = Geometry(shape=(24, 10, 32), spacing_zyx=(0.8, 3.0, 0.8), origin_xyz=(-12.5, 40.0, 7.25),
+                        direction=(0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
+    image_file = write_image(image[0], geometry, tmp_path / "c_0000.nii.gz")
+    label_file = write_segmentation(seg, geometry, tmp_path / "c.nii.gz")
+    preprocessor = CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[3.0, 1.6, 1.6], **ZSCORE)
+    assert preprocess_dataset([Case("c", (image_file,), label_file)], preprocessor, tmp_path / "pre", workers=0).written
+    _, stored_seg, props = load_case(tmp_path / "pre", "c")
+    from autoseg.io import read_image, read_segmentation
+
+    assert props.original_geometry.agrees_with(read_image(image_file)[1], tolerance=1e-6) is None
+    restored = restore_to_original(np.maximum(np.asarray(stored_seg), 0), props, is_segmentation=True)
+    written = write_segmentation(restored, props.original_geometry, tmp_path / "prediction.nii.gz")
+    written_seg, written_geometry = read_segmentation(written)
+    assert written_geometry.agrees_with(read_segmentation(label_file)[1], tolerance=1e-6) is None
+    assert dice(written_seg == 1, seg == 1) > 0.99
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from autoseg.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_preprocess_the_planned_task_then_skip_it(small_ct_dataset, tmp_path):
+    home = tmp_path / "home"
+    assert _cli("--home", home, "plan", small_ct_dataset, "-j", "1").exit_code == 0
+    result = _cli("--home", home, "preprocess", "-c", "3d_fullres", "-j", "0")  # TASK: the task planned last
+    assert result.exit_code == 0, result.output
+    assert "3d_fullres: 6 written, 0 up to date, 0 failed" in result.output
+    folder = home / "preprocessed" / "Task900_Demo"
+    assert sorted(p.name for p in (folder / "3d_fullres").glob("*.json"))[:2] == ["demo_000.json", "demo_001.json"]
+    assert len(list((folder / "gt_segmentations").iterdir())) == 6
+    # 2d reads the 3d_fullres arrays: nothing to do for it
+    again = _cli("--home", home, "preprocess", "-c", "2d", "-j", "2")
+    assert again.exit_code == 0 and "3d_fullres: 0 written, 6 up to date, 0 failed" in again.output
+    unknown = _cli("--home", home, "preprocess", "-c", "3d_highres")
+    assert unknown.exit_code == 1 and "no configuration '3d_highres'" in unknown.output
+
+
+def test_cli_preprocess_refuses_a_stale_or_broken_plan(writable_dataset, tmp_path):
+    home = tmp_path / "home"
+    assert _cli("--home", home, "plan", writable_dataset, "-j", "1").exit_code == 0
+    plans_file = home / "preprocessed" / "Task900_Demo" / "plans.json"
+    image = writable_dataset / "imagesTr" / "demo_002.nii.gz"
+    os.utime(image, ns=(image.stat().st_atime_ns, image.stat().st_mtime_ns + 10**9))  # the dataset changed
+    stale = _cli("--home", home, "preprocess", "-j", "0")
+    assert stale.exit_code == 1
+    assert str(plans_file) in stale.output and "field 'fingerprint_signature'" in stale.output
+    assert "re-run `autoseg plan" in stale.output and not (plans_file.parent / "3d_fullres").exists()
+    assert _cli("--home", home, "plan", writable_dataset, "-j", "1").exit_code == 0
+    data = json.loads(plans_file.read_text())
+    data["configurations"]["3d_fullres"]["patch_size"] = [20, 32, 33]  # hand-edited, not divisible
+    plans_file.write_text(json.dumps(data))
+    broken = _cli("--home", home, "preprocess", "-j", "0")
+    assert broken.exit_code == 1 and "'patch_size'" in broken.output and "Traceback" not in broken.output

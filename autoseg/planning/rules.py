@@ -28,7 +28,8 @@ ANISOTROPY_SIZE_RATIO = 3.0
 ANISOTROPIC_SPACING_MARGIN_MM = 1e-5
 
 # --- normalization ------------------------------------------------------------------------------
-# z-scoring inside the nonzero mask only pays off when cropping removed a lot of background.
+# z-scoring inside the nonzero mask only pays off when cropping removed a lot of background: a quarter
+# or more of the median volume, i.e. it kept <= this share (nnU-Net: strictly < 0.75; the same but at 0.75).
 USE_MASK_MAX_RELATIVE_SIZE = 0.75
 CT_NAMES = ("ct",)
 NO_NORMALIZATION_NAMES = ("nonorm", "none")
@@ -145,7 +146,7 @@ def normalization_for(modality_name: str, median_relative_size_after_cropping: f
 
     CT -> "ct" (dataset-wide clipping and z-score; the mask is never used, air is information);
     "nonorm"/"none" -> "none"; R/G/B or "rgb" -> "rgb_to_0_1"; anything else -> "zscore"
-    per image, inside the nonzero mask only if cropping kept < 75% of the median volume.
+    per image, inside the nonzero mask only if cropping removed >= 25% (kept <= 75%) of the median volume.
     """
     name = modality_name.strip().casefold()
     if name in CT_NAMES:
@@ -154,7 +155,7 @@ def normalization_for(modality_name: str, median_relative_size_after_cropping: f
         return "none", False
     if name in RGB_NAMES:
         return "rgb_to_0_1", False
-    return "zscore", bool(median_relative_size_after_cropping < USE_MASK_MAX_RELATIVE_SIZE)
+    return "zscore", bool(median_relative_size_after_cropping <= USE_MASK_MAX_RELATIVE_SIZE)
 
 
 # --- network topology ---------------------------------------------------------------------------

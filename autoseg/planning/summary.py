@@ -62,7 +62,7 @@ def decision_notes(plans: Plans) -> list[str]:
     for index, channel in enumerate(sorted(plans.modality, key=int)):
         if first.use_mask_for_norm[index]:
             notes.append(f"channel {channel} ({plans.modality[channel]}): z-score inside the nonzero mask "
-                         f"(cropping keeps < {rules.USE_MASK_MAX_RELATIVE_SIZE:.0%} of the median volume)")
+                         f"(cropping keeps <= {rules.USE_MASK_MAX_RELATIVE_SIZE:.0%} of the median volume)")
     return notes
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from autoseg.dataset import Dataset
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, PlanError
 from autoseg.preprocessing.store import CasePreprocessor, PreprocessSummary, preprocess_dataset
 
 
@@ -55,6 +55,20 @@ def copy_reference_labels(dataset: Dataset, target: Path) -> None:
             shutil.copy2(case.label_file, destination)
 
 
+def check_plans_are_current(plans, dataset: Dataset, plans_file: Path) -> None:
+    """Raise a PlanError naming `fingerprint_signature` when the plan was not made from this dataset as it
+    is now: files added, removed or modified since planning, or a plan made from a reference fingerprint
+    (whose intensity statistics are not this dataset's)."""
+    from autoseg.fingerprint import dataset_signature
+
+    current = dataset_signature(dataset)
+    if plans.fingerprint_signature != current:
+        made_from = (f"a fingerprint of other files ({plans.fingerprint_signature!r})" if plans.fingerprint_signature
+                     else "a fingerprint file without images")
+        raise PlanError(f"{plans_file}: field 'fingerprint_signature': the plan was made from {made_from}, not from "
+                        f"{dataset.root} as it is now ({current!r}); re-run `autoseg plan {dataset.root}`")
+
+
 def preprocess_task(dataset: Dataset, plans, preprocessed_folder: Path, *, configurations: Sequence[str] | None = None,
                     workers: int = 2, progress: Callable[[str, str, str], None] | None = None
                     ) -> dict[str, PreprocessSummary]:
@@ -64,6 +78,7 @@ def preprocess_task(dataset: Dataset, plans, preprocessed_folder: Path, *, confi
     """
     if plans.dataset_name != dataset.name and plans.dataset_name != dataset.root.name:
         raise AutosegError(f"plans are for {plans.dataset_name!r}, but the dataset is {dataset.name!r}; re-run plan")
+    check_plans_are_current(plans, dataset, preprocessed_folder / "plans.json")
     copy_reference_labels(dataset, preprocessed_folder / "gt_segmentations")
     summaries = {}
     for data_identifier, configuration_name in configurations_to_preprocess(plans, configurations).items():
