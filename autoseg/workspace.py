@@ -4,6 +4,7 @@
     HOME/preprocessed/TASK/        fingerprint.json, plans.json, per-configuration arrays
     HOME/results/TASK/             splits.json, CONFIG/fold_N/ checkpoints, find-best and postprocessing choices
     HOME/current_task.json         the task last planned, so later stages can omit it
+    HOME/device_speed.json         this machine's measured training speed (compute-aware planning)
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ class Workspace:
 
     def plans_file(self, task_name: str) -> Path:
         return self.preprocessed(task_name) / "plans.json"
+
+    @property
+    def device_speed_file(self) -> Path:
+        return self.home / "device_speed.json"
 
     def remember_task(self, task_name: str, dataset_folder: Path | None) -> None:
         write_json(self.home / "current_task.json",

@@ -286,8 +286,15 @@ def candidate_cost(configuration: Configuration, candidate: Candidate, speed: De
 
 
 def epoch_seconds(cost: CandidateCost, iterations_per_epoch: int) -> float:
-    training = iterations_per_epoch * cost.seconds_per_iteration
-    validation = validation_iterations(iterations_per_epoch) * cost.seconds_per_iteration * FORWARD_SHARE
+    return predicted_epoch_seconds(cost.seconds_per_iteration, iterations_per_epoch,
+                                   validation_iterations(iterations_per_epoch))
+
+
+def predicted_epoch_seconds(seconds_per_iteration: float, iterations_per_epoch: int,
+                            validation_iterations_per_epoch: int) -> float:
+    """Training iterations, forward-only validation iterations and the per-epoch overhead."""
+    training = iterations_per_epoch * seconds_per_iteration
+    validation = validation_iterations_per_epoch * seconds_per_iteration * FORWARD_SHARE
     return (training + validation) * (1 + EPOCH_OVERHEAD_SHARE)
 
 
@@ -320,6 +327,14 @@ def _quality_loss(candidate: Candidate, total_iterations: int, planned_voxels: f
         "batch": _halvings(planned_batch, candidate.batch_size),
     }
     return sum(LOSS_WEIGHTS[name] * value**2 for name, value in halvings.items())
+
+
+def decision_quality_loss(decision: BudgetDecision) -> float:
+    """The quality loss (module docstring) of a decision against its unconstrained plan: lower is better.
+    Compares decisions made at different precisions for the same configuration and budget."""
+    candidate = Candidate(tuple(decision.patch_size), decision.base_features, decision.batch_size)
+    return _quality_loss(candidate, decision.epochs * decision.iterations_per_epoch,
+                         float(math.prod(decision.planned_patch_size)), decision.planned_batch_size)
 
 
 def build_ladder(configuration: Configuration, speed: DeviceSpeed, num_training_cases: int,

@@ -13,7 +13,7 @@ Inheritance is a shallow merge, as in nnU-Net: each top-level key of the child r
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,9 @@ class Configuration:
     previous_stage: str | None = None
     next_stage: str | None = None
     inherits_from: str | None = None
+    # Set by compute-aware planning (`autoseg plan --time-budget`): the BudgetDecision as JSON, i.e.
+    # the schedule and precision to train with and the timings they were predicted from.
+    budget: dict | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -57,7 +60,9 @@ class Configuration:
     @classmethod
     def from_json(cls, data: dict, where: str = "configuration", num_channels: int | None = None) -> "Configuration":
         """Build from a fully resolved entry (no missing fields); validate every field."""
-        _check_fields(data, {f.name for f in fields(cls)}, where)
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}
+        _check_fields(data, {f.name for f in fields(cls)}, where, optional)
+        data = {**{name: None for name in optional}, **data}
         architecture = _architecture_from_json(data["architecture"], f"{where}: field 'architecture'")
         configuration = cls(**{**data, "architecture": architecture})
         try:
@@ -154,10 +159,10 @@ def _jsonable(entry: dict) -> dict:
     return {k: (v.to_json() if isinstance(v, Architecture) else copy.deepcopy(v)) for k, v in entry.items()}
 
 
-def _check_fields(data: dict, expected: set[str], where: str) -> None:
+def _check_fields(data: dict, expected: set[str], where: str, optional: set[str] = frozenset()) -> None:
     if not isinstance(data, dict):
         raise PlanError(f"{where}: expected a JSON object, got {type(data).__name__}")
-    missing = sorted(expected - set(data))
+    missing = sorted(expected - optional - set(data))
     if missing:
         raise PlanError(f"{where}: missing field {', '.join(repr(m) for m in missing)}")
     unknown = sorted(set(data) - expected)
@@ -222,6 +227,10 @@ def _validate_configuration(configuration: Configuration, where: str, num_channe
                 raise PlanError(f"{where}: field '{name}' has {len(getattr(c, name))} entries for "
                                 f"{num_channels} channels")
     _validate_architecture(c.architecture, c.dimension, where)
+    if c.budget is not None:
+        from autoseg.planning.budget import BudgetDecision  # budget.py imports this module
+
+        BudgetDecision.from_json(c.budget, f"{where}: field 'budget'")
     divisor = c.architecture.total_downsampling()
     if any(p % d for p, d in zip(c.patch_size, divisor)):
         raise PlanError(f"{where}: field 'patch_size' {c.patch_size} is not divisible by the network's "

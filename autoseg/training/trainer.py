@@ -32,6 +32,8 @@ GRAD_CLIP_NORM = 12.0
 EMA_DECAY = 0.9  # pseudo-Dice moving average for checkpoint_best
 # Saving checkpoint_latest may take at most this share of the training time (automatic interval).
 CHECKPOINT_TIME_SHARE = 0.03
+# The measured epoch time is compared with the plan's prediction after this many epochs.
+TIMING_CHECK_EPOCHS = 3
 
 
 @dataclass
@@ -46,6 +48,12 @@ class TrainingSettings:
     checkpoint_every: int | None = None  # epochs; None: chosen from the measured save time
     channels_last: bool = False
     initial_lr: float = INITIAL_LR
+    # Confirm a mixed precision a few epochs in (autoseg.training.expectations); off when the user
+    # asked for a precision explicitly.
+    confirm_precision: bool = False
+    # The plan's predicted seconds of one epoch (compute-aware planning), checked against the run.
+    expected_epoch_seconds: float | None = None
+    cpu_threads: int | None = None  # torch intra-op threads on a CPU; None: torch's default
 
 
 @dataclass
@@ -112,6 +120,25 @@ def autocast_dtype(precision: str, device) -> "torch.dtype | None":
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def precision_name(amp_dtype) -> str:
+    import torch
+
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+
+
+def foreground_counts(outputs, target) -> np.ndarray:
+    """[tp, fp, fn] per foreground class (shape (classes - 1, 3)) of the argmax of the highest-resolution
+    output against `target` (batch, 1, *spatial)."""
+    logits = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
+    predicted = logits.argmax(1)
+    labels = target[:, 0]
+    counts = []
+    for label in range(1, logits.shape[1]):
+        p, t = predicted == label, labels == label
+        counts.append([(p & t).sum().item(), (p & ~t).sum().item(), (~p & t).sum().item()])
+    return np.asarray(counts, dtype=np.float64).reshape(-1, 3)
+
+
 def deep_supervision_loss_weights(n_outputs: int, distributed: bool) -> list[float]:
     from autoseg.training.loss import deep_supervision_weights
 
@@ -170,6 +197,8 @@ class Trainer:
         self.configuration = job.plans.configuration(job.configuration_name)
         self.device = pick_device(settings.device)
         self.amp_dtype = autocast_dtype(settings.precision, self.device)
+        self.precision = precision_name(self.amp_dtype)
+        self.precision_checked = False
         if settings.seed is not None:
             torch.manual_seed(settings.seed + self.dist.rank)
         if self.device.type == "cuda":
@@ -235,7 +264,8 @@ class Trainer:
             "best_ema": self.best_ema,
             "identity": self.identity,
             "inference": {"mirror_axes": list(range(self.configuration.dimension)),
-                          "precision": self.settings.precision},
+                          "precision": self.precision},
+            "precision_checked": self.precision_checked,
         }
 
     def restore(self, path: Path) -> None:
@@ -248,6 +278,9 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.log = EpochLog(**state["log"])
         self.best_ema = state.get("best_ema")
+        if state.get("precision_checked"):  # keep the check's verdict (e.g. a fall-back to fp32)
+            self.precision_checked = True
+            self._set_precision(state["inference"]["precision"])
         if self.dist.is_main:
             from autoseg.training.progress import rewrite_log
 
@@ -300,14 +333,7 @@ class Trainer:
         data, target = self._to_device(batch)
         with torch.no_grad():
             outputs, loss = self._forward_loss(data, target)
-        logits = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-        predicted = logits.argmax(1)
-        labels = target[:, 0]
-        counts = []
-        for label in range(1, logits.shape[1]):
-            p, t = predicted == label, labels == label
-            counts.append([(p & t).sum().item(), (p & ~t).sum().item(), (~p & t).sum().item()])
-        return float(loss), np.asarray(counts, dtype=np.float64).reshape(-1, 3)
+        return float(loss), foreground_counts(outputs, target)
 
     def _to_device(self, batch):
         import torch
@@ -388,8 +414,8 @@ class Trainer:
             if not source.is_file():
                 raise AutosegError(f"--resume: no checkpoint in {self.job.output_folder}; train without --resume")
             self.restore(source)
-        if self.device.type == "cpu":
-            torch.set_num_threads(max(1, torch.get_num_threads()))
+        if self.device.type == "cpu" and self.settings.cpu_threads:
+            torch.set_num_threads(self.settings.cpu_threads)
         if self.epoch < self.settings.epochs:
             train_loader, val_loader = self._loaders()
             try:
@@ -412,9 +438,70 @@ class Trainer:
             val_loss, dice = self.validate_epoch(val_loader)
             self.epoch += 1
             record = self._record_epoch(train_loss, val_loss, dice, lr, time.perf_counter() - started, waited)
+            if self._precision_check_due():
+                self.check_mixed_precision(val_loader)
             self._checkpoints_after_epoch(record)
             self._write_logs(record)
             self.events.on_epoch_end(record)
+            self._report_timing()
+
+    # ------------------------------------------------------------------------------------ checks
+    def _set_precision(self, name: str) -> None:
+        import torch
+
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+        self.precision = name
+        if self.amp_dtype != torch.float16:
+            self.scaler = None
+
+    def _precision_check_due(self) -> bool:
+        from autoseg.training.expectations import precision_check_epoch
+
+        return (self.settings.confirm_precision and self.amp_dtype is not None and not self.precision_checked
+                and self.epoch >= precision_check_epoch(self.settings.epochs))
+
+    def check_mixed_precision(self, loader) -> tuple[float, float]:
+        """Segment the same validation batches with the mixed-precision and the fp32 forward of the current
+        weights; fall back to fp32 for the rest of training (and for inference) when mixed precision loses
+        Dice. Returns (fp32 Dice, mixed Dice)."""
+        import torch
+
+        from autoseg.training.expectations import mean_dice, mixed_precision_holds
+
+        self.network.eval()
+        counts = {"fp32": 0.0, self.precision: 0.0}
+        mixed_dtype = self.amp_dtype
+        for _ in range(self.settings.validation_iterations):
+            data, target = self._to_device(next(loader))
+            for name, dtype in (("fp32", None), (self.precision, mixed_dtype)):
+                with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+                    outputs = self.network(data)
+                counts[name] = counts[name] + foreground_counts(outputs, target)
+        dice = {name: mean_dice(self.dist.sum(np.asarray(c, dtype=np.float64))) for name, c in counts.items()}
+        mixed = self.precision
+        self.precision_checked = True
+        if mixed_precision_holds(dice["fp32"], dice[mixed]):
+            self.events.on_message(f"precision check after epoch {self.epoch}: {mixed} pseudo Dice "
+                                   f"{dice[mixed]:.4f} vs fp32 {dice['fp32']:.4f}; keeping {mixed}")
+        else:
+            self._set_precision("fp32")
+            self.events.on_message(f"precision check after epoch {self.epoch}: {mixed} pseudo Dice "
+                                   f"{dice[mixed]:.4f} vs fp32 {dice['fp32']:.4f}; continuing in fp32")
+        return dice["fp32"], dice[mixed]
+
+    def _report_timing(self) -> None:
+        """Once, after TIMING_CHECK_EPOCHS epochs (the first one warms up workers and kernels), the
+        measured epoch time against the plan's prediction."""
+        from autoseg.training.expectations import timing_report
+
+        expected = self.settings.expected_epoch_seconds
+        check_at = min(TIMING_CHECK_EPOCHS, self.settings.epochs)
+        if expected is None or self.epoch != check_at or len(self.log.epoch_seconds) < check_at:
+            return
+        seconds = self.log.epoch_seconds[-check_at:]
+        measured = float(np.median(seconds[1:] if len(seconds) > 1 else seconds))
+        text, _ = timing_report(f"time per epoch after {self.epoch} epoch(s)", expected, measured)
+        self.events.on_message(text)
 
 
 def run_training(job: TrainingJob, settings: TrainingSettings, events: TrainingEvents | None = None) -> EpochLog:

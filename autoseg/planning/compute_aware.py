@@ -1,0 +1,142 @@
+"""Compute-aware planning end to end: measure this device once, then fit each configuration into a time budget.
+
+    speeds = measure_speeds(plans, "cpu", workspace.device_speed_file)     # cached per machine
+    budgeted, decisions = plan_within_budget(plans, 15 * 60, speeds, num_training_cases=20)
+
+`measure_speeds` times the probe networks of `autoseg.planning.budget.benchmark_probes` at fp32 and,
+where the device offers one (`choose_precision`: bf16 on CPUs with hardware bf16, fp16 on CUDA),
+at a mixed precision; a measurement is reused from the cache whenever the machine's identity
+matches (host, CPU, torch, threads, GPU, precision, dimension), so only the first plan on a machine
+pays the ~20 s per precision and dimension.
+
+`plan_within_budget` solves every configuration that does not inherit from another (the cascade's
+full-res stage inherits 3d_fullres's decision) at each measured precision and keeps the decision
+that loses the least quality (`best_decision`), recording the other precisions' predictions.
+The budget applies to one fold of each configuration; a cascade trains two (3d_lowres, then
+3d_cascade_fullres), so its total is twice that per fold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from autoseg.errors import PlanError
+from autoseg.planning.budget import (FULL_EPOCHS, FULL_ITERATIONS_PER_EPOCH, BudgetDecision, apply_budget,
+                                     benchmark_probes, decision_quality_loss, predicted_epoch_seconds, solve_budget,
+                                     validation_iterations)
+from autoseg.planning.device_speed import DeviceSpeed, choose_precision, cpu_supports_bf16, load_or_measure
+from autoseg.planning.plans import Plans
+
+
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; other names are checked (AutosegError)."""
+    from autoseg.training.trainer import pick_device
+
+    return pick_device(device).type
+
+
+def trainable_configurations(plans: Plans) -> list[str]:
+    """Configurations with a network of their own (those that inherit follow their parent's decision)."""
+    return [name for name, entry in plans.configurations.items() if not entry.get("inherits_from")]
+
+
+def precisions_to_measure(device: str, bf16_supported: bool | None = None) -> list[str]:
+    """fp32, plus the mixed precision the device offers (see `choose_precision`)."""
+    if bf16_supported is None:
+        bf16_supported = device == "cpu" and cpu_supports_bf16()
+    proposed = choose_precision(device, bf16_supported)
+    return ["fp32"] if proposed == "fp32" else ["fp32", proposed]
+
+
+def measure_speeds(plans: Plans, device: str, cache_path: Path, *, precisions: list[str] | None = None,
+                   refresh: bool = False, on_measure: Callable[[int, str], None] = lambda dimension, precision: None,
+                   measure=None) -> dict[int, list[DeviceSpeed]]:
+    """Measured (or cached) speeds per network dimension (2, 3) of the plan's trainable configurations.
+
+    `on_measure(dimension, precision)` is called before each lookup (a measurement takes ~20 s on a
+    CPU when it is not cached). `measure` replaces the benchmark (tests).
+    """
+    precisions = precisions or precisions_to_measure(device)
+    representative: dict[int, str] = {}
+    for name in trainable_configurations(plans):
+        representative.setdefault(plans.configuration(name).dimension, name)
+    speeds: dict[int, list[DeviceSpeed]] = {}
+    for dimension, name in sorted(representative.items()):
+        probes = benchmark_probes(plans, name, device)
+        speeds[dimension] = []
+        for precision in precisions:
+            on_measure(dimension, precision)
+            kwargs = {"measure": measure} if measure is not None else {}
+            speeds[dimension].append(load_or_measure(cache_path, device, probes, precision, refresh=refresh, **kwargs))
+    return speeds
+
+
+def plan_within_budget(plans: Plans, time_budget_seconds: float, speeds: dict[int, list[DeviceSpeed]], *,
+                       num_training_cases: int, configurations: list[str] | None = None,
+                       ) -> tuple[Plans, dict[str, BudgetDecision]]:
+    """Plans whose trainable configurations (or `configurations`) each train one fold within the budget.
+
+    Raises PlanError (stating the minimum) when the budget is too small for a configuration.
+    """
+    names = configurations or trainable_configurations(plans)
+    decisions: dict[str, BudgetDecision] = {}
+    for name in names:
+        decisions[name] = best_decision(plans, name, time_budget_seconds, speeds[plans.configuration(name).dimension],
+                                        num_training_cases)
+        plans = apply_budget(plans, name, decisions[name])
+    return plans, decisions
+
+
+def best_decision(plans: Plans, name: str, time_budget_seconds: float, measured: list[DeviceSpeed],
+                  num_training_cases: int) -> BudgetDecision:
+    """The budget decision at the precision that loses the least quality (a faster precision buys a larger
+    patch, a wider network or more iterations); fp32 on a tie. Each decision records the predicted
+    seconds per iteration of its network at every measured precision."""
+    ordered = sorted(measured, key=lambda s: s.precision != "fp32")  # fp32 first: it wins ties
+    candidates = []
+    errors = []
+    for speed in ordered:
+        others = tuple(s for s in measured if s is not speed)
+        try:
+            candidates.append(solve_budget(plans, name, time_budget_seconds, speed,
+                                           num_training_cases=num_training_cases, compare_speeds=others))
+        except PlanError as error:  # too small a budget at this precision; another may fit
+            errors.append(error)
+    if not candidates:
+        raise errors[0]
+    return min(candidates, key=decision_quality_loss)
+
+
+@dataclass(frozen=True)
+class TrainingSchedule:
+    """How long and at which precision `autoseg train` runs, and the epoch time it expects."""
+
+    epochs: int
+    iterations_per_epoch: int
+    validation_iterations: int
+    precision: str  # auto | fp32 | bf16 | fp16
+    confirm_precision: bool  # check a mixed precision on the first epochs (not when the user asked for it)
+    expected_epoch_seconds: float | None  # from the plan's cost model; None without a budget
+
+
+def training_schedule(budget: dict | None, *, epochs: int | None = None, iterations: int | None = None,
+                      validation_iterations_per_epoch: int | None = None, precision: str = "auto") -> TrainingSchedule:
+    """The schedule of a configuration: what the user gave, else its budget decision's, else nnU-Net's
+    (1000 epochs x 250 iterations, 50 validation iterations). With a budget, the expected epoch time is
+    the cost model's for the iterations and precision actually used."""
+    if budget is None:
+        iterations = iterations or FULL_ITERATIONS_PER_EPOCH
+        return TrainingSchedule(epochs or FULL_EPOCHS, iterations,
+                                validation_iterations_per_epoch or validation_iterations(iterations),
+                                precision, confirm_precision=precision == "auto", expected_epoch_seconds=None)
+    iterations = iterations or budget["iterations_per_epoch"]
+    validation = validation_iterations_per_epoch or (
+        budget["validation_iterations_per_epoch"] if iterations == budget["iterations_per_epoch"]
+        else validation_iterations(iterations))
+    chosen = budget["precision"] if precision == "auto" else precision
+    per_iteration = budget["seconds_per_iteration_by_precision"].get(chosen, budget["seconds_per_iteration"])
+    return TrainingSchedule(epochs or budget["epochs"], iterations, validation, chosen,
+                            confirm_precision=precision == "auto" and chosen != "fp32",
+                            expected_epoch_seconds=predicted_epoch_seconds(per_iteration, iterations, validation))
