@@ -8,11 +8,11 @@ Datasets (fingerprints built here, no data needed):
   demo_ct:   20 CT cases of 40 x 64 x 64 voxels at 2 x 1 x 1 mm (the size of `autoseg demo`).
 Budgets: 15m, 30m, 2h, 8h (--quick: 15m and 2h) for one fold of 3d_fullres.
 
-Steps: the precision proposal (`choose_precision`); the micro-benchmark of each dataset's probes at
-fp32 and, when proposed, bf16 (cached in --cache, default /tmp/autoseg_bench_device_speed.json;
---refresh measures again); the faster precision for the planned network; then per budget the
-decision and the MEASURED median seconds of --steps timed training iterations (after one warm-up)
-of the chosen patch/width/batch at that precision. Wall-clock: on a shared machine the load average
+Steps: the micro-benchmark of each dataset's probes at fp32 and, where the device offers it, bf16
+(`measure_speeds`, as `autoseg plan --time-budget`; cached in --cache, default
+/tmp/autoseg_bench_device_speed.json; --refresh measures again); then per budget the decision
+(`best_decision`: the precision whose plan loses the least) and the MEASURED median seconds of
+--steps timed training iterations (after one warm-up) of the chosen patch/width/batch at that precision. Wall-clock: on a shared machine the load average
 (printed) tells how much of the error is contention.
 """
 
@@ -21,13 +21,13 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 from autoseg.fingerprint import ChannelIntensity, Fingerprint
 from autoseg.planning import plan_experiment
-from autoseg.planning.budget import (apply_budget, benchmark_probes, candidate_architecture, format_duration,
-                                     parse_duration, solve_budget)
-from autoseg.planning.device_speed import (Probe, choose_precision, cpu_supports_bf16, faster_speed, load_or_measure,
-                                           time_training_iteration)
+from autoseg.planning.budget import apply_budget, candidate_architecture, format_duration, parse_duration
+from autoseg.planning.compute_aware import best_decision, measure_speeds
+from autoseg.planning.device_speed import Probe, cpu_supports_bf16, time_training_iteration
 
 INTENSITY = ChannelIntensity(mean=0.0, std=1.0, median=0.0, min=-1.0, max=1.0, percentile_00_5=-1.0,
                              percentile_99_5=1.0)
@@ -50,14 +50,12 @@ DATASETS = {
 
 
 def measured_speeds(plans, device: str, cache: str, refresh: bool):
-    proposal = choose_precision(device, cpu_supports_bf16() if device == "cpu" else False)
-    precisions = ["fp32"] if proposal == "fp32" else ["fp32", proposal]
-    probes = benchmark_probes(plans, CONFIGURATION, device)
-    speeds = []
-    for precision in precisions:
-        started = time.perf_counter()
-        speed = load_or_measure(cache, device, probes, precision, refresh=refresh)
-        took = time.perf_counter() - started
+    """The 3D measurements `autoseg plan --time-budget` uses (cached in `cache`), printed with their fit."""
+    started = time.perf_counter()
+    speeds = measure_speeds(plans, device, Path(cache), refresh=refresh)[3]
+    took = time.perf_counter() - started
+    for speed in speeds:
+        precision = speed.precision
         m = speed.model
         print(f"  {precision}: cost model {m.seconds_fixed:.3f} s + {m.seconds_per_element:.3g} s/element + "
               f"{m.seconds_per_mac:.3g} s/MAC; worst fit error on the probes {speed.max_relative_error:.1%}; "
@@ -65,8 +63,7 @@ def measured_speeds(plans, device: str, cache: str, refresh: bool):
         for s in speed.samples:
             print(f"      probe patch {s.patch_size} width {s.features_per_stage[0]} batch {s.batch_size}: "
                   f"{s.seconds:.3f} s measured, {m.seconds(s.elements, s.macs):.3f} s fitted")
-        speeds.append(speed)
-    return proposal, speeds
+    return speeds
 
 
 def run_dataset(name: str, budgets: list[str], device: str, cache: str, refresh: bool, steps: int) -> list[str]:
@@ -75,16 +72,15 @@ def run_dataset(name: str, budgets: list[str], device: str, cache: str, refresh:
     planned = plans.configuration(CONFIGURATION)
     print(f"\n{name}: plan {CONFIGURATION} patch {planned.patch_size} batch {planned.batch_size} "
           f"features {planned.architecture.features_per_stage}")
-    proposal, speeds = measured_speeds(plans, device, cache, refresh)
-    speed = faster_speed(speeds, planned.architecture, planned.patch_size, planned.batch_size)
-    others = tuple(s for s in speeds if s is not speed)
-    print(f"  proposed precision {proposal}; faster for the planned network: {speed.precision} "
-          f"(planned network predicted {speed.seconds_per_iteration(planned.architecture, planned.patch_size, planned.batch_size):.1f} s/it)")
+    speeds = measured_speeds(plans, device, cache, refresh)
+    for speed in speeds:
+        print(f"  planned network at {speed.precision}: predicted "
+              f"{speed.seconds_per_iteration(planned.architecture, planned.patch_size, planned.batch_size):.1f} s/it")
     rows = []
     for budget in budgets:
         seconds = parse_duration(budget)
-        decision = solve_budget(plans, CONFIGURATION, seconds, speed, num_training_cases=fp.num_cases,
-                                compare_speeds=others)
+        # The precision is chosen as `autoseg plan` chooses it: the one whose decision loses the least.
+        decision = best_decision(plans, CONFIGURATION, seconds, speeds, fp.num_cases)
         apply_budget(plans, CONFIGURATION, decision)  # validates the budgeted configuration
         architecture = candidate_architecture(planned, decision.patch_size, decision.base_features)
         probe = Probe(architecture, decision.patch_size, decision.batch_size)

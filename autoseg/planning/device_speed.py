@@ -348,8 +348,9 @@ def cpu_supports_bf16(cpuinfo_text: str | None = None, capability: str | None = 
 
 def choose_precision(device: str, bf16_supported: bool) -> str:
     """The precision to propose: fp16 mixed precision on CUDA, bf16 autocast on CPUs with hardware
-    bf16 (`cpu_supports_bf16`), fp32 elsewhere (MPS, older CPUs). Confirm a bf16 proposal with
-    `faster_speed` on measurements of both: bf16 on AVX-512 BF16 without AMX is not always faster.
+    bf16 (`cpu_supports_bf16`), fp32 elsewhere (MPS, older CPUs). A proposal is only measured, not
+    taken: bf16 on AVX-512 BF16 without AMX is not always faster, so the planner keeps the precision
+    whose budget decision is better (`autoseg.planning.compute_aware.best_decision`).
     """
     kind = device.split(":")[0]
     if kind == "cuda":
@@ -357,11 +358,3 @@ def choose_precision(device: str, bf16_supported: bool) -> str:
     if kind == "cpu" and bf16_supported:
         return "bf16"
     return "fp32"
-
-
-def faster_speed(speeds: Sequence[DeviceSpeed], architecture: Architecture, patch_size: list[int],
-                 batch_size: int) -> DeviceSpeed:
-    """The measurement (e.g. fp32 vs bf16) that predicts the fastest iteration for this network."""
-    if not speeds:
-        raise PlanError("faster_speed needs at least one measurement")
-    return min(speeds, key=lambda s: s.seconds_per_iteration(architecture, patch_size, batch_size))
