@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from autoseg.dataset import Case
+from autoseg.errors import WorkspaceError
 from autoseg.io import Geometry, write_image, write_segmentation
 from autoseg.preprocessing.pipeline import (CaseProperties, preprocess_case, restore_to_original,
                                             sample_foreground_locations)
@@ -246,3 +247,30 @@ def test_cli_preprocess_refuses_a_stale_or_broken_plan(writable_dataset, tmp_pat
     plans_file.write_text(json.dumps(data))
     broken = _cli("--home", home, "preprocess", "-j", "0")
     assert broken.exit_code == 1 and "'patch_size'" in broken.output and "Traceback" not in broken.output
+
+
+def test_atomic_write_leaves_the_old_file_when_interrupted(tmp_path):
+    from autoseg.artifacts import read_json, write_atomic, write_json
+
+    path = write_json(tmp_path / "props.json", {"version": 1})
+
+    def crash(tmp_name):
+        with open(tmp_name, "w") as f:
+            f.write('{"version": 2, "trunc')  # half written, then the process dies
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomic(path, crash)
+    assert read_json(path) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["props.json"]  # no temporary left behind
+
+
+def test_a_case_interrupted_before_its_properties_is_redone(tmp_path, preprocessor):
+    cases = [write_case(tmp_path, "a")]
+    out = tmp_path / "pre"
+    assert preprocess_dataset(cases, preprocessor, out, workers=0).written == ["a"]
+    (out / "a.json").unlink()  # killed after the arrays, before the properties: not done
+    assert preprocess_dataset(cases, preprocessor, out, workers=0).written == ["a"]
+    (out / "a.json").unlink()
+    with pytest.raises(WorkspaceError, match="case 'a' is not preprocessed"):
+        load_case(out, "a")  # the trainer never reads a half-written case either
