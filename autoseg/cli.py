@@ -234,6 +234,12 @@ def plan(
     fingerprint_file: Optional[Path] = typer.Option(None, "--fingerprint",
                                                     help="Plan from a fingerprint file alone (no images)."),
     gpu_memory: float = typer.Option(8.0, "--gpu-memory", min=0.5, help="Memory budget (GB) the plan is sized for."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget",
+                                              help="Train one fold of each configuration within this time on "
+                                                   "this machine, e.g. 15m, 2h, 1h30m."),
+    device: str = typer.Option("auto", "--device", help="With --time-budget: the device to plan for (auto, cpu, "
+                                                        "cuda, mps)."),
+    remeasure: bool = typer.Option(False, "--remeasure", help="With --time-budget: measure the device again."),
     workers: int = typer.Option(2, "-j", "--workers", min=1),
 ) -> None:
     """Plan preprocessing, networks and batch sizes from the dataset fingerprint; print a summary."""
@@ -257,12 +263,34 @@ def plan(
             fingerprint, _ = load_or_extract(dataset, workspace.fingerprint_file(name), workers,
                                              on_case_done=lambda _: bar.update())
     plans = plan_experiment(fingerprint, gpu_memory_gb=gpu_memory)
+    if time_budget is not None:
+        plans = _fit_time_budget(plans, time_budget, device, fingerprint.num_cases, remeasure=remeasure)
     path = plans.save(workspace.plans_file(name))
     typer.echo(format_plan_summary(plans))
     typer.echo(f"wrote {path}")
     if dataset_folder is not None:
         workspace.remember_task(name, dataset_folder)
         typer.echo(f"current task: {name}")
+
+
+def _fit_time_budget(plans, time_budget: str, device: str, num_cases: int, *, remeasure: bool = False,
+                     configurations: Optional[List[str]] = None):
+    """Plans whose configurations train one fold within `time_budget` on `device` (measured once, cached)."""
+    from autoseg.planning.budget import parse_duration
+    from autoseg.planning.compute_aware import measure_speeds, plan_within_budget, resolve_device
+
+    seconds = parse_duration(time_budget)
+    device_type = resolve_device(device)
+    cache = state.workspace.device_speed_file
+
+    def on_measure(dimension: int, precision: str) -> None:
+        typer.echo(f"device speed: {dimension}D networks on {device_type} at {precision} "
+                   f"(measured once per machine, cached in {cache})")
+
+    speeds = measure_speeds(plans, device_type, cache, refresh=remeasure, on_measure=on_measure)
+    budgeted, _ = plan_within_budget(plans, seconds, speeds, num_training_cases=num_cases,
+                                     configurations=configurations)
+    return budgeted
 
 
 @command("preprocess")
@@ -344,12 +372,20 @@ def train(
     configuration: Optional[str] = typer.Argument(None, help="Configuration (default 3d_fullres, else 2d)."),
     fold: str = typer.Option("0", "--fold", "-f", help="Fold number or 'all'."),
     task: Optional[str] = typer.Option(None, "--task"),
-    epochs: int = typer.Option(1000, "--epochs", min=1),
-    iterations: int = typer.Option(250, "--iterations", min=1, help="Training iterations per epoch."),
-    validation_iterations: int = typer.Option(50, "--val-iterations", min=1),
-    workers: int = typer.Option(2, "--workers", min=0, help="Augmentation worker processes (0: in-process)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1,
+                                         help="Default: the plan's time budget's, else 1000."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", min=1,
+                                             help="Training iterations per epoch (default: the plan's, else 250)."),
+    validation_iterations: Optional[int] = typer.Option(None, "--val-iterations", min=1),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget",
+                                              help="Re-plan this configuration to train within this time "
+                                                   "(e.g. 15m, 2h) on this machine, then train."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0,
+                                          help="Augmentation worker processes (0: in-process; default from the "
+                                               "device, CPU count and free memory)."),
     device: str = typer.Option("auto", "--device", help="auto, cuda, cpu or mps."),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
+    precision: str = typer.Option("auto", "--precision",
+                                  help="auto (the plan's choice, confirmed on the first epochs), fp32, bf16 or fp16."),
     resume: bool = typer.Option(False, "--resume", help="Continue from checkpoint_latest.pt."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1),
@@ -362,6 +398,7 @@ def train(
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         fail(f"--precision {precision!r}: expected auto, fp32, bf16 or fp16")
     from autoseg.planning import Plans
+    from autoseg.planning.compute_aware import training_schedule
     from autoseg.training.splits import fold_cases, load_or_create_splits
     from autoseg.training.trainer import TrainingEvents, TrainingJob, TrainingSettings, run_training
     from autoseg.training.progress import format_epoch
@@ -372,7 +409,13 @@ def train(
     name = resolve_task(task)[0]
     plans = Plans.load(workspace.plans_file(name))
     configuration = configuration or _default_configuration(plans)
+    if time_budget is not None and is_main:
+        plans = _replan_for_budget(name, plans, configuration, fold, time_budget, distributed_device or device)
+    elif time_budget is not None:
+        plans = Plans.load(workspace.plans_file(name))  # rank 0 re-plans (ranks start together under torchrun)
     config = plans.configuration(configuration)
+    schedule = training_schedule(config.budget, epochs=epochs, iterations=iterations,
+                                 validation_iterations_per_epoch=validation_iterations, precision=precision)
     data_folder = workspace.preprocessed(name) / config.data_identifier
     case_ids = sorted(p.name[:-len(".json")] for p in data_folder.glob("*.json"))
     if not case_ids:
@@ -382,8 +425,13 @@ def train(
     configuration_folder = workspace.results(name) / configuration
     output = configuration_folder / f"fold_{fold}"
     job = TrainingJob(plans, configuration, fold, data_folder, output, train_ids, val_ids, resume=resume)
-    settings = TrainingSettings(epochs=epochs, iterations_per_epoch=iterations, validation_iterations=validation_iterations,
-                                num_workers=workers, device=distributed_device or device, precision=precision,
+    settings = TrainingSettings(epochs=schedule.epochs, iterations_per_epoch=schedule.iterations_per_epoch,
+                                validation_iterations=schedule.validation_iterations,
+                                num_workers=_training_workers(workers, config, distributed_device or device),
+                                device=distributed_device or device, precision=schedule.precision,
+                                confirm_precision=schedule.confirm_precision,
+                                expected_epoch_seconds=schedule.expected_epoch_seconds,
+                                cpu_threads=_cpu_threads(distributed_device),
                                 seed=seed, checkpoint_every=checkpoint_every)
     bar = None
 
@@ -403,8 +451,18 @@ def train(
                             on_epoch_end=lambda record: is_main and typer.echo(format_epoch(record)))
     if is_main:
         typer.echo(f"training {name} {configuration} fold {fold}: {len(train_ids)} training / {len(val_ids)} "
-                   f"validation cases, {epochs} epochs x {iterations} iterations, patch {config.patch_size}, "
-                   f"batch {config.batch_size}")
+                   f"validation cases, {settings.epochs} epochs x {settings.iterations_per_epoch} iterations, "
+                   f"patch {config.patch_size}, batch {config.batch_size}, {settings.num_workers} worker(s), "
+                   f"precision {settings.precision}")
+        if config.budget is not None:
+            from autoseg.planning.budget import format_duration
+
+            typer.echo(f"  planned for {format_duration(config.budget['time_budget_seconds'])} on "
+                       f"{config.budget['device']}: predicted {format_duration(config.budget['seconds_per_fold'])} "
+                       f"per fold")
+    import time
+
+    started = time.perf_counter()
     run_training(job, settings, events)
     if not is_main:
         return
@@ -417,6 +475,76 @@ def train(
                                     workspace.preprocessed(name) / "gt_segmentations", val_ids,
                                     device=distributed_device or device, on_case=lambda _: vbar.update())
         typer.echo(summary.format_table())
+    if config.budget is not None and not resume and epochs is None and iterations is None:
+        from autoseg.training.expectations import timing_report
+
+        text, _ = timing_report("time for the fold" + (" (validation included)" if validate else ""),
+                                config.budget["seconds_per_fold"] - (0 if validate else
+                                                                     config.budget["seconds_final_validation"]),
+                                time.perf_counter() - started)
+        typer.echo(text)
+
+
+def _training_workers(requested: Optional[int], config, device: str) -> int:
+    """--workers, else the default for this device, CPU count and free memory (autoseg.hardware)."""
+    if requested is not None:
+        return requested
+    import math
+
+    from autoseg.hardware import available_memory_bytes, training_workers, usable_cpus
+    from autoseg.planning.compute_aware import resolve_device
+
+    batch_bytes = 4 * config.batch_size * (config.architecture.input_channels + 1) * math.prod(config.patch_size)
+    return training_workers(resolve_device(device.split(":")[0]), usable_cpus(), available_memory_bytes(), batch_bytes)
+
+
+def _cpu_threads(distributed_device: Optional[str]) -> Optional[int]:
+    """Intra-op threads for CPU training: every usable CPU (one process), or a share of them per rank."""
+    from autoseg.hardware import usable_cpus
+
+    if distributed_device is None:
+        return usable_cpus()
+    import torch.distributed as dist
+
+    return max(1, usable_cpus() // dist.get_world_size())
+
+
+def _replan_for_budget(name: str, plans, configuration: str, fold: str, time_budget: str, device: str):
+    """plans.json with `configuration` re-planned from the fingerprint to train within `time_budget`.
+
+    Refused for a configuration that inherits its network (plan the parent with `autoseg plan
+    --time-budget`) and when other folds were trained with the current network (they could no longer be
+    ensembled with this one).
+    """
+    from dataclasses import replace
+
+    from autoseg.fingerprint import Fingerprint
+    from autoseg.planning import plan_experiment
+    from autoseg.training.trainer import identity_of_configuration
+
+    workspace = state.workspace
+    if plans.configurations[configuration].get("inherits_from"):
+        fail(f"--time-budget: {configuration} inherits its network from "
+             f"{plans.configurations[configuration]['inherits_from']}; plan both with `autoseg plan TASK "
+             f"--time-budget {time_budget}`")
+    fresh = plan_experiment(Fingerprint.load(workspace.fingerprint_file(name)), gpu_memory_gb=plans.gpu_memory_gb)
+    if configuration not in fresh.configurations:
+        fail(f"--time-budget: {configuration} is not a configuration autoseg plans for {name}")
+    budgeted = _fit_time_budget(fresh, time_budget, device, Fingerprint.load(workspace.fingerprint_file(name)).num_cases,
+                                configurations=[configuration])
+    entries = dict(plans.configurations)
+    entries[configuration] = budgeted.configurations[configuration]
+    replanned = replace(plans, configurations=entries)
+    if identity_of_configuration(replanned, configuration) != identity_of_configuration(plans, configuration):
+        trained = sorted(p.parent.name for p in (workspace.results(name) / configuration).glob("fold_*/checkpoint_final.pt")
+                         if p.parent.name != f"fold_{fold}")
+        if trained:
+            fail(f"--time-budget: {', '.join(trained)} of {configuration} were trained with the current plan's network; "
+                 f"re-planning would leave them unusable with this fold. Train without --time-budget, or re-plan "
+                 f"with `autoseg plan --time-budget` and train every fold again")
+    replanned.save(workspace.plans_file(name))
+    typer.echo(f"re-planned {configuration} for {time_budget} per fold; wrote {workspace.plans_file(name)}")
+    return replanned
 
 
 @command("find-best")

@@ -12,14 +12,24 @@ from autoseg.planning.plans import Configuration, Plans
 
 def format_plan_summary(plans: Plans) -> str:
     configurations = {name: plans.configuration(name) for name in plans.configurations}
+    budgets = [c.budget for c in configurations.values() if c.budget is not None]
+    sized_for = f"a {plans.gpu_memory_gb:g} GB GPU"
+    if budgets:
+        from autoseg.planning.budget import format_duration
+
+        sized_for = (f"{format_duration(budgets[0]['time_budget_seconds'])} of training per fold on this machine's "
+                     f"{budgets[0]['device']} (within {sized_for})")
     lines = [
-        f"{plans.dataset_name}: plans for a {plans.gpu_memory_gb:g} GB GPU",
+        f"{plans.dataset_name}: plans for {sized_for}",
         f"transpose: forward {plans.transpose_forward}, backward {plans.transpose_backward}",
         f"original median spacing (mm, transposed): {_xs(plans.original_median_spacing)}; "
         f"median shape after cropping: {_xs(plans.original_median_shape)}",
         "",
         _configuration_table(configurations),
     ]
+    budgeted = {name: c for name, c in configurations.items() if c.budget is not None}
+    if budgeted:
+        lines += ["", _budget_table(budgeted)]
     for name, configuration in configurations.items():
         if configuration.inherits_from is None:
             lines += ["", f"{name} stages:", _stage_table(configuration)]
@@ -84,6 +94,31 @@ def _configuration_table(configurations: dict[str, Configuration]) -> str:
     }
     header = [""] + list(configurations)
     table = [header] + [[label] + [cell(c) for c in configurations.values()] for label, cell in rows.items()]
+    return _render(table)
+
+
+def _budget_table(configurations: dict[str, Configuration]) -> str:
+    """What compute-aware planning chose and the times its cost model predicts (one fold each)."""
+    from autoseg.planning.budget import format_duration
+
+    def seconds_per_iteration(b: dict) -> str:
+        others = [f"{p} {s:.3g}" for p, s in b["seconds_per_iteration_by_precision"].items() if p != b["precision"]]
+        return f"{b['seconds_per_iteration']:.3g}" + (f" ({', '.join(others)})" if others else "")
+
+    rows = {
+        "time budget per fold": lambda b: format_duration(b["time_budget_seconds"]),
+        "device, precision": lambda b: f"{b['device']}, {b['precision']}",
+        "epochs x iterations": lambda b: f"{b['epochs']} x {b['iterations_per_epoch']}",
+        "base features": lambda b: str(b["base_features"]),
+        "patch (planned)": lambda b: f"{_xs(b['patch_size'])} ({_xs(b['planned_patch_size'])})",
+        "batch (planned)": lambda b: f"{b['batch_size']} ({b['planned_batch_size']})",
+        "predicted s / iteration": seconds_per_iteration,
+        "predicted time / epoch": lambda b: format_duration(b["seconds_per_epoch"]),
+        "predicted time / fold": lambda b: format_duration(b["seconds_per_fold"]),
+        "minimum budget": lambda b: format_duration(b["minimum_budget_seconds"]),
+    }
+    header = ["compute-aware plan"] + list(configurations)
+    table = [header] + [[label] + [cell(c.budget) for c in configurations.values()] for label, cell in rows.items()]
     return _render(table)
 
 
