@@ -2,12 +2,15 @@
 
     from autoseg.api import Segmenter
     segmenter = Segmenter("autoseg_workspace")                  # task planned last, find-best's choice
-    label_image = segmenter.predict(sitk_image)                  # SimpleITK in, SimpleITK out
-    labels = segmenter.predict(array_czyx, spacing=(2.5, 0.8, 0.8))   # numpy in (C, z, y, x) or (z, y, x)
+    label_image = segmenter.predict(sitk_image)                  # SimpleITK in, SimpleITK out (same grid)
+    labels = segmenter.predict(array_czyx, spacing=(2.5, 0.8, 0.8))   # numpy (C, z, y, x) or (z, y, x), mm
     prediction = segmenter.predict("case.nii.gz")                # path in: Prediction (array + geometry)
+    prediction = segmenter.predict(["case_0000.nii.gz", "case_0001.nii.gz"])   # one file per channel
     segmenter.predict_folder("in/", "out/")
 
-The CLI's `autoseg predict` is a thin wrapper over `load_models` and `predict_folder`.
+The networks are loaded once, in the constructor; every `predict` reuses them. The CLI's
+`autoseg predict` is a thin wrapper over `load_models` and `predict_with_models`; the constructor
+takes the same options (task, configuration, folds, checkpoint, device, PredictionSettings).
 """
 
 from __future__ import annotations
@@ -80,13 +83,18 @@ def load_models(workspace: Workspace, task: str | None = None, configurations: S
 def predict_with_models(models: list[TrainedModel], input_folder: Path, output_folder: Path,
                         settings: PredictionSettings, *, overwrite: bool = False, part=(0, 1),
                         on_case=None, progress=None) -> FolderSummary:
-    """One model: predict directly. Several: each saves probabilities, then they are averaged."""
+    """One model: predict directly. Several (find-best chose an ensemble of configurations): each
+    predicts into OUTPUT/.members/CONFIG with its probabilities, then they are averaged per case and
+    the segmentations (and with `save_probabilities` the averaged probabilities) land in OUTPUT."""
     if len(models) == 1:
         return predict_folder(models[0], input_folder, output_folder, settings, overwrite=overwrite, part=part,
                               on_case=on_case, progress=progress)
+    import shutil
     from dataclasses import replace
 
     from autoseg.ensembling import ensemble_folders
+    from autoseg.inference.predictor import group_input_files
+    from autoseg.io import file_ending, segmentation_ending_for
     from autoseg.postprocessing import postprocess_folder
 
     members = []
@@ -96,20 +104,23 @@ def predict_with_models(models: list[TrainedModel], input_folder: Path, output_f
         member = predict_folder(model, input_folder, member_folder, replace(settings, save_probabilities=True),
                                 overwrite=overwrite, part=part, on_case=on_case, progress=progress)
         summary.failures.update(member.failures)
+        summary.windows += member.windows
+        summary.network_seconds += member.network_seconds
         members.append(member_folder)
+    cases = group_input_files(Path(input_folder), models[0].num_input_channels)
+    ending = segmentation_ending_for(file_ending(next(iter(cases.values()))[0]))  # the inputs' format
     averaged = Path(output_folder) / ".ensembled"
-    written = ensemble_folders(members, averaged, save_probabilities=settings.save_probabilities)
+    written = ensemble_folders(members, averaged, output_ending=ending, save_probabilities=settings.save_probabilities)
     decision = getattr(models[0], "ensemble_postprocessing", None)
     if decision is not None and settings.postprocess:
-        from autoseg.postprocessing import PostprocessingDecision  # noqa: F401
-
         summary.written = [str(p) for p in postprocess_folder(averaged, output_folder, decision)]
     else:
-        import shutil
-
         for path in written:
             shutil.move(path, Path(output_folder) / Path(path).name)
             summary.written.append(str(Path(output_folder) / Path(path).name))
+    if settings.save_probabilities:
+        for path in [*averaged.glob("*.npz"), *averaged.glob("*.json")]:
+            shutil.move(str(path), Path(output_folder) / path.name)
     return summary
 
 
@@ -128,36 +139,63 @@ class Segmenter:
         self.model = self.models[0]
         self.settings = settings or PredictionSettings()
 
-    def predict(self, image, spacing: Sequence[float] | None = None):
+    def predict(self, image, spacing: Sequence[float] | None = None, progress=None):
+        """Segment one image, in the input's own geometry:
+        - a path (or a list of per-channel paths): returns a `Prediction` (int16 (z, y, x) segmentation,
+          its Geometry, probabilities when settings.save_probabilities);
+        - a SimpleITK image (3D scalar or vector, or 4D with channels along the 4th axis): returns a
+          SimpleITK label image with the same size, spacing, origin and direction;
+        - a numpy array (C, z, y, x) or (z, y, x) with spacing=(z, y, x) in mm: returns the int16
+          (z, y, x) segmentation.
+        progress(windows_done, windows_total) is called as the sliding window advances."""
         import SimpleITK as sitk
 
-        if isinstance(image, (str, Path)):
+        if isinstance(image, (str, Path, list, tuple)):
             array, geometry = read_image(image)
-            return predict_image(self.model, array, geometry, self.settings)
+            return predict_image(self.model, array, geometry, self.settings, progress)
         if isinstance(image, sitk.Image):
-            return self._predict_sitk(image)
+            return self._predict_sitk(image, progress)
         if isinstance(image, np.ndarray):
-            if spacing is None:
+            if spacing is None or len(spacing) != 3:
                 raise AutosegError("predict(array): pass spacing=(z, y, x) in mm")
+            if image.ndim not in (3, 4):
+                raise AutosegError(f"predict(array): expected (z, y, x) or (C, z, y, x), got shape {image.shape}")
             array = image[None] if image.ndim == 3 else image
             geometry = Geometry(shape=tuple(array.shape[1:]), spacing_zyx=tuple(float(s) for s in spacing))
-            return predict_image(self.model, array.astype(np.float32), geometry, self.settings).segmentation
+            return predict_image(self.model, array.astype(np.float32, copy=False), geometry, self.settings,
+                                 progress).segmentation
         raise AutosegError(f"predict: unsupported input type {type(image).__name__}")
 
-    def _predict_sitk(self, image):
+    def _predict_sitk(self, image, progress=None):
         import SimpleITK as sitk
 
-        array = sitk.GetArrayFromImage(image).astype(np.float32)
-        if image.GetNumberOfComponentsPerPixel() > 1:
-            array = np.moveaxis(array, -1, 0)
-        else:
-            array = array[None]
-        geometry = Geometry(shape=tuple(array.shape[1:]), spacing_zyx=tuple(reversed(image.GetSpacing())),
-                            origin_xyz=image.GetOrigin(), direction=image.GetDirection())
-        segmentation = predict_image(self.model, array, geometry, self.settings).segmentation
-        result = sitk.GetImageFromArray(segmentation.astype(np.uint8))
-        result.CopyInformation(image) if image.GetNumberOfComponentsPerPixel() == 1 else None
+        array, geometry = _sitk_to_array(image)
+        segmentation = predict_image(self.model, array, geometry, self.settings, progress).segmentation
+        fits_uint8 = segmentation.size == 0 or (segmentation.min() >= 0 and segmentation.max() < 256)
+        result = sitk.GetImageFromArray(segmentation.astype(np.uint8 if fits_uint8 else np.int16))
+        result.SetSpacing(tuple(reversed(geometry.spacing_zyx)))
+        result.SetOrigin(geometry.origin_xyz)
+        result.SetDirection(geometry.direction)
         return result
 
     def predict_folder(self, input_folder, output_folder, **options) -> FolderSummary:
         return predict_with_models(self.models, Path(input_folder), Path(output_folder), self.settings, **options)
+
+
+def _sitk_to_array(image) -> tuple[np.ndarray, Geometry]:
+    """float32 (C, z, y, x) and the geometry of a SimpleITK image: 3D scalar (one channel), 3D vector
+    (components = channels) or 4D (channels along the 4th ITK axis, as MSD files)."""
+    import SimpleITK as sitk
+
+    array = np.asarray(sitk.GetArrayFromImage(image), dtype=np.float32)
+    dimension, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
+    if dimension == 3:
+        array = np.moveaxis(array, -1, 0) if components > 1 else array[None]
+    elif dimension != 4 or components > 1:
+        raise AutosegError(f"predict(SimpleITK image): {dimension}D image with {components} component(s); "
+                           "expected 3D (scalar or vector) or 4D scalar")
+    spacing, origin = image.GetSpacing()[:3], image.GetOrigin()[:3]
+    direction = np.asarray(image.GetDirection()).reshape(dimension, dimension)[:3, :3].ravel()
+    geometry = Geometry(shape=tuple(int(n) for n in array.shape[1:]), spacing_zyx=tuple(reversed(spacing)),
+                        origin_xyz=tuple(float(v) for v in origin), direction=tuple(float(v) for v in direction))
+    return array, geometry

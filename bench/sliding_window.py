@@ -3,6 +3,10 @@
     .venv/bin/python bench/sliding_window.py --quick        # 128x256x256 volume
     .venv/bin/python bench/sliding_window.py                # 300x512x512 volume (slow on CPU)
 
+The sliding-window core alone, on random data. The whole `autoseg predict` path (preprocessing,
+export, memory per voxel, precisions) is measured by bench/predict.py, which reuses the network
+and the naive baseline defined here.
+
 Network: `build_plain_unet` of a small 4-stage 3D Architecture (`--features` at stage 0, doubling
 per stage; random weights, eval mode, deep supervision off); only its cost matters, not its output.
 The network's cost is the same in every variant; a lighter network makes the stitching overhead,
@@ -11,8 +15,8 @@ which is what differs, a larger share of the time.
 Variants, each in a fresh subprocess so that peak memory is its own:
   naive: windows one at a time, no Gaussian (plain mean), accumulators sum + count per class in
          float32 (as nnU-Net v1 kept `aggregated_nb_of_predictions` per class);
-  core:  `predict_sliding_window` with `--batch-windows` windows per call, Gaussian weighting,
-         one weight map shared by all classes;
+  core:  `predict_sliding_window` with `--batch-windows` windows per call, Gaussian weighting
+         (each window pre-divided by the separable weight sum: no weight buffer), softmax averaged;
   core_bf16: core with the networks under torch.autocast(bfloat16) (not run by default; pays off
          on CPUs with avx512_bf16/AMX, and is the float16 path on CUDA).
 each without and with mirror TTA (8 passes).
@@ -38,21 +42,27 @@ import time
 NUM_CLASSES = 3
 
 
-def build_network(base_features: int, patch_dimension: int = 3):
-    import torch
-
+def small_architecture(base_features: int, patch_dimension: int = 3):
+    """The benchmark U-Net: 4 stages, `base_features` doubling per stage, 3x3(x3) kernels, stride 2
+    below stage 0 (patches must be divisible by 8), NUM_CLASSES outputs, no deep supervision."""
     from autoseg.network.architecture import Architecture
-    from autoseg.network.unet import build_plain_unet
 
     stages = 4
-    architecture = Architecture(
+    return Architecture(
         name="plain_unet", dimension=patch_dimension, input_channels=1, num_classes=NUM_CLASSES,
         features_per_stage=[base_features * 2 ** s for s in range(stages)],
         kernel_sizes=[[3] * patch_dimension] * stages,
         strides=[[1] * patch_dimension] + [[2] * patch_dimension] * (stages - 1),
         deep_supervision=False)
+
+
+def build_network(base_features: int, patch_dimension: int = 3):
+    import torch
+
+    from autoseg.network.unet import build_plain_unet
+
     torch.manual_seed(0)
-    return build_plain_unet(architecture).eval()
+    return build_plain_unet(small_architecture(base_features, patch_dimension)).eval()
 
 
 def naive_sliding_window(network, image, patch_size, mirror: bool):
@@ -104,7 +114,7 @@ def run_variant(args) -> dict:
             mirror_axes=None if mirror else (), batch_windows=args.batch_windows,
             autocast_dtype=torch.bfloat16 if "bf16" in args.variant else None,
             progress=lambda done, total: windows.append(total))
-        accumulator_bytes = (NUM_CLASSES + 1) * 4
+        accumulator_bytes = NUM_CLASSES * 4
     seconds, cpu_seconds = time.perf_counter() - start, _cpu_seconds() - cpu_start
     rss_peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     voxels = int(torch.tensor(args.size).prod())

@@ -53,6 +53,10 @@ def threshold_network(x):
     return torch.cat([-10 * x[:, :1], 10 * x[:, :1]], dim=1)
 
 
+def block_dice(prediction, label) -> float:
+    return 2 * np.logical_and(prediction == 1, label == 1).sum() / ((prediction == 1).sum() + (label == 1).sum())
+
+
 def oracle_model(plans, configuration_name="3d_fullres"):
     configuration = plans.configuration(configuration_name)
     return TrainedModel(plans, configuration_name, configuration, [threshold_network], ["oracle"],
@@ -157,3 +161,159 @@ def test_missing_fold_is_a_clear_error(trained_workspace, tmp_path):
     result = run(trained_workspace, str(trained_workspace / "in"), str(tmp_path / "out"), "--folds", "3")
     assert result.exit_code == 1
     assert "fold_3" in result.output and "Traceback" not in result.output
+
+
+def test_overwrite_rewrites_and_progress_reports_cases_and_windows(trained_workspace, tmp_path):
+    output = tmp_path / "out"
+    first = run(trained_workspace, str(trained_workspace / "in"), str(output), "--no-tta", "--folds", "0")
+    assert first.exit_code == 0, first.output
+    # Cases done and windows per second, per case and for the batch.
+    assert "case0: [1/3] written (" in first.output and "windows/s)" in first.output
+    assert "3 written, 0 skipped, 0 failed" in first.output and "windows/s)" in first.output.splitlines()[-1]
+    stamp = (output / "case0.nii.gz").stat().st_mtime_ns
+    again = run(trained_workspace, str(trained_workspace / "in"), str(output), "--no-tta", "--folds", "0",
+                "--overwrite")
+    assert again.exit_code == 0 and "3 written, 0 skipped" in again.output
+    assert (output / "case0.nii.gz").stat().st_mtime_ns != stamp
+
+
+def test_per_channel_files_and_saved_probabilities(trained_workspace, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "scan_0000.nii.gz").write_bytes((trained_workspace / "in" / "case0.nii.gz").read_bytes())
+    result = run(trained_workspace, str(inputs), str(tmp_path / "out"), "--no-tta", "--save-probabilities")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scan.json", "scan.nii.gz", "scan.npz"]
+    probabilities = np.load(tmp_path / "out" / "scan.npz")["probabilities"]
+    segmentation, geometry = read_segmentation(tmp_path / "out" / "scan.nii.gz")
+    assert probabilities.shape == (2, *geometry.shape)
+    np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(np.argmax(probabilities, 0), segmentation)
+
+
+# --------------------------------------------------------------------------------- input layout
+
+
+def touch(folder: Path, *names: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+    return folder
+
+
+def test_input_files_per_channel_per_case_and_ids_that_look_like_channels(tmp_path):
+    from autoseg.inference.predictor import group_input_files, missing_channel_files
+
+    two = touch(tmp_path / "two", "a_0000.nii.gz", "a_0001.nii.gz", "b_0001.nii.gz", "b_0000.nii.gz",
+                "c_0000.nii.gz", "whole.nii.gz", ".hidden_0000.nii.gz", "notes.txt")
+    cases = group_input_files(two, num_channels=2)
+    assert {case: [p.name for p in files] for case, files in cases.items()} == {
+        "a": ["a_0000.nii.gz", "a_0001.nii.gz"], "b": ["b_0000.nii.gz", "b_0001.nii.gz"],
+        "c": ["c_0000.nii.gz"], "whole": ["whole.nii.gz"]}
+    assert missing_channel_files("c", cases["c"], 2) == ["c_0001.nii.gz"]
+    assert missing_channel_files("a", cases["a"], 2) == [] and missing_channel_files("whole", cases["whole"], 2) == []
+    # One channel: scan_0001, scan_0002 are case ids, not channels of a case "scan".
+    ids = touch(tmp_path / "ids", "scan_0001.nii.gz", "scan_0002.nii.gz")
+    assert sorted(group_input_files(ids, num_channels=1)) == ["scan_0001", "scan_0002"]
+    layout = touch(tmp_path / "layout", "scan_0000.nii.gz", "other_0000.nii.gz")
+    assert sorted(group_input_files(layout, num_channels=1)) == ["other", "scan"]
+
+
+# --------------------------------------------------------------------------------- restoring
+
+
+def test_running_argmax_by_hand():
+    from autoseg.inference.predictor import _argmax_labels
+
+    classes = [np.array([0.5, 0.2, 0.3, 0.4]), np.array([0.5, 0.7, 0.3, 0.1]), np.array([0.0, 0.1, 0.4, 0.5])]
+    # Ties go to the first class, as np.argmax; label values replace class indices.
+    assert _argmax_labels(iter(classes), [0, 1, 4], (4,)).tolist() == [0, 1, 4, 4]
+
+
+def test_restoring_class_by_class_equals_restoring_all_then_argmax(block_plans):
+    from autoseg.inference.predictor import _restored_labels
+    from autoseg.preprocessing.pipeline import preprocess_case, restore_to_original
+
+    image, _, geometry = block_case((30, 9, 26), (0.85, 3.3, 0.75), np.s_[5:25, 2:7, 10:20])
+    image[:, :, :3] = 0  # something to crop away
+    configuration = block_plans.configuration("3d_fullres")
+    data, _, properties = preprocess_case(
+        image[None], None, geometry, transpose_forward=block_plans.transpose_forward,
+        target_spacing=configuration.spacing, normalization=configuration.normalization,
+        use_mask_for_norm=configuration.use_mask_for_norm,
+        intensity_stats={k: vars(v) for k, v in block_plans.intensity_per_channel.items()})
+    assert properties.crop_box[2][0] == 3 and list(data.shape[1:]) != list(image.shape)  # cropped, resampled
+    logits = np.random.default_rng(0).normal(size=(3, *data.shape[1:])).astype(np.float32)
+    probabilities = np.exp(logits) / np.exp(logits).sum(0)
+    expected = np.array([0, 1, 2], np.int16)[np.argmax(restore_to_original(probabilities, properties,
+                                                                           is_segmentation=False), 0)]
+    np.testing.assert_array_equal(_restored_labels(probabilities, properties, [0, 1, 2]), expected)
+
+
+# --------------------------------------------------------------------------------- Python API
+
+
+@pytest.fixture(scope="module")
+def segmenter(trained_workspace):
+    """The API on the CLI test workspace, its networks replaced by the threshold oracle."""
+    from autoseg.api import Segmenter
+
+    segmenter = Segmenter(trained_workspace, settings=PredictionSettings(use_tta=False))
+    assert segmenter.model.folds == ["0", "1"]  # every trained fold, loaded once
+    segmenter.model.networks = [threshold_network]
+    return segmenter
+
+
+def test_api_predicts_a_simpleitk_image_in_its_own_geometry(segmenter):
+    import SimpleITK as sitk
+
+    image, label, geometry = block_case((44, 10, 33), (0.85, 3.3, 0.75), np.s_[5:25, 2:7, 10:30])
+    itk = sitk.GetImageFromArray(image)
+    itk.SetSpacing(tuple(reversed(geometry.spacing_zyx)))
+    itk.SetOrigin(geometry.origin_xyz)
+    itk.SetDirection(geometry.direction)
+    result = segmenter.predict(itk)
+    for name in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+        assert getattr(result, name)() == pytest.approx(getattr(itk, name)())
+    assert block_dice(sitk.GetArrayFromImage(result), label) > 0.95
+    # The same image as a vector image (one component per channel) and as 4D (channels along the
+    # 4th axis, as MSD files): same geometry, same segmentation.
+    vector = sitk.Compose(itk)
+    four_d = sitk.JoinSeries([itk])
+    for other in (vector, four_d):
+        other_result = segmenter.predict(other)
+        for name in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+            assert getattr(other_result, name)() == pytest.approx(getattr(itk, name)())
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(other_result), sitk.GetArrayFromImage(result))
+
+
+def test_api_predicts_arrays_and_paths(segmenter, trained_workspace):
+    image, label, geometry = block_case((40, 12, 36), (0.8, 3.0, 0.7), np.s_[10:30, 3:8, 8:20])
+    labels = segmenter.predict(image, spacing=geometry.spacing_zyx)
+    assert labels.shape == label.shape and block_dice(labels, label) > 0.95  # resampled borders may move
+    np.testing.assert_array_equal(segmenter.predict(image[None], spacing=geometry.spacing_zyx), labels)
+    with pytest.raises(Exception, match="spacing"):
+        segmenter.predict(image)
+    path = trained_workspace / "in" / "case0.nii.gz"
+    from_path = segmenter.predict(path)
+    assert from_path.geometry == read_image(path)[1] and from_path.segmentation.shape == from_path.geometry.shape
+    array, geometry = read_image(path)
+    np.testing.assert_array_equal(segmenter.predict(array, spacing=geometry.spacing_zyx), from_path.segmentation)
+    assert (from_path.segmentation == 1).any()
+
+
+def test_2d_configuration_predicts_slice_by_slice_in_the_input_geometry(block_plans):
+    assert "2d" in block_plans.configurations
+    image, label, geometry = block_case((44, 10, 33), (0.85, 3.3, 0.75), np.s_[5:25, 2:7, 10:30])
+    passes = []
+
+    def counting_2d(batch):
+        assert batch.ndim == 4  # (B, C, y, x): a 2D network
+        passes.append(1)
+        return threshold_network(batch)
+
+    model = oracle_model(block_plans, "2d")
+    model.networks = [counting_2d]
+    prediction = predict_image(model, image[None], geometry, PredictionSettings(use_tta=True, batch_windows=64))
+    assert prediction.geometry == geometry and block_dice(prediction.segmentation, label) > 0.95
+    assert len(passes) % 4 == 0  # 4 mirror passes per batch in 2D

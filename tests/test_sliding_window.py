@@ -1,5 +1,9 @@
 """Sliding-window prediction checked against oracles: "networks" that are known functions of their
-input, so the stitched output of the whole image can be written down by hand."""
+input, so the stitched output of the whole image can be written down by hand.
+
+The stitching itself is checked on raw logits (`softmax=False`), where a per-voxel network must be
+given back exactly; the default output (softmax averaged over passes and networks) is checked with
+values computed by hand from the logistic function."""
 
 import math
 
@@ -29,6 +33,33 @@ def position_along_last_axis(batch: torch.Tensor) -> torch.Tensor:
     """One output channel holding each voxel's index inside its window along the last axis."""
     ramp = torch.arange(batch.shape[-1], dtype=torch.float32)
     return ramp.expand(batch.shape[0], 1, *batch.shape[2:]).clone()
+
+
+def constant_logits(*values: float):
+    """A network whose logits are the same `values` (one per class) at every voxel."""
+    def network(batch: torch.Tensor) -> torch.Tensor:
+        logits = torch.tensor(values, dtype=torch.float32).reshape(1, -1, *[1] * (batch.ndim - 2))
+        return logits.expand(batch.shape[0], -1, *batch.shape[2:]).clone()
+    return network
+
+
+def sigmoid(value: float) -> float:
+    """Probability of class 1 for logits [0, value]: softmax of two classes."""
+    return 1.0 / (1.0 + math.exp(-value))
+
+
+def symmetric_conv_network(num_classes: int, seed: int = 0) -> torch.nn.Module:
+    """A real 3D conv net that is mirror-equivariant: every kernel is averaged over all 8 flips, and
+    zero padding is the same on both sides, so flipping the input flips the output."""
+    torch.manual_seed(seed)
+    network = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.ReLU(),
+                                  torch.nn.Conv3d(4, num_classes, 3, padding=1)).eval()
+    with torch.no_grad():
+        for layer in (network[0], network[2]):
+            kernel = layer.weight
+            layer.weight.copy_(sum(kernel.flip([d + 2 for d in dims]) for dims in
+                                   mirror_axes_combinations((0, 1, 2))) / 8)
+    return network
 
 
 def random_conv_network(dimension: int, num_classes: int, seed: int = 0) -> torch.nn.Module:
@@ -107,25 +138,73 @@ def test_mirror_axes_combinations():
 def test_per_voxel_network_gives_back_its_function_everywhere(spatial):
     image = torch.randn(1, *spatial)
     logits = predict_sliding_window([times(2.0, 3)], image, (8, 8, 8), num_classes=3,
-                                    mirror_axes=())
+                                    mirror_axes=(), softmax=False)
     assert logits.shape == (3, *spatial) and logits.dtype == torch.float32
     torch.testing.assert_close(logits, 2 * image.repeat(3, 1, 1, 1), atol=1e-5, rtol=1e-5)
 
 
-def test_tta_on_mirror_equivariant_network_changes_nothing():
+@pytest.mark.parametrize("softmax", [True, False], ids=["probabilities", "logits"])
+def test_tta_on_mirror_equivariant_network_changes_nothing(softmax):
     image = torch.randn(1, 11, 9, 10)
-    options = dict(num_classes=2, batch_windows=2)
-    without = predict_sliding_window([times(2.0, 2)], image, (8, 8, 8), mirror_axes=(), **options)
-    with_all = predict_sliding_window([times(2.0, 2)], image, (8, 8, 8), **options)
+    network = symmetric_conv_network(num_classes=3)
+    options = dict(num_classes=3, batch_windows=2, softmax=softmax)
+    without = predict_sliding_window([network], image, (8, 8, 8), mirror_axes=(), **options)
+    passes = []
+    counting = lambda batch: passes.append(1) or network(batch)  # noqa: E731
+    with_all = predict_sliding_window([counting], image, (8, 8, 8), **options)
     torch.testing.assert_close(with_all, without, atol=1e-5, rtol=1e-5)
+    windows = 2 * 2 * 2  # ceil(3 / 4) + 1, ceil(1 / 4) + 1, ceil(2 / 4) + 1
+    assert len(passes) == windows / 2 * 8  # batches of 2 windows, 8 mirror passes each (3D)
+
+
+def test_2d_tta_runs_four_passes():
+    passes = []
+    counting = lambda batch: passes.append(1) or times(1.0, 2)(batch)  # noqa: E731
+    predict_sliding_window([counting], torch.zeros(1, 8, 8), (8, 8), num_classes=2)
+    assert len(passes) == 4
 
 
 def test_tta_averages_each_window_with_its_mirror_image():
     # Position r along x mirrored is 7 - r; their mean is 3.5 at every voxel of every window.
     image = torch.zeros(1, 3, 12)
     logits = predict_sliding_window([position_along_last_axis], image, (3, 8), num_classes=1,
-                                    mirror_axes=(1,))
+                                    mirror_axes=(1,), softmax=False)
     torch.testing.assert_close(logits, torch.full((1, 3, 12), 3.5))
+
+
+def test_tta_averages_softmax_not_logits():
+    # Logits [0, r] with r the position along x (patch 8, one window): the mirror pass sees 7 - r.
+    # Class 1 gets (sigmoid(r) + sigmoid(7 - r)) / 2, not sigmoid(3.5).
+    def two_class_position(batch):
+        return torch.cat([torch.zeros_like(batch[:, :1]), position_along_last_axis(batch)], dim=1)
+
+    probabilities = predict_sliding_window([two_class_position], torch.zeros(1, 1, 8), (1, 8),
+                                           num_classes=2, mirror_axes=(1,))
+    expected = [(sigmoid(r) + sigmoid(7 - r)) / 2 for r in range(8)]
+    np.testing.assert_allclose(probabilities[1, 0].numpy(), expected, rtol=1e-5)
+    np.testing.assert_allclose(probabilities.sum(0).numpy(), 1.0, rtol=1e-6)
+
+
+def test_networks_are_averaged_in_probability_space():
+    # Two folds: logits [0, 2] and [0, -1] everywhere -> class 1 gets (sigmoid(2) + sigmoid(-1)) / 2.
+    probabilities = predict_sliding_window([constant_logits(0.0, 2.0), constant_logits(0.0, -1.0)],
+                                           torch.zeros(1, 9, 10), (8, 8), num_classes=2)
+    assert probabilities[1, 4, 4].item() == pytest.approx((sigmoid(2.0) + sigmoid(-1.0)) / 2, rel=1e-6)
+    np.testing.assert_allclose(probabilities.sum(0).numpy(), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("spatial", [(5, 6, 7), (8, 8, 8), (13, 10, 19)],
+                         ids=["smaller_than_patch", "equal_to_patch", "not_a_multiple"])
+def test_probabilities_sum_to_one_on_every_voxel(spatial):
+    # A voxel no window covered would sum to 0; the float16 accumulator is checked with it.
+    network = random_conv_network(3, num_classes=3)
+    image = torch.randn(1, *spatial)
+    for dtype in (torch.float32, torch.float16):
+        probabilities = predict_sliding_window([network], image, (8, 8, 8), num_classes=3,
+                                               accumulate_dtype=dtype, mirror_axes=(0, 2))
+        assert probabilities.shape == (3, *spatial) and probabilities.dtype == torch.float32
+        torch.testing.assert_close(probabilities.sum(0), torch.ones(spatial), atol=2e-3, rtol=0)
+        assert (probabilities >= 0).all()
 
 
 def test_gaussian_weighting_of_overlapping_windows_by_hand():
@@ -134,26 +213,27 @@ def test_gaussian_weighting_of_overlapping_windows_by_hand():
     # weight exp(-3)). Voxel 0 is covered by the first window only.
     image = torch.zeros(1, 1, 12)
     weighted = predict_sliding_window([position_along_last_axis], image, (1, 8), num_classes=1,
-                                      mirror_axes=())
+                                      mirror_axes=(), softmax=False)
     expected = (5 * math.exp(-1) + 1 * math.exp(-3)) / (math.exp(-1) + math.exp(-3))
     assert weighted[0, 0, 5].item() == pytest.approx(expected, rel=1e-5)
     assert weighted[0, 0, 0].item() == pytest.approx(0.0, abs=1e-6)
     assert weighted[0, 0, 11].item() == pytest.approx(7.0, rel=1e-6)
     flat = predict_sliding_window([position_along_last_axis], image, (1, 8), num_classes=1,
-                                  mirror_axes=(), use_gaussian=False)
+                                  mirror_axes=(), use_gaussian=False, softmax=False)
     assert flat[0, 0, 5].item() == pytest.approx(3.0)  # plain mean of 5 and 1
 
 
 def test_image_smaller_than_patch_is_padded_equally_on_both_sides():
     # x: 4 voxels in a patch of 8 -> 2 zeros before, 2 after: the voxels sit at positions 2..5.
     logits = predict_sliding_window([position_along_last_axis], torch.zeros(1, 1, 4), (1, 8),
-                                    num_classes=1, mirror_axes=())
+                                    num_classes=1, mirror_axes=(), softmax=False)
     assert logits.flatten().tolist() == [2.0, 3.0, 4.0, 5.0]
 
 
-def test_networks_are_averaged_in_logit_space():
+def test_networks_are_averaged_in_logit_space_without_softmax():
     image = torch.randn(1, 9, 10)
-    logits = predict_sliding_window([times(2.0, 2), times(4.0, 2)], image, (8, 8), num_classes=2)
+    logits = predict_sliding_window([times(2.0, 2), times(4.0, 2)], image, (8, 8), num_classes=2,
+                                    softmax=False)
     torch.testing.assert_close(logits, 3 * image.repeat(2, 1, 1), atol=1e-5, rtol=1e-5)
 
 
@@ -169,8 +249,10 @@ def test_batched_windows_equal_one_at_a_time_and_progress_counts_windows():
     torch.testing.assert_close(four, one, atol=1e-6, rtol=1e-5)
     # windows per axis: ceil(4 / 4) + 1 = 2, ceil(3 / 4) + 1 = 2, 2 -> 8 windows in batches of 4.
     assert calls == [(4, 8), (8, 8)]
-    probabilities = torch.softmax(four, dim=0)
-    torch.testing.assert_close(probabilities.sum(0), torch.ones(12, 11, 12))
+    channels_last = predict_sliding_window([network.to(memory_format=torch.channels_last_3d)], image,
+                                           (8, 8, 8), num_classes=2, batch_windows=4, mirror_axes=(0,),
+                                           channels_last=True)
+    torch.testing.assert_close(channels_last, one, atol=1e-6, rtol=1e-5)
 
 
 def test_float16_accumulation_and_bfloat16_autocast_stay_close_to_float32():
@@ -179,17 +261,33 @@ def test_float16_accumulation_and_bfloat16_autocast_stay_close_to_float32():
     reference = predict_sliding_window([network], image, (8, 8), num_classes=3)
     half = predict_sliding_window([network], image, (8, 8), num_classes=3,
                                   accumulate_dtype=torch.float16)
+    half_logits = predict_sliding_window([network], image, (8, 8), num_classes=3, softmax=False,
+                                         accumulate_dtype=torch.float16)
+    torch.testing.assert_close(half_logits, predict_sliding_window([network], image, (8, 8), num_classes=3,
+                                                                   softmax=False), atol=1e-2, rtol=1e-2)
     autocast = predict_sliding_window([network], image, (8, 8), num_classes=3,
                                       autocast_dtype=torch.bfloat16)
     assert half.dtype == torch.float32 and autocast.dtype == torch.float32
-    torch.testing.assert_close(half, reference, atol=1e-2, rtol=1e-2)
-    torch.testing.assert_close(autocast, reference, atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(half, reference, atol=1e-3, rtol=0)
+    torch.testing.assert_close(autocast, reference, atol=2e-2, rtol=0)
+
+
+def test_float16_accumulator_keeps_the_corners_of_a_large_3d_patch():
+    # A corner voxel lies in one window only, where the Gaussian of a 32^3 patch (sigma 4, centre
+    # 15.5, maximum 1 at offset 0.5) is exp(-(15.5^2 - 0.5^2) / 32)^3 ~ 1.7e-10: below float16's
+    # smallest value. Stored as weight / summed weight it is 1 there, not 0 / 0.
+    corner = math.exp(-(15.5 ** 2 - 0.5 ** 2) / 32) ** 3
+    assert gaussian_importance_map((32, 32, 32))[0, 0, 0] == pytest.approx(corner, rel=1e-4)
+    probabilities = predict_sliding_window([constant_logits(0.0, 1.0)], torch.zeros(1, 40, 36, 33),
+                                           (32, 32, 32), num_classes=2, mirror_axes=(),
+                                           accumulate_dtype=torch.float16)
+    np.testing.assert_allclose(probabilities[1].numpy(), sigmoid(1.0), atol=3e-3)  # float16: 2^-11 per addition
 
 
 def test_result_is_an_ordinary_tensor_and_numpy_input_is_accepted():
     array = np.random.default_rng(0).normal(size=(1, 6, 9)).astype(np.float32)
     array.setflags(write=False)  # as np.load(mmap_mode="r") gives
-    logits = predict_sliding_window([times(2.0, 1)], array, (4, 4), num_classes=1)
+    logits = predict_sliding_window([times(2.0, 1)], array, (4, 4), num_classes=1, softmax=False)
     logits.mul_(0.5)  # in place, outside inference_mode: must not raise
     np.testing.assert_allclose(logits.numpy(), array, atol=1e-5)
 
@@ -206,7 +304,8 @@ def test_network_output_is_checked():
 
 def test_slices_2d_per_pixel_function_on_every_slice():
     image = torch.randn(1, 3, 10, 7)
-    logits = predict_slices_2d([times(2.0, 2)], image, (8, 8), num_classes=2, batch_windows=3)
+    logits = predict_slices_2d([times(2.0, 2)], image, (8, 8), num_classes=2, batch_windows=3,
+                               softmax=False)
     assert logits.shape == (2, 3, 10, 7)
     torch.testing.assert_close(logits, 2 * image.repeat(2, 1, 1, 1), atol=1e-5, rtol=1e-5)
 
