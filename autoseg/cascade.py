@@ -1,10 +1,16 @@
 """The 3d_lowres -> 3d_cascade_fullres cascade.
 
 The low-res model's segmentation is brought onto the full-res preprocessed grid and appended to the
-image as one one-hot channel per foreground label. For training, every case needs a low-res
-prediction made by a model that never saw it: the low-res fold validation writes them to
-`results/TASK/3d_lowres/predicted_next_stage/CASE.npy` (int16, full-res grid). At inference the
-low-res model runs first, without the user doing anything.
+image as one one-hot channel per foreground label, so the cascade network reads
+`len(modality) + number of foreground labels` channels.
+
+Training: every case needs a low-res prediction made by a model that never saw it. The low-res
+fold validation (`autoseg train 3d_lowres --fold N`) writes one for each held-out case to
+`results/TASK/3d_lowres/predicted_next_stage/CASE.npy` (int16 label map, the next stage's
+preprocessed grid); after every fold all training cases have one. Cascade training refuses to
+start until they all exist, naming the low-res folds still to train. The cascade's own fold
+validation reads the same files.
+Inference: the low-res model runs first on the raw image, without the user doing anything.
 """
 
 from __future__ import annotations
@@ -14,13 +20,15 @@ from typing import Sequence
 
 import numpy as np
 
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, WorkspaceError
 
 PREDICTED_NEXT_STAGE = "predicted_next_stage"
+SPLITS_JSON = "splits.json"
 
 
 def segmentation_to_grid(segmentation: np.ndarray, properties) -> np.ndarray:
-    """A (z, y, x) label map in a case's original grid -> the grid of its preprocessed arrays."""
+    """An int (z, y, x) label map in a case's original grid -> int16 on the grid of its preprocessed
+    arrays (`properties`: that case's CaseProperties): transposed, cropped, resampled."""
     from autoseg.preprocessing.resampling import resample_segmentation, separate_axis_for
 
     permutation = list(properties.transpose_forward)
@@ -33,7 +41,7 @@ def segmentation_to_grid(segmentation: np.ndarray, properties) -> np.ndarray:
 
 
 def one_hot(segmentation: np.ndarray, foreground_labels: Sequence[int]) -> np.ndarray:
-    """(z, y, x) labels -> float32 (L, z, y, x), one channel per foreground label."""
+    """(z, y, x) labels -> float32 (L, z, y, x), one 0/1 channel per foreground label, in that order."""
     return np.stack([segmentation == label for label in foreground_labels]).astype(np.float32)
 
 
@@ -42,30 +50,88 @@ def foreground_labels_of(plans) -> list[int]:
 
 
 def predictions_folder(results_folder: Path, previous_stage: str) -> Path:
+    """Where the fold validations of `previous_stage` leave their predictions for the next stage."""
     return Path(results_folder) / previous_stage / PREDICTED_NEXT_STAGE
 
 
 def save_for_next_stage(segmentation: np.ndarray, next_stage_properties, folder: Path, case_id: str) -> Path:
-    """Called by the low-res fold validation for each held-out case."""
+    """Store a held-out case's low-res segmentation (original grid) on the next stage's grid.
+
+    Called by the low-res fold validation for each of its cases; `next_stage_properties` are the
+    case's CaseProperties in the next stage's preprocessed folder.
+    """
     from autoseg.artifacts import save_npy
 
     return save_npy(Path(folder) / f"{case_id}.npy", segmentation_to_grid(segmentation, next_stage_properties))
 
 
+def _read_splits(results_folder: Path) -> list[dict]:
+    path = Path(results_folder) / SPLITS_JSON
+    if not path.is_file():
+        return []
+    from autoseg.artifacts import read_json
+
+    splits = read_json(path)
+    return splits if isinstance(splits, list) else []
+
+
 def check_previous_stage_ready(folder: Path, case_ids: Sequence[str], splits: list[dict], previous_stage: str) -> None:
-    """A clear error naming the low-res folds still to train when any case lacks its prediction."""
+    """Raise a WorkspaceError naming the `previous_stage` folds to train when a case lacks its prediction.
+
+    splits: the folds of splits.json; a missing case is attributed to the fold that validates it.
+    """
     missing = sorted(c for c in case_ids if not (Path(folder) / f"{c}.npy").is_file())
     if not missing:
         return
-    folds = sorted({index for index, split in enumerate(splits) for c in missing if c in split["val"]})
-    raise AutosegError(f"cascade training needs {previous_stage} predictions for every case; {len(missing)} are "
-                       f"missing (e.g. {missing[0]}) in {folder}. Train {previous_stage} fold(s) "
-                       f"{', '.join(map(str, folds)) or '?'} first: `autoseg train {previous_stage} --fold N`")
+    folds = sorted({index for index, split in enumerate(splits) for c in missing if c in split.get("val", [])})
+    in_no_fold = [c for c in missing if not any(c in split.get("val", []) for split in splits)]
+    examples = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    message = (f"cascade training needs a {previous_stage} prediction of every training case, made by a model "
+               f"that never saw it; {len(missing)} of {len(case_ids)} are missing from {folder} ({examples}).")
+    if len(folds) == 1:
+        message += f" Train {previous_stage} fold {folds[0]} first: `autoseg train {previous_stage} --fold {folds[0]}`"
+    elif folds:
+        message += (f" Train {previous_stage} folds {', '.join(map(str, folds))} first: "
+                    f"`autoseg train {previous_stage} --fold N` for N in {', '.join(map(str, folds))}")
+    if folds:
+        message += " (its fold validation writes them; for a fold trained with --no-validate, add --resume)."
+    if in_no_fold:
+        message += (f" Case(s) {', '.join(in_no_fold[:3])} are in no fold's validation set of {SPLITS_JSON}, so no "
+                    f"{previous_stage} model left them out: add them to a fold.")
+    raise WorkspaceError(message)
+
+
+def previous_stage_inputs(plans, configuration_name: str, results_folder: Path, case_ids: Sequence[str]) -> dict:
+    """Keyword arguments of `make_training_loaders` for `configuration_name`.
+
+    {} for a configuration without previous stage; for a cascade stage, the folder of the previous
+    stage's predictions and the foreground labels, after checking (`check_previous_stage_ready`) that
+    every case of `case_ids` has one. results_folder: HOME/results/TASK (holding splits.json).
+    """
+    configuration = plans.configuration(configuration_name)
+    if not configuration.previous_stage:
+        return {}
+    folder = predictions_folder(results_folder, configuration.previous_stage)
+    check_previous_stage_ready(folder, case_ids, _read_splits(results_folder), configuration.previous_stage)
+    return {"previous_stage_predictions": folder, "foreground_labels": foreground_labels_of(plans)}
+
+
+def _load_stored(folder: Path, case_id: str, spatial_shape: Sequence[int], mmap: bool) -> np.ndarray:
+    path = Path(folder) / f"{case_id}.npy"
+    if not path.is_file():
+        raise WorkspaceError(f"{path}: missing; train the previous stage's fold that validates {case_id} first")
+    previous = np.load(path, mmap_mode="r" if mmap else None)
+    if tuple(previous.shape) != tuple(spatial_shape):
+        raise WorkspaceError(f"{path}: shape {list(previous.shape)} differs from the preprocessed case "
+                             f"{list(spatial_shape)}; it is stale (preprocessed again since?): re-run the previous "
+                             "stage's validation")
+    return previous
 
 
 def append_stored_previous_stage(data: np.ndarray, folder: Path, case_id: str, foreground_labels) -> np.ndarray:
-    previous = np.load(Path(folder) / f"{case_id}.npy")
-    return np.concatenate([data, one_hot(previous, foreground_labels)])
+    """data (C, z, y, x) + the stored previous-stage one-hot channels -> float32 (C + L, z, y, x)."""
+    previous = _load_stored(folder, case_id, data.shape[1:], mmap=False)
+    return np.concatenate([np.asarray(data, dtype=np.float32), one_hot(previous, foreground_labels)])
 
 
 def append_predicted_previous_stage(model, data: np.ndarray, properties, image, geometry, settings) -> np.ndarray:
@@ -86,14 +152,15 @@ def append_predicted_previous_stage(model, data: np.ndarray, properties, image, 
 class StackedChannels:
     """Image channels (memory-mapped) plus the one-hot previous stage, sliced lazily per patch.
 
-    Behaves like a (C + L, z, y, x) array for the patch sampler's reads, so nothing is loaded whole.
+    Behaves like a float32 (C + L, z, y, x) array for the patch sampler's reads
+    (`array[..., z0:z1, y0:y1, x0:x1]`), so nothing is loaded whole.
     """
 
     def __init__(self, data: np.ndarray, previous: np.ndarray, foreground_labels: Sequence[int]):
         self.data, self.previous, self.labels = data, previous, list(foreground_labels)
         self.shape = (data.shape[0] + len(self.labels), *data.shape[1:])
         self.ndim = data.ndim
-        self.dtype = np.float32
+        self.dtype = np.dtype(np.float32)
 
     def __getitem__(self, key):
         key = key if isinstance(key, tuple) else (key,)
@@ -111,7 +178,7 @@ class CascadeCases:
 
     def arrays(self, case_id: str):
         data, seg = self.base.arrays(case_id)
-        previous = np.load(self.predictions / f"{case_id}.npy", mmap_mode="r")
+        previous = _load_stored(self.predictions, case_id, data.shape[1:], mmap=True)
         return StackedChannels(data, previous, self.labels), seg
 
     def foreground_locations(self, case_id: str):

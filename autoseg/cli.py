@@ -174,18 +174,44 @@ def _labels_for(labels: Optional[str], task: Optional[str]) -> dict[int, str]:
     return load_dataset(folder).labels
 
 
+def _regions_for(regions: Optional[str], labels: Optional[str], task: Optional[str],
+                 label_names: dict[int, str]) -> dict[str, tuple[int, ...]]:
+    """Regions from --regions "1+2+3,2+3"; else, unless --labels was given, the task's dataset.json "regions"."""
+    if regions:
+        try:
+            parsed = [tuple(int(v) for v in region.split("+")) for region in regions.split(",")]
+        except ValueError:
+            fail(f"--regions: expected regions like 1+2+3,2+3, got {regions!r}")
+        return {"+".join(label_names.get(v, str(v)) for v in region): region for region in parsed}
+    if labels:
+        return {}
+    from autoseg.evaluation import regions_of_dataset
+
+    _, folder = resolve_task(task)
+    return regions_of_dataset(folder, label_names) if folder is not None else {}
+
+
 @command("evaluate")
 def evaluate(
     predictions: Path = typer.Argument(..., help="Folder of predicted segmentations."),
     references: Path = typer.Argument(..., help="Folder of reference segmentations (same file names)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels; default: the task's."),
+    regions: Optional[str] = typer.Option(None, "--regions", help="Unions of labels to score as one mask, e.g. "
+                                          "1+2+3,2+3; default: the task's dataset.json \"regions\"."),
     task: Optional[str] = typer.Option(None, "--task"),
     workers: int = typer.Option(2, "-j", "--workers", min=1),
 ) -> None:
-    """Dice, IoU/VOE, RVD, precision, recall, ASSD, HD95 and max surface distance per case and label."""
+    """Dice, IoU/VOE, RVD, precision, recall, ASSD, HD95 and max surface distance per case and label.
+
+    Distances are in mm (the reference's spacing). Both masks empty: Dice 1, distances 0. One empty:
+    Dice 0, distances NaN (null in summary.json), left out of the means and counted as excluded.
+    Writes summary.json and summary.csv into the prediction folder.
+    """
     from autoseg.evaluation import evaluate_folder
 
-    summary = evaluate_folder(predictions, references, _labels_for(labels, task), workers=workers)
+    label_names = _labels_for(labels, task)
+    summary = evaluate_folder(predictions, references, label_names,
+                              regions=_regions_for(regions, labels, task, label_names), workers=workers)
     json_path, csv_path = summary.save(predictions)
     typer.echo(summary.format_table())
     typer.echo(f"wrote {json_path} and {csv_path}")

@@ -25,6 +25,10 @@ Empty-mask conventions:
     label and metric (`EvaluationSummary.excluded_cases`).
 Only foreground labels are evaluated; `foreground_mean` is the mean over the foreground labels
 (not the regions) of the per-label means.
+
+Regions: a dataset.json may name unions of labels to be scored as one mask, e.g. BraTS's
+    "regions": {"whole tumour": [1, 2, 3], "tumour core": [2, 3]}
+(`regions_of_dataset`); they are reported under the key "1+2+3" next to the labels.
 """
 
 from __future__ import annotations
@@ -250,21 +254,52 @@ def _nanmean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
+def regions_of_dataset(dataset_folder: str | Path, labels: Mapping[int, str] | None = None
+                       ) -> dict[str, tuple[int, ...]]:
+    """{region name: label values} from the optional "regions" entry of `dataset_folder/dataset.json`.
+
+    {} when the dataset defines none. Every value must be a foreground label of `labels` (when given).
+    """
+    path = Path(dataset_folder) / "dataset.json"
+    regions = read_json(path).get("regions") or {}
+    if not isinstance(regions, dict):
+        raise AutosegError(f"{path}: 'regions' must map a name to a list of labels, e.g. "
+                           '{"whole tumour": [1, 2, 3]}')
+    known = None if labels is None else {int(v) for v in labels if int(v) != 0}
+    parsed = {}
+    for name, members in regions.items():
+        if not isinstance(members, list) or not members or not all(str(v).isdigit() for v in members):
+            raise AutosegError(f"{path}: region {name!r}: expected a non-empty list of label numbers, got {members!r}")
+        values = tuple(int(v) for v in members)
+        if len(set(values)) < 2:
+            raise AutosegError(f"{path}: region {name!r} needs at least two labels (a single label is scored "
+                               "on its own anyway)")
+        unknown = [v for v in values if known is not None and v not in known]
+        if unknown:
+            raise AutosegError(f"{path}: region {name!r} names label(s) {unknown} that are not foreground labels "
+                               f"({sorted(known)})")
+        parsed[str(name)] = values
+    return parsed
+
+
 def evaluate_folder(prediction_folder: str | Path, reference_folder: str | Path, labels: Mapping[int, str],
-                    regions: Sequence[Sequence[int]] | None = None, workers: int = 1,
+                    regions: Sequence[Sequence[int]] | Mapping[str, Sequence[int]] | None = None, workers: int = 1,
                     case_ids: Sequence[str] | None = None) -> "EvaluationSummary":
     """Evaluate every prediction against the reference file of the same name.
 
-    labels: {label value: name} (background 0 is skipped); regions: label tuples scored as unions.
+    labels: {label value: name} (background 0 is skipped); regions: label tuples scored as unions,
+    or {name: label tuple} (e.g. from `regions_of_dataset`).
     case_ids: evaluate only these cases (e.g. one fold's validation cases); default all references.
     Spacing comes from the reference file.
     """
     labels = {int(value): name for value, name in labels.items()}  # dataset.json keys may be strings
     foreground = [v for v in sorted(labels) if v != 0]
-    region_tuples = [tuple(int(v) for v in r) for r in (regions or [])]
+    if not isinstance(regions, Mapping):  # unnamed regions are named after their labels
+        regions = {"+".join(str(labels.get(int(v), v)) for v in r): r for r in (regions or [])}
+    region_tuples = [tuple(int(v) for v in r) for r in regions.values()]
     labels_or_regions: list[LabelOrRegion] = [*foreground, *region_tuples]
     names = {str(v): labels[v] for v in foreground}
-    names.update({label_key(r): "+".join(str(labels.get(v, v)) for v in r) for r in region_tuples})
+    names.update({label_key(r): str(name) for name, r in zip(regions, region_tuples)})
 
     jobs = [(c, p, r, labels_or_regions) for c, p, r in pair_segmentations(prediction_folder, reference_folder,
                                                                            case_ids)]

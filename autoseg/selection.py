@@ -12,7 +12,8 @@ Steps:
        ensembles/CONFIG_A+CONFIG_B/ and scored (nnU-Net ensembles pairs only);
     4. the best candidate by foreground-mean Dice wins (ties: single models before ensembles, then
        name order), and the largest-component postprocessing is decided on its predictions.
-Outputs: find_best.json (`SelectionResult`) and postprocessing.json (`PostprocessingDecision`).
+Outputs: find_best.json (`SelectionResult`), find_best.txt (its table) and postprocessing.json
+(`PostprocessingDecision`).
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from itertools import combinations
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from autoseg.artifacts import read_json, write_json
+from autoseg.artifacts import read_json, write_atomic, write_json
 from autoseg.errors import AutosegError, WorkspaceError
 from autoseg.evaluation import EvaluationSummary, evaluate_folder, find_segmentations
 
 SELECTION_SCHEMA_VERSION = 1
 FIND_BEST_JSON = "find_best.json"
+FIND_BEST_TABLE = "find_best.txt"
 SPLITS_JSON = "splits.json"
 CROSSVAL_FOLDER = "crossval"
 ENSEMBLES_FOLDER = "ensembles"
@@ -352,7 +354,13 @@ class SelectionResult:
         return result
 
     def save(self, results_folder: str | Path) -> Path:
-        """Write `find_best.json` into `results_folder` (atomically)."""
+        """Write `find_best.json` and the readable `find_best.txt` (`format_table`) into `results_folder`
+        (atomically); returns the JSON's path."""
+
+        def write_table(tmp: str) -> None:
+            Path(tmp).write_text(self.format_table() + "\n")
+
+        write_atomic(Path(results_folder) / FIND_BEST_TABLE, write_table)
         return write_json(Path(results_folder) / FIND_BEST_JSON, self.to_json())
 
     @classmethod

@@ -66,3 +66,21 @@ def test_members_with_different_labels_are_refused(tmp_path):
     save_probabilities(tmp_path / "B" / "c1", A, GEOMETRY, labels=[0, 2, 1])
     with pytest.raises(AutosegError, match="labels"):
         ensemble_folders([tmp_path / "A", tmp_path / "B"], tmp_path / "out")
+
+
+def test_ensemble_cli_averages_any_folders(tmp_path):
+    from typer.testing import CliRunner
+
+    from autoseg.cli import app
+
+    save_probabilities(tmp_path / "A" / "c1", A, GEOMETRY, labels=[0, 1, 4])
+    save_probabilities(tmp_path / "B" / "c1", B, GEOMETRY, labels=[0, 1, 4])
+    result = CliRunner().invoke(app, ["ensemble", str(tmp_path / "A"), str(tmp_path / "B"), str(tmp_path / "out"),
+                                      "--save-probabilities"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 1 ensembled segmentations" in result.output
+    assert read_segmentation(tmp_path / "out" / "c1.nii.gz")[0].ravel().tolist() == [0, 4]
+    mean, _ = load_probabilities(tmp_path / "out" / "c1")
+    assert mean == pytest.approx((A + B) / 2, abs=1e-6)
+    too_few = CliRunner().invoke(app, ["ensemble", str(tmp_path / "A"), str(tmp_path / "out")])
+    assert too_few.exit_code == 1 and "at least two input folders" in too_few.output

@@ -1,4 +1,5 @@
 import csv
+import json
 import math
 
 import numpy as np
@@ -39,6 +40,36 @@ def test_same_shift_along_a_coarse_axis_is_scaled_by_its_spacing():
     assert m["ASSD_mm"] == pytest.approx((2 * 16 * 3.0 + 2 * 4 * 1.0) / 112)
     assert m["HD95_mm"] == pytest.approx(3.0)
     assert m["MSSD_mm"] == pytest.approx(3.0)
+
+
+def test_cube_shifted_along_the_coarse_z_axis_by_hand():
+    # The same cube one slice further along z, with 2.5 mm slices. Per direction, of 56 surface voxels: the 16
+    # of the outer z face are 2.5 mm (one slice) off; the 4 inner voxels of the inner z face are 1 mm off
+    # (the y or x face of the other cube is nearer than its z face); the other 36 lie on the other surface.
+    m = case_metrics(cube(start=(3, 2, 2)), cube(), [1], spacing_zyx=(2.5, 1.0, 1.0))["1"]
+    assert (m["Dice"], m["IoU"], m["VOE"], m["RVD"]) == pytest.approx((0.75, 0.6, 0.4, 0.0))
+    assert m["ASSD_mm"] == pytest.approx(2 * (16 * 2.5 + 4 * 1.0) / 112)
+    # pooled sorted: 72 zeros, 8 x 1 mm, 32 x 2.5 mm; rank 0.95 * 111 = 105.45 lies among the 2.5s
+    assert m["HD95_mm"] == pytest.approx(2.5)
+    assert m["MSSD_mm"] == pytest.approx(2.5)
+
+
+def test_longer_box_over_a_cube_volume_difference_and_anisotropic_distances_by_hand():
+    # Prediction 4x4x6 voxels (x 2..7) over the reference cube 4x4x4 (x 2..5); spacing z 3, y 1, x 0.5 mm.
+    prediction = np.zeros((8, 8, 10), np.int16)
+    prediction[2:6, 2:6, 2:8] = 1
+    m = case_metrics(prediction, cube(), [1], spacing_zyx=(3.0, 1.0, 0.5))["1"]
+    assert (m["TP"], m["FP"], m["FN"]) == (64, 32, 0)
+    assert m["Dice"] == pytest.approx(128 / 160) and m["IoU"] == pytest.approx(64 / 96)
+    assert m["VOE"] == pytest.approx(1 / 3) and m["RVD"] == pytest.approx(0.5)  # 50 % too large
+    assert (m["precision"], m["recall"]) == pytest.approx((2 / 3, 1.0))
+    # prediction -> reference (80 surface voxels): the ring at x=6 (12) is 1 x-step (0.5 mm) beyond the
+    # reference's x=5 face, the x=7 face (16) 2 x-steps (1 mm); the other 52 lie on the reference surface.
+    # reference -> prediction (56): the 4 inner voxels of its x=5 face are inside the prediction, 1 mm from
+    # both its y/z ring (1 y-step) and its x=7 face (2 x-steps); the other 52 lie on the prediction surface.
+    assert m["ASSD_mm"] == pytest.approx((12 * 0.5 + 16 * 1.0 + 4 * 1.0) / 136)
+    assert m["HD95_mm"] == pytest.approx(1.0)  # rank 0.95 * 135 = 128.25: among the 20 values of 1 mm
+    assert m["MSSD_mm"] == pytest.approx(1.0)
 
 
 def test_single_voxel_surfaces_pooled_percentile_and_spacing():
@@ -144,3 +175,56 @@ def test_geometry_mismatch_names_the_prediction_file(tmp_path):
                        tmp_path / "pred" / "a.nii.gz")
     with pytest.raises(AutosegError, match=r"a\.nii\.gz.*spacing"):
         evaluate_folder(tmp_path / "pred", tmp_path / "ref", {1: "organ"})
+
+
+def region_dataset(folder, regions):
+    """A dataset folder whose dataset.json has labels 0-3 and the given "regions" entry (no images needed)."""
+    folder.mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps({
+        "name": "Task950_Regions", "modality": {"0": "MRI"},
+        "labels": {"0": "background", "1": "edema", "2": "necrosis", "3": "enhancing"},
+        "training": [{"image": "./imagesTr/a.nii.gz", "label": "./labelsTr/a.nii.gz"}], "regions": regions}))
+    return folder
+
+
+def test_regions_of_dataset_json_are_scored_by_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from autoseg.cli import app
+
+    dataset = region_dataset(tmp_path / "Task950_Regions", {"whole tumour": [1, 2, 3], "tumour core": [2, 3]})
+    reference, prediction = np.zeros(GEOMETRY.shape, np.int16), np.zeros(GEOMETRY.shape, np.int16)
+    reference[2:6, 2:6, 2:6] = 1
+    reference[3:5, 3:5, 3:5] = 2
+    prediction[2:6, 2:6, 2:6] = 1
+    prediction[3:5, 3:5, 3:5] = 3  # necrosis called enhancing: both labels wrong, the tumour core right
+    write_cases(tmp_path / "ref", {"a": reference})
+    write_cases(tmp_path / "pred", {"a": prediction})
+    result = CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "evaluate", str(tmp_path / "pred"),
+                                      str(tmp_path / "ref"), "--task", str(dataset), "-j", "1"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    assert summary["label_names"] == {"1": "edema", "2": "necrosis", "3": "enhancing",
+                                      "1+2+3": "whole tumour", "2+3": "tumour core"}
+    assert summary["mean"]["2"]["Dice"] == 0.0 and summary["mean"]["2+3"]["Dice"] == 1.0
+    assert summary["mean"]["1+2+3"]["MSSD_mm"] == 0.0
+    assert summary["mean"]["3"]["Dice"] == 0.0  # empty reference, non-empty prediction
+    assert summary["mean"]["3"]["HD95_mm"] is None and summary["excluded_cases"]["3"]["HD95_mm"] == 1
+    assert summary["foreground_mean"]["Dice"] == pytest.approx((1.0 + 0.0 + 0.0) / 3)  # labels only
+    with open(tmp_path / "pred" / "summary.csv") as f:
+        assert [row["label"] for row in csv.DictReader(f)] == ["1", "2", "3", "1+2+3", "2+3"]
+    assert "tumour core" in result.output and "foreground mean" in result.output
+
+    explicit = CliRunner().invoke(app, ["--home", str(tmp_path / "home"), "evaluate", str(tmp_path / "pred"),
+                                        str(tmp_path / "ref"), "--labels", "1,2,3", "--regions", "2+3"])
+    assert explicit.exit_code == 0, explicit.output
+    assert list(json.loads((tmp_path / "pred" / "summary.json").read_text())["mean"]) == ["1", "2", "3", "2+3"]
+
+
+def test_region_naming_an_unknown_label_is_an_error(tmp_path):
+    from autoseg.evaluation import regions_of_dataset
+
+    dataset = region_dataset(tmp_path / "d", {"core": [2, 7]})
+    with pytest.raises(AutosegError, match=r"dataset\.json: region 'core' names label\(s\) \[7\]"):
+        regions_of_dataset(dataset, {0: "background", 1: "a", 2: "b", 3: "c"})
+    assert regions_of_dataset(region_dataset(tmp_path / "none", None)) == {}

@@ -286,4 +286,16 @@ def test_plan_preprocess_train_predict_evaluate_on_pictures(tmp_path):
     run_cli("--home", home, "evaluate", predictions, references, "--labels", "1")
     summary = json.loads((predictions / "summary.json").read_text())
     dice = summary["mean"]["1"]["Dice"]
+    print(f"2D pictures: validation Dice {dice:.3f}")
     assert dice > 0.7, f"blob Dice {dice:.3f} after 40 iterations"  # all-foreground would score about 0.2
+
+    # A JPEG photo of the same picture gets a PNG mask of its size, close to the PNG input's.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    picture = sitk.GetArrayFromImage(sitk.ReadImage(str(inputs / f"{val_ids[0]}.png")))
+    write_picture(picture, photos / f"{val_ids[0]}.jpg")
+    run_cli("--home", home, "predict", photos, tmp_path / "photo_masks", "--config", "2d", "--device", "cpu")
+    photo_mask = tmp_path / "photo_masks" / f"{val_ids[0]}.png"
+    assert picture_size(photo_mask) == picture.shape[:2]
+    from_photo, from_png = (read_segmentation(f)[0] for f in (photo_mask, predictions / f"{val_ids[0]}.png"))
+    assert 2 * (from_photo & from_png).sum() / max(from_photo.sum() + from_png.sum(), 1) > 0.8

@@ -112,3 +112,78 @@ def test_postprocess_folder_keeps_geometry_and_decision_round_trips(tmp_path):
 def test_wrong_schema_version_is_rejected():
     with pytest.raises(AutosegError, match="schema_version"):
         PostprocessingDecision.from_json({"schema_version": 99, "whole_foreground": True, "per_label": []})
+
+
+def test_postprocess_cli_applies_the_tasks_decision_or_a_given_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from autoseg.cli import app
+    from autoseg.workspace import Workspace
+
+    with_island = organ()
+    with_island[10, 10, 10] = 1
+    write_cases(tmp_path / "pred", {"a": with_island})
+    workspace = Workspace(tmp_path / "home")
+    workspace.remember_task("Task001_X", None)
+    PostprocessingDecision(whole_foreground=True).save(workspace.results("Task001_X"))
+    result = CliRunner().invoke(app, ["--home", str(workspace.home), "postprocess", str(tmp_path / "pred"),
+                                      str(tmp_path / "out"), "-j", "1"])
+    assert result.exit_code == 0, result.output
+    assert "postprocessed 1 segmentations" in result.output
+    assert np.array_equal(read_segmentation(tmp_path / "out" / "a.nii.gz")[0], organ())
+
+    PostprocessingDecision().save(tmp_path / "none")  # no step: the island stays
+    result = CliRunner().invoke(app, ["--home", str(workspace.home), "postprocess", str(tmp_path / "pred"),
+                                      str(tmp_path / "kept"), "--decision", str(tmp_path / "none" /
+                                                                                 "postprocessing.json")])
+    assert result.exit_code == 0, result.output
+    assert read_segmentation(tmp_path / "kept" / "a.nii.gz")[0][10, 10, 10] == 1
+
+    same = CliRunner().invoke(app, ["--home", str(workspace.home), "postprocess", str(tmp_path / "pred"),
+                                    str(tmp_path / "pred")])
+    assert same.exit_code == 1 and "must differ from the input folder" in same.output
+
+
+def test_predict_applies_the_decision_unless_told_not_to():
+    import torch
+
+    from autoseg.inference.predictor import PredictionSettings, TrainedModel, predict_image
+    from autoseg.planning.plans import Plans
+
+    # An oracle network (foreground where the normalized intensity is above 0) on a bright organ plus a
+    # bright far voxel: the raw prediction has the island, the postprocessed one only the organ.
+    plans = Plans.from_json(_plans_for_one_channel())
+    image = np.full((1, *GEOMETRY.shape), -1.0, np.float32)
+    image[0][organ() == 1] = 1.0
+    image[0, 10, 10, 10] = 1.0
+
+    def oracle(x):
+        return torch.cat([-10 * x[:, :1], 10 * x[:, :1]], dim=1)
+
+    model = TrainedModel(plans, "3d_fullres", plans.configuration("3d_fullres"), [oracle], ["oracle"],
+                         torch.device("cpu"), [0, 1], postprocessing=PostprocessingDecision(whole_foreground=True))
+    settings = PredictionSettings(use_tta=False)
+    cleaned = predict_image(model, image, GEOMETRY, settings).segmentation
+    assert np.array_equal(cleaned, organ())
+    raw = predict_image(model, image, GEOMETRY, PredictionSettings(use_tta=False, postprocess=False)).segmentation
+    assert raw[10, 10, 10] == 1 and (raw == 1).sum() == 65
+
+
+def _plans_for_one_channel() -> dict:
+    """A plans.json for one 12^3 'none'-normalized channel at GEOMETRY's spacing, patch 8^3, tiny network."""
+    return {
+        "schema_version": 1, "dataset_name": "Task001_X", "fingerprint_signature": "test",
+        "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "organ"},
+        "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+        "original_median_spacing": list(GEOMETRY.spacing_zyx), "original_median_shape": list(GEOMETRY.shape),
+        "intensity_per_channel": {"0": {"mean": 0.0, "std": 1.0, "median": 0.0, "min": -1.0, "max": 1.0,
+                                        "percentile_00_5": -1.0, "percentile_99_5": 1.0}},
+        "gpu_memory_gb": 8.0,
+        "configurations": {"3d_fullres": {
+            "dimension": 3, "spacing": list(GEOMETRY.spacing_zyx), "median_shape": list(GEOMETRY.shape),
+            "patch_size": [8, 8, 8], "batch_size": 2, "batch_dice": False, "normalization": ["none"],
+            "use_mask_for_norm": [False], "estimated_memory_gb": 0.1, "data_identifier": "3d_fullres",
+            "architecture": {"name": "plain_unet", "dimension": 3, "input_channels": 1, "num_classes": 2,
+                             "features_per_stage": [4, 8], "kernel_sizes": [[3, 3, 3]] * 2,
+                             "strides": [[1, 1, 1], [2, 2, 2]], "convs_per_stage": 2, "deep_supervision": True}}},
+    }

@@ -75,6 +75,7 @@ def test_picks_the_configuration_with_the_higher_dice(tmp_path):
     summary = json.loads((results / "2d" / "crossval" / "summary.json").read_text())
     assert len(summary["per_case"]) == 2 and summary["foreground_mean"]["Dice"] == pytest.approx(2 / 3)
     assert "* 3d_fullres" in result.format_table()
+    assert (results / "find_best.txt").read_text() == result.format_table() + "\n"
 
 
 def test_ensemble_with_complementary_errors_wins_and_is_the_mean(tmp_path):
@@ -158,3 +159,13 @@ def test_find_best_json_round_trips(tmp_path):
     saved["schema_version"] = 0
     with pytest.raises(AutosegError, match="schema_version 0"):
         SelectionResult.from_json(saved)
+
+
+def test_predict_defaults_to_the_choice(tmp_path):
+    from autoseg.api import default_configurations
+
+    results, references = make_workspace(tmp_path, {"A": COMPLEMENT_A, "B": COMPLEMENT_B})
+    find_best(results, references, LABELS)
+    assert default_configurations(results, plans=None, checkpoint="final") == ["A", "B"]  # the ensemble
+    find_best(results, references, LABELS, allow_ensembles=False)
+    assert default_configurations(results, plans=None, checkpoint="final") == ["B"]

@@ -244,13 +244,18 @@ class Trainer:
         return max(1, int(math.ceil(self.configuration.batch_size / self.dist.world)))
 
     def _loaders(self):
+        from autoseg.cascade import previous_stage_inputs
         from autoseg.training.data import make_training_loaders
 
         seed = (self.settings.seed or 0) + 1000 * self.dist.rank + 7919 * self.epoch
+        # A cascade stage also reads the previous stage's predictions from results/TASK (an error
+        # naming the folds still to train when some are missing); {} for any other configuration.
+        cascade = previous_stage_inputs(self.job.plans, self.job.configuration_name,
+                                        self.job.output_folder.parent.parent, [*self.job.train_ids, *self.job.val_ids])
         return make_training_loaders(
             data_folder=self.job.data_folder, configuration=self.configuration,
             train_ids=self.job.train_ids, val_ids=self.job.val_ids,
-            batch_size=self._batch_size_per_rank(), num_workers=self.settings.num_workers, seed=seed)
+            batch_size=self._batch_size_per_rank(), num_workers=self.settings.num_workers, seed=seed, **cascade)
 
     # ------------------------------------------------------------------------------------ state
     def state(self) -> dict:

@@ -1,5 +1,10 @@
 """End-of-training validation: predict the fold's held-out cases with the sliding window, write
-them in original geometry (segmentations and probabilities, for ensembling), and score them."""
+them in original geometry (segmentations and probabilities, for ensembling), and score them.
+
+Cascade: a configuration with a `next_stage` (3d_lowres) also stores each held-out case's
+segmentation on the next stage's grid for cascade training (`autoseg.cascade`); a configuration
+with a `previous_stage` (3d_cascade_fullres) reads those stored segmentations as its extra input.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +14,24 @@ from typing import Callable, Sequence
 from autoseg.artifacts import write_json
 
 
+def _next_stage_grid(plans, configuration, data_folder: Path) -> Path | None:
+    """The preprocessed folder whose grid the next stage trains on (None without a next stage)."""
+    if not configuration.next_stage or configuration.next_stage not in plans.configurations:
+        return None
+    return Path(data_folder).parent / plans.configuration(configuration.next_stage).data_identifier
+
+
 def validate_fold(plans, configuration_name: str, configuration_folder: Path, fold: str, data_folder: Path,
                   reference_folder: Path, val_ids: Sequence[str], *, checkpoint: str = "final",
-                  device: str = "auto", use_tta: bool = True, on_case: Callable[[str], None] | None = None,
-                  previous_stage=None):
-    """Returns the EvaluationSummary of the fold; files go to `configuration_folder/fold_F/validation/`."""
+                  device: str = "auto", use_tta: bool = True, on_case: Callable[[str], None] | None = None):
+    """Returns the EvaluationSummary of the fold; files go to `configuration_folder/fold_F/validation/`.
+
+    configuration_folder: HOME/results/TASK/CONFIG. For a low-res stage the held-out cases'
+    segmentations also go to `CONFIG/predicted_next_stage/` (not for fold "all", whose cases were
+    seen in training); a cascade stage reads them from its previous stage's folder.
+    """
+    from autoseg.cascade import append_stored_previous_stage, foreground_labels_of, predictions_folder, \
+        save_for_next_stage
     from autoseg.ensembling import save_probabilities
     from autoseg.evaluation import evaluate_folder, find_segmentations
     from autoseg.inference.predictor import (PredictionSettings, load_trained_model, logits_to_prediction,
@@ -21,24 +39,32 @@ def validate_fold(plans, configuration_name: str, configuration_folder: Path, fo
     from autoseg.io import write_segmentation
     from autoseg.preprocessing.store import load_case
 
+    configuration = plans.configuration(configuration_name)
+    results_folder = Path(configuration_folder).parent
+    previous_stage_folder = predictions_folder(results_folder, configuration.previous_stage) \
+        if configuration.previous_stage else None
+    next_stage_grid = _next_stage_grid(plans, configuration, data_folder) if str(fold) != "all" else None
     model = load_trained_model(configuration_folder, plans, configuration_name, folds=[fold],
-                               checkpoint=checkpoint, device=device, previous_stage=previous_stage)
+                               checkpoint=checkpoint, device=device,
+                               previous_stage_from_files=previous_stage_folder is not None)
     settings = PredictionSettings(use_tta=use_tta)
     output = Path(configuration_folder) / f"fold_{fold}" / "validation"
     output.mkdir(parents=True, exist_ok=True)
     references = find_segmentations(reference_folder)
     for case_id in val_ids:
         data, _, properties = load_case(data_folder, case_id, mmap=False)
-        if previous_stage is not None:
-            from autoseg.inference.cascade import stored_previous_stage
-
-            data = stored_previous_stage(model, data, properties, configuration_folder.parent, case_id)
+        if previous_stage_folder is not None:
+            data = append_stored_previous_stage(data, previous_stage_folder, case_id, foreground_labels_of(plans))
         logits = predict_logits(model, data, settings)
         prediction = logits_to_prediction(model, logits, properties, keep_probabilities=True, postprocess=False)
         ending = references[case_id].name[len(case_id):] if case_id in references else ".nii.gz"
         write_segmentation(prediction.segmentation, prediction.geometry, output / f"{case_id}{ending}")
         save_probabilities(output / case_id, prediction.probabilities.astype("float16"), prediction.geometry,
                            labels=model.label_values)
+        if next_stage_grid is not None:
+            next_stage_properties = load_case(next_stage_grid, case_id)[2]
+            save_for_next_stage(prediction.segmentation, next_stage_properties,
+                                predictions_folder(results_folder, configuration_name), case_id)
         if on_case:
             on_case(case_id)
     labels = {int(v): name for v, name in plans.labels.items()}
