@@ -22,19 +22,25 @@ from pathlib import Path
 import numpy as np
 
 from autoseg.training.augmentation import rotation_and_dummy_2d_for, training_transforms
+from autoseg.training.data import read_patch_size_for
 from autoseg.training.loader import make_loader
-from autoseg.training.sampling import PatchSampler, PreprocessedFolder, enlarged_patch_size
+from autoseg.training.sampling import PatchSampler, PreprocessedFolder
 
 
-def build_store(folder: Path, cases: int, shape: tuple[int, int, int]) -> list[str]:
+def build_store(folder: Path, cases: int, shape: tuple[int, int, int], channels: int = 1,
+                foreground_signal: float = 0.0) -> list[str]:
+    """A preprocessed store of `cases` cases (docs/contracts.md layout): data (channels, *shape) float32
+    noise, label 1 on the central third of each axis (plus foreground_signal there, so that a network
+    can learn it; 0 keeps it pure noise), -1 on the first two x columns."""
     rng = np.random.default_rng(0)
     ids = []
     for index in range(cases):
         case_id = f"case_{index:03d}"
-        data = rng.normal(size=(1,) + shape).astype(np.float32)
+        data = rng.normal(size=(channels,) + shape).astype(np.float32)
         seg = np.zeros(shape, np.int16)
         centre = tuple(slice(s // 3, 2 * s // 3) for s in shape)
         seg[centre] = 1
+        data[(slice(None),) + centre] += foreground_signal
         seg[:, :, :2] = -1
         np.save(folder / f"{case_id}.npy", data)
         np.save(folder / f"{case_id}_seg.npy", seg)
@@ -47,8 +53,9 @@ def build_store(folder: Path, cases: int, shape: tuple[int, int, int]) -> list[s
 
 
 def make_pipeline(folder: Path, case_ids: list[str], patch: tuple[int, ...], batch_size: int):
+    """(sampler, transforms, read patch size) as training builds them (autoseg.training.data)."""
     setup = rotation_and_dummy_2d_for(patch, len(patch))
-    read_size = enlarged_patch_size(patch, setup.rotation_range_rad)
+    read_size = read_patch_size_for(patch, setup)
     sampler = PatchSampler(PreprocessedFolder(folder), case_ids, patch, batch_size, read_patch_size=read_size)
     transforms = training_transforms(patch, dimension=len(patch), rotation_range_deg=setup.rotation_range_deg,
                                      do_dummy_2d=setup.do_dummy_2d, mirror_axes=setup.mirror_axes,
@@ -113,8 +120,7 @@ def main() -> None:
     fake_work_ms = args.fake_work_ms if args.fake_work_ms is not None else (150.0 if args.quick else 500.0)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        setup = rotation_and_dummy_2d_for(patch, 3)
-        read_size = enlarged_patch_size(patch, setup.rotation_range_rad)
+        read_size = read_patch_size_for(patch, rotation_and_dummy_2d_for(patch, 3))
         image_shape = tuple(int(s * 1.2) for s in read_size)
         case_ids = build_store(folder, cases=3, shape=image_shape)
         sampler, transforms, read_size = make_pipeline(folder, case_ids, patch, batch_size=2)

@@ -115,3 +115,50 @@ def test_validation_transforms_only_replace_minus_one():
     out = validation_transforms()(**batch)
     np.testing.assert_array_equal(out["data"], data_before)
     assert set(np.unique(out["seg"])) == {0, 1, 3} and out["seg"].dtype == np.int16
+
+
+def _pipeline(patch_size):
+    setup = rotation_and_dummy_2d_for(patch_size, len(patch_size))
+    return training_transforms(patch_size, dimension=len(patch_size), rotation_range_deg=setup.rotation_range_deg,
+                               do_dummy_2d=setup.do_dummy_2d, mirror_axes=setup.mirror_axes,
+                               use_mask_for_norm_any=False).transforms
+
+
+def test_training_pipeline_has_nnunets_order_and_parameters():
+    steps = _pipeline((32, 32, 32))
+    names = [type(t).__name__ for t in steps]
+    assert names == ["SpatialTransform", "GaussianNoiseTransform", "GaussianBlurTransform",
+                     "BrightnessMultiplicativeTransform", "ContrastAugmentationTransform",
+                     "SimulateLowResolutionTransform", "GammaTransform", "GammaTransform", "MirrorAxesTransform",
+                     "RemoveLabelTransform", "FinalizeBatchTransform"]
+    spatial, noise, blur, brightness, contrast, low_res, inverted_gamma, gamma, mirror = steps[:9]
+    thirty_degrees = (-np.pi / 6, np.pi / 6)
+    for angle in (spatial.angle_x, spatial.angle_y, spatial.angle_z):  # every axis, up to 30 degrees
+        assert angle == pytest.approx(thirty_degrees)
+    assert spatial.scale == (0.7, 1.4) and not spatial.independent_scale_for_each_axis
+    assert (spatial.p_rot_per_sample, spatial.p_scale_per_sample, spatial.p_rot_per_axis) == (0.2, 0.2, 1)
+    assert not spatial.do_elastic_deform and not spatial.random_crop  # centre crop of the enlarged read
+    assert spatial.patch_size == (32, 32, 32) and spatial.border_cval_seg == -1
+    assert (noise.noise_variance, noise.p_per_sample) == ((0.0, 0.1), 0.1)
+    assert (blur.blur_sigma, blur.p_per_sample, blur.p_per_channel) == ((0.5, 1.0), 0.2, 0.5)
+    assert (brightness.multiplier_range, brightness.p_per_sample) == ((0.75, 1.25), 0.15)
+    assert (contrast.contrast_range, contrast.p_per_sample, contrast.preserve_range) == ((0.75, 1.25), 0.15, True)
+    assert (low_res.zoom_range, low_res.p_per_sample, low_res.p_per_channel) == ((0.5, 1.0), 0.25, 0.5)
+    assert low_res.ignore_axes is None
+    assert (inverted_gamma.invert_image, inverted_gamma.p_per_sample, inverted_gamma.gamma_range) == \
+        (True, 0.1, (0.7, 1.5))
+    assert (gamma.invert_image, gamma.p_per_sample, gamma.gamma_range) == (False, 0.3, (0.7, 1.5))
+    assert inverted_gamma.retain_stats and gamma.retain_stats
+    assert (mirror.axes, mirror.p_per_axis) == ((0, 1, 2), 0.5)
+
+
+def test_anisotropic_3d_patch_is_augmented_in_plane():
+    steps = _pipeline((8, 64, 64))  # 64 / 8 > 3: slice-wise
+    names = [type(t).__name__ for t in steps]
+    assert names[:3] == ["FoldFirstAxisIntoChannels", "SpatialTransform", "UnfoldFirstAxisFromChannels"]
+    spatial = steps[1]
+    assert spatial.patch_size == (64, 64)  # a 2D transform on each slice
+    assert spatial.angle_x == pytest.approx((-np.pi, np.pi))
+    low_res = next(t for t in steps if type(t).__name__ == "SimulateLowResolutionTransform")
+    assert low_res.ignore_axes == (0,)  # the thick axis keeps its resolution
+    assert next(t for t in steps if isinstance(t, MirrorAxesTransform)).axes == (0, 1, 2)

@@ -34,6 +34,7 @@ def _train_on_rank(rank: int, task, folder: Path) -> None:
         report = {
             "rank": rank,
             "batch_size_per_rank": trainer._batch_size_per_rank(),
+            "batch_slot": list(trainer._batch_slot()),
             "loss_weights": list(trainer.loss.weights),
             "train_loss": log.train_loss,
             "pseudo_dice": log.pseudo_dice,
@@ -61,6 +62,8 @@ def test_each_rank_trains_half_the_batch_with_every_head_in_the_loss(distributed
     for report in reports:
         assert report["is_ddp"] == "DistributedDataParallel"
         assert report["batch_size_per_rank"] == 1
+        # Rank r holds sample r of the global batch of 2, so rank 1's is the forced-foreground one.
+        assert report["batch_slot"] == [report["rank"], 1, 2]
         # 4 stages -> 3 outputs: (1, 1/2, 0) / 1.5, the 0 raised to 1e-6 so DDP sees a gradient everywhere.
         assert report["loss_weights"] == pytest.approx([2 / 3, 1 / 3, 1e-6])
     assert deep_supervision_loss_weights(3, distributed=False)[-1] == 0

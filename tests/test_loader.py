@@ -156,3 +156,47 @@ def test_real_pipeline_in_workers(tmp_path):
         assert batch["data"].shape == (2, 1) + patch and batch["seg"].dtype == np.int16
         assert set(np.unique(batch["seg"])) <= {0, 1}
         assert (batch["seg"][1] == 1).any()  # forced foreground survives augmentation here
+
+
+ORPHAN_SCRIPT = """
+import sys, time
+import numpy as np
+from autoseg.training.loader import make_loader
+
+class BigSampler:  # 4 MB batches: the pipes fill up and the workers block in send()
+    def sample_batch(self, rng):
+        return {"data": rng.random((1, 1, 100, 100, 100), dtype=np.float32)}
+
+train = make_loader(BigSampler(), None, num_workers=2, seed=0)
+val = make_loader(BigSampler(), None, num_workers=1, seed=1)  # forked later: holds train's pipe ends
+next(train), next(val)
+print(" ".join(str(p.pid) for p in train._processes + val._processes), flush=True)
+time.sleep(60)
+"""
+
+
+def _running(pid: int) -> bool:
+    """True while the process exists and is not a zombie (an unreaped zombie has exited)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+def test_workers_exit_when_the_consumer_is_killed(tmp_path):
+    import subprocess
+    import sys
+
+    consumer = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT], stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(p) for p in consumer.stdout.readline().split()]
+        assert len(pids) == 3 and all(_running(p) for p in pids)
+    finally:
+        consumer.kill()  # SIGKILL: no finalizer, no close()
+        consumer.wait()
+    deadline = time.monotonic() + 10
+    while any(_running(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [p for p in pids if _running(p)], "orphaned data workers kept running"

@@ -10,7 +10,7 @@ from torch import nn
 
 from autoseg.errors import PlanError
 from autoseg.network import NETWORK_BUILDERS, build_network, count_parameters
-from autoseg.network.architecture import Architecture, feature_map_elements
+from autoseg.network.architecture import Architecture, feature_map_elements, parameter_count
 
 
 def arch_3d(**overrides) -> Architecture:
@@ -121,3 +121,12 @@ def test_importing_the_registry_does_not_import_torch():
     code = "import sys, autoseg.network; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("architecture", [
+    arch_3d(), arch_2d(), arch_3d(convs_per_stage=3, deep_supervision=False),
+    arch_2d(input_channels=4, num_classes=5, features_per_stage=[32, 64, 128, 256], kernel_sizes=[[3, 3]] * 4,
+            strides=[[1, 1], [2, 2], [2, 1], [2, 2]]),
+])
+def test_parameter_count_from_the_architecture_alone_matches_the_built_network(architecture):
+    assert parameter_count(architecture) == count_parameters(build_network(architecture))

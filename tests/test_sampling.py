@@ -10,6 +10,7 @@ from autoseg.training.sampling import (
     enlarged_patch_size,
     is_forced_foreground,
     read_padded_patch,
+    split_batch,
 )
 
 
@@ -168,3 +169,50 @@ def test_same_seed_same_batch(store):
     np.testing.assert_array_equal(first["data"], second["data"])
     np.testing.assert_array_equal(first["seg"], second["seg"])
     assert first["case_ids"] == second["case_ids"]
+
+
+def test_batch_split_across_ranks_like_nnunet():
+    assert split_batch(2, 1) == [2]
+    assert split_batch(2, 2) == [1, 1]
+    assert split_batch(5, 2) == [3, 2]
+    assert split_batch(7, 3) == [3, 2, 2]
+    assert split_batch(1, 2) == [1, 1]  # at least one sample per rank
+
+
+@pytest.mark.parametrize("global_batch, world", [(2, 2), (3, 2), (6, 4), (5, 3)])
+def test_ranks_together_force_what_one_process_would(store, global_batch, world):
+    """The forced-foreground rule on global sample indices: the union over ranks is nnU-Net's rule for
+    the whole batch (a batch of 2 on 2 ranks: rank 1's only sample is forced, rank 0's is not)."""
+    sizes = split_batch(global_batch, world)
+    forced = []
+    for rank, size in enumerate(sizes):
+        sampler = PatchSampler(PreprocessedFolder(store), ["with_fg"], (4, 8, 8), size,
+                               first_global_index=sum(sizes[:rank]), global_batch_size=global_batch)
+        forced += [is_forced_foreground(sampler.first_global_index + j, sampler.global_batch_size)
+                   for j in range(size)]
+        # and the forced samples really hold foreground (the corner cubes are far from random patches)
+        batch = sampler.sample_batch(np.random.default_rng(rank))
+        for j in range(size):
+            if forced[-size + j]:
+                assert (batch["seg"][j] > 0).any()
+    assert forced == [is_forced_foreground(j, global_batch) for j in range(global_batch)]
+    assert sum(forced) == global_batch - round(global_batch * (1 - 0.33))
+
+
+def test_a_rank_slot_outside_the_global_batch_is_refused(store):
+    with pytest.raises(ValueError, match="do not fit in a global batch of 2"):
+        PatchSampler(PreprocessedFolder(store), ["with_fg"], (4, 8, 8), 1, first_global_index=2, global_batch_size=2)
+
+
+def test_training_reads_enlarged_patches_except_along_a_slice_wise_axis():
+    from autoseg.training.augmentation import rotation_and_dummy_2d_for
+    from autoseg.training.data import read_patch_size_for
+
+    # Isotropic 3D: rotations up to 30 degrees about every axis and zoom-out to 0.85 need context on all
+    # axes: 32 * (cos 30 + sin 30) / 0.85 = 51.4 -> 52.
+    assert read_patch_size_for((32, 32, 32), rotation_and_dummy_2d_for((32, 32, 32), 3)) == (52, 52, 52)
+    # Slice-wise (dummy 2D, 8 < 64 / 3): in-plane rotation only, axis 0 read at its final size;
+    # in-plane any angle: 64 * sqrt(2) / 0.85 = 106.5 -> 107.
+    setup = rotation_and_dummy_2d_for((8, 64, 64), 3)
+    assert setup.do_dummy_2d
+    assert read_patch_size_for((8, 64, 64), setup) == (8, 107, 107)

@@ -145,7 +145,13 @@ def test_resume_extends_a_finished_run_with_its_optimizer_state(small_task, tmp_
     assert log.learning_rate == pytest.approx([INITIAL_LR, poly_lr(1, 2, INITIAL_LR)])
     final = load_checkpoint(tmp_path / "fold_0" / "checkpoint_final.pt")
     assert final["epoch"] == 2 and final["planned_epochs"] == 2
-    assert len((tmp_path / "fold_0" / "training_log.txt").read_text().splitlines()) == 2
+    # The log file says what happened between epochs 1 and 2, and the checkpoint keeps it.
+    lines = (tmp_path / "fold_0" / "training_log.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1", "note after epoch 1", "note after epoch 1",
+                                                      "epoch 2"]
+    assert lines[1] == "note after epoch 1: resumed from checkpoint_latest.pt at epoch 1"
+    assert lines[2] == "note after epoch 1: " + messages[1]
+    assert final["log"]["notes"] == [[1, messages[0]], [1, messages[1]]]
 
 
 def test_resume_of_a_run_already_at_its_epochs_trains_nothing_more(small_task, tmp_path):
@@ -195,7 +201,13 @@ def test_resume_from_an_older_checkpoint_rewrites_the_log_to_match_it(small_task
     assert len((tmp_path / "training_log.txt").read_text().splitlines()) == 3
     run_training(training_job(small_task, tmp_path, resume=True), tiny_settings(epochs=3, checkpoint_every=2))
     lines = (tmp_path / "training_log.txt").read_text().splitlines()
-    assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "epoch 3"]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "note after epoch 2", "epoch 3"]
+    assert lines[2] == "note after epoch 2: resumed from checkpoint_latest.pt at epoch 2"
+    # Resumed again from the final checkpoint: the earlier note survives the rewrite, the new one follows.
+    run_training(training_job(small_task, tmp_path, resume=True), tiny_settings(epochs=4, checkpoint_every=2))
+    lines = (tmp_path / "training_log.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "note after epoch 2", "epoch 3",
+                                                      "note after epoch 3", "note after epoch 3", "epoch 4"]
 
 
 @pytest.mark.parametrize("keep", [0, 100, 0.5, -50])
@@ -278,11 +290,15 @@ def test_same_seed_gives_identical_cpu_runs_and_another_seed_does_not(small_task
     assert other != first
 
 
-def test_background_workers_feed_an_epoch(small_task, tmp_path):
-    log = run_training(training_job(small_task, tmp_path), tiny_settings(num_workers=2, iterations_per_epoch=2))
+def test_background_workers_feed_an_epoch_reproducibly(small_task, tmp_path):
+    logs = [run_training(training_job(small_task, tmp_path / run), tiny_settings(num_workers=2, iterations_per_epoch=2))
+            for run in ("a", "b")]
+    log = logs[0]
     assert len(log.train_loss) == 1 and math.isfinite(log.train_loss[0])
     assert log.data_wait_seconds[0] >= 0
-    assert (tmp_path / "checkpoint_final.pt").is_file()
+    assert (tmp_path / "a" / "checkpoint_final.pt").is_file()
+    # With a seed, the batches from 2 workers depend only on the seed: same losses twice.
+    assert logs[1].train_loss == log.train_loss and logs[1].val_loss == log.val_loss
 
 
 # ------------------------------------------------------------------------------------ splits
@@ -341,3 +357,85 @@ def test_fold_all_trains_and_validates_on_every_case():
     ids = _ids(4)
     assert fold_cases(make_splits(ids), "all", list(reversed(ids))) == (ids, ids)
     assert fold_cases(make_splits(ids), "2", ids) == tuple(make_splits(ids)[2].values())
+
+
+# ------------------------------------------------------------------------------------ optimisation step
+def _gradient_norm(module) -> float:
+    return float(torch.sqrt(sum(p.grad.double().pow(2).sum() for p in module.parameters() if p.grad is not None)))
+
+
+@pytest.mark.parametrize("loss_scale, clipped", [(1e6, True), (1e-6, False)])
+def test_gradients_are_clipped_to_norm_12(small_task, tmp_path, loss_scale, clipped):
+    from autoseg.training.trainer import GRAD_CLIP_NORM, MOMENTUM, WEIGHT_DECAY
+
+    trainer = Trainer(training_job(small_task, tmp_path), tiny_settings())
+    assert GRAD_CLIP_NORM == 12.0
+    group = trainer.optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.01, MOMENTUM, True,
+                                                                                         WEIGHT_DECAY)
+    assert (MOMENTUM, WEIGHT_DECAY) == (0.99, 3e-5)
+    base_loss = trainer.loss
+    trainer.loss = lambda outputs, target: loss_scale * base_loss(outputs, target)
+    train_loader, val_loader = trainer._loaders()
+    trainer.network.train()
+    trainer.train_step(next(train_loader))
+    norm = _gradient_norm(trainer.model)  # the gradients the optimizer stepped with
+    if clipped:  # a loss a million times larger: its gradient is scaled back to norm 12 exactly
+        assert norm == pytest.approx(12.0, rel=1e-4)
+    else:  # a tiny gradient is left as it is
+        assert 0 < norm < 1e-3
+
+
+# ------------------------------------------------------------------------------------ devices
+def test_device_choice_and_mixed_precision_per_device():
+    from autoseg.training.trainer import autocast_dtype, pick_device
+
+    if not torch.cuda.is_available():
+        assert pick_device("auto") == torch.device("cpu")
+        for name in ("cuda", "cuda:1"):
+            with pytest.raises(AutosegError, match=f"--device {name}: no CUDA GPU is visible"):
+                pick_device(name)
+    for name in ("gpu", "cpu:1", "cuda:x"):
+        with pytest.raises(AutosegError, match="expected auto, cuda, cuda:N, cpu or mps"):
+            pick_device(name)
+    assert pick_device("cpu") == torch.device("cpu")
+    # AMP (fp16 autocast + GradScaler) on CUDA only; fp32 elsewhere unless asked for.
+    assert autocast_dtype("auto", torch.device("cuda")) == torch.float16
+    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("auto", torch.device("mps")) is None
+    assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+
+
+def test_unseeded_runs_draw_their_own_data_seed_and_seeded_runs_keep_theirs(small_task, tmp_path):
+    job = training_job(small_task, tmp_path)
+    unseeded = [Trainer(job, tiny_settings(seed=None)) for _ in range(2)]
+    assert unseeded[0]._data_seed() == unseeded[0]._data_seed()  # stable within a run
+    assert unseeded[0]._data_seed() != unseeded[1]._data_seed()
+    assert Trainer(job, tiny_settings(seed=5))._data_seed() == 5
+
+
+# ------------------------------------------------------------------------------------ output folder
+def test_end_of_training_validation_writes_segmentations_probabilities_and_summary(trained_fold):
+    folder, _, summary, _ = trained_fold
+    validation = folder / "validation"
+    val_ids = json.loads((validation / "validation_info.json").read_text())["cases"]
+    assert len(val_ids) == 2
+    for case_id in val_ids:
+        assert (validation / f"{case_id}.nii.gz").is_file()  # segmentation, in the original geometry
+        with np.load(validation / f"{case_id}.npz") as stored:  # probabilities, for ensembling
+            probabilities = stored["probabilities"]
+        assert probabilities.shape[0] == 3  # background, organ, lesion
+        assert np.allclose(probabilities.astype(np.float32).sum(0), 1, atol=1e-2)
+    saved = json.loads((validation / "summary.json").read_text())
+    assert saved and (validation / "summary.csv").is_file()
+    assert summary.mean["1"]["Dice"] > MIN_ORGAN_DICE
+
+
+def test_a_fresh_run_starts_a_new_log_and_removes_half_written_checkpoints(small_task, tmp_path):
+    run_training(training_job(small_task, tmp_path), tiny_settings(epochs=2))
+    partial = tmp_path / ".checkpoint_latest.pt.k3j2.tmp"  # a save killed before its rename
+    partial.write_bytes(b"\0" * 100)
+    run_training(training_job(small_task, tmp_path), tiny_settings(epochs=1))
+    assert not partial.exists()
+    lines = (tmp_path / "training_log.txt").read_text().splitlines()
+    assert [line.split(":")[0] for line in lines] == ["epoch 1"]

@@ -73,3 +73,30 @@ def feature_map_elements(architecture: Architecture, patch_size: list[int]) -> i
             total += architecture.num_classes * size
     total += architecture.input_channels * sizes[0]
     return int(total)
+
+
+def parameter_count(architecture: Architecture) -> int:
+    """Number of scalar parameters of the U-Net `autoseg.network.unet` builds, without building it.
+
+    Per conv block: weights in * out * prod(kernel), out biases, 2 * out instance-norm affine values.
+    Per decoder stage: a transposed conv (kernel = stride) from the stage below, a conv stack on the
+    concatenated skip (2x features in), and a 1x1 segmentation head (every stage has one; deep
+    supervision only decides which of them run).
+    """
+    features, convs = architecture.features_per_stage, architecture.convs_per_stage
+
+    def conv_stack(in_channels: int, out_channels: int, kernel: list[int]) -> int:
+        size = int(np.prod(kernel))
+        first = in_channels * out_channels * size + 3 * out_channels
+        return first + (convs - 1) * (out_channels * out_channels * size + 3 * out_channels)
+
+    total, in_channels = 0, architecture.input_channels
+    for stage in range(architecture.num_stages):
+        total += conv_stack(in_channels, features[stage], architecture.kernel_sizes[stage])
+        in_channels = features[stage]
+    for stage in range(architecture.num_stages - 2, -1, -1):
+        up = int(np.prod(architecture.strides[stage + 1]))
+        total += features[stage + 1] * features[stage] * up + features[stage]
+        total += conv_stack(2 * features[stage], features[stage], architecture.kernel_sizes[stage])
+        total += features[stage] * architecture.num_classes + architecture.num_classes
+    return int(total)

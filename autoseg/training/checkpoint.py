@@ -22,6 +22,16 @@ def save_checkpoint(state: dict, path: Path) -> Path:
     return write_atomic(path, lambda tmp: torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp))
 
 
+def remove_partial_checkpoints(folder: Path) -> list[Path]:
+    """Delete the temporary files of checkpoint saves that were killed before their rename
+    (`autoseg.artifacts.write_atomic` names them .NAME.XXXX.tmp); returns what was removed."""
+    removed = []
+    for path in sorted(Path(folder).glob(".checkpoint_*.pt.*.tmp")):
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     import pickle
     import zipfile

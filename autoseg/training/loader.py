@@ -11,6 +11,10 @@ Failures are reported, not hidden: an exception in a worker is re-raised in the 
 dies without a word (killed by a signal, e.g. the out-of-memory killer) is reported with its index and exit
 code as soon as its pipe closes (the consumer keeps no sending end of it).
 
+A worker whose consumer dies without closing it (SIGKILL, the out-of-memory killer) exits on its own
+within PARENT_CHECK_INTERVAL_S: with fork, sibling workers inherit each other's pipe ends, so a
+worker blocked sending a batch would otherwise wait forever, holding its memory.
+
 Seeding: the sampler draws from an `np.random.Generator(seed + worker_index)`; batchgenerators' transforms
 draw from the global `np.random` and `random` states, which are seeded the same way and swapped in only
 around each batch, so the caller's global random state is left untouched when `num_workers=0`.
@@ -19,6 +23,7 @@ around each batch, so the caller's global random state is left untouched when `n
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 import random
 import signal
@@ -39,6 +44,8 @@ DEFAULT_QUEUE_SIZE_PER_WORKER = 2
 DEFAULT_POLL_INTERVAL_S = 0.5
 # How long close() waits for workers to stop on their own before terminating them.
 SHUTDOWN_GRACE_S = 3.0
+# How often a worker checks that the process that started it is still alive.
+PARENT_CHECK_INTERVAL_S = 1.0
 
 
 class BackgroundWorkerError(AutosegError):
@@ -108,11 +115,25 @@ def _batch_indices(worker_index: int, num_workers: int, num_batches: int | None)
         index += num_workers
 
 
+def _exit_when_orphaned(parent_pid: int, interval_s: float = PARENT_CHECK_INTERVAL_S) -> None:
+    """Start a daemon thread that ends this process at once when its parent is gone (re-parented)."""
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        os._exit(1)  # no cleanup: the batches in flight belong to nobody
+
+    threading.Thread(target=watch, name="autoseg-parent-watch", daemon=True).start()
+
+
 def _worker_main(worker_index: int, num_workers: int, num_batches: int | None, sampler, transforms, seed: int,
-                 connection, stop_event) -> None:
+                 connection, stop_event, parent_pid: int | None = None) -> None:
     """Body of a worker process: send ("batch", dict) messages, or ("error", text) on failure, then return."""
     # Ctrl-C goes to the whole process group; the consumer decides how to stop the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if parent_pid is not None:
+        _exit_when_orphaned(parent_pid)
     try:
         producer = BatchProducer(sampler, transforms, seed + worker_index)
         for _ in _batch_indices(worker_index, num_workers, num_batches):
@@ -222,7 +243,7 @@ class BatchLoader:
             process = context.Process(
                 target=_worker_main, name=f"autoseg-data-worker-{worker_index}", daemon=True,
                 args=(worker_index, self.num_workers, self.num_batches, sampler, transforms, seed,
-                      sending, self._stop_event),
+                      sending, self._stop_event, os.getpid()),
             )
             process.start()
             # Closed here before the next fork, so the worker holds the only sending end: its death ends the pipe.

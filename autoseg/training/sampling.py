@@ -134,6 +134,16 @@ def is_forced_foreground(sample_index: int, batch_size: int,
     return sample_index >= round(batch_size * (1 - fraction))
 
 
+def split_batch(global_batch_size: int, world_size: int) -> list[int]:
+    """Samples per rank when a batch is split across `world_size` processes (nnU-Net's DDP rule):
+    as equal as possible, the first ranks taking the remainder, at least one sample per rank (a global
+    batch smaller than the world is raised to one sample per rank)."""
+    if global_batch_size < 1 or world_size < 1:
+        raise ValueError(f"batch size and world size must be >= 1, got {global_batch_size} and {world_size}")
+    base, remainder = divmod(max(global_batch_size, world_size), world_size)
+    return [base + (1 if rank < remainder else 0) for rank in range(world_size)]
+
+
 def _patch_start_bounds(image_shape: Sequence[int], read_size: Sequence[int], final_size: Sequence[int]):
     """Lowest and highest start voxel per axis of a read patch (nnU-Net's get_bbox bounds).
 
@@ -174,11 +184,16 @@ class PatchSampler:
     case_ids: the fold's training cases; drawn uniformly with replacement.
     patch_size: final patch (z, y, x) or (y, x) for a 2D configuration on 3D arrays.
     read_patch_size: the enlarged patch to read (`enlarged_patch_size`); defaults to patch_size.
+    first_global_index, global_batch_size: where this batch sits in the global batch when a batch is
+      split across ranks (DDP): the forced-foreground rule is applied to global sample indices, so the
+      ranks together force exactly what one process would (a batch of 2 on 2 ranks: rank 1's sample).
+      Defaults: this batch is the whole batch.
     """
 
     def __init__(self, cases: CaseSource, case_ids: Sequence[str], patch_size: Sequence[int], batch_size: int,
                  read_patch_size: Sequence[int] | None = None,
-                 foreground_fraction: float = OVERSAMPLE_FOREGROUND_FRACTION):
+                 foreground_fraction: float = OVERSAMPLE_FOREGROUND_FRACTION,
+                 first_global_index: int = 0, global_batch_size: int | None = None):
         if not case_ids:
             raise DatasetError("PatchSampler needs at least one case id (the fold's training list is empty)")
         read_patch_size = tuple(patch_size) if read_patch_size is None else tuple(read_patch_size)
@@ -190,6 +205,11 @@ class PatchSampler:
         self.read_patch_size = tuple(int(s) for s in read_patch_size)
         self.batch_size = int(batch_size)
         self.foreground_fraction = foreground_fraction
+        self.first_global_index = int(first_global_index)
+        self.global_batch_size = self.batch_size if global_batch_size is None else int(global_batch_size)
+        if not 0 <= self.first_global_index <= self.global_batch_size - self.batch_size:
+            raise ValueError(f"samples {self.first_global_index}..{self.first_global_index + self.batch_size - 1} "
+                             f"do not fit in a global batch of {self.global_batch_size}")
 
     def sample_batch(self, rng: np.random.Generator) -> dict:
         """A batch: {"data": float32 (B, C, *read_patch_size), "seg": int16 (B, 1, *read_patch_size),
@@ -197,7 +217,8 @@ class PatchSampler:
         data, seg, case_ids = [], [], []
         for j in range(self.batch_size):
             case_id = self.case_ids[rng.integers(len(self.case_ids))]
-            forced = is_forced_foreground(j, self.batch_size, self.foreground_fraction)
+            forced = is_forced_foreground(self.first_global_index + j, self.global_batch_size,
+                                          self.foreground_fraction)
             sample_data, sample_seg = self.sample_patch(case_id, forced, rng)
             data.append(sample_data)
             seg.append(sample_seg[None])

@@ -90,6 +90,8 @@ class EpochLog:
     learning_rate: list[float] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
     data_wait_seconds: list[float] = field(default_factory=list)
+    # [epochs done, text]: what happened to the run (resumed, schedule recomputed), also in training_log.txt
+    notes: list[list] = field(default_factory=list)
 
 
 def poly_lr(epoch: int, total_epochs: int, initial_lr: float) -> float:
@@ -97,18 +99,23 @@ def poly_lr(epoch: int, total_epochs: int, initial_lr: float) -> float:
 
 
 def pick_device(requested: str):
+    """torch.device for auto (CUDA when present, else CPU), cuda, cuda:N (one rank of a multi-GPU run),
+    cpu or mps; an AutosegError saying why when that device is not available."""
     import torch
 
     if requested == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise AutosegError("--device cuda: no CUDA GPU is visible to torch (this torch build may be CPU-only)")
-    if requested == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+    kind, _, index = requested.partition(":")
+    if kind not in ("cuda", "cpu", "mps") or (index and (kind != "cuda" or not index.isdigit())):
+        raise AutosegError(f"--device {requested!r}: expected auto, cuda, cuda:N, cpu or mps")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise AutosegError(f"--device {requested}: no CUDA GPU is visible to torch (this torch build may be CPU-only)")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise AutosegError(f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
         raise AutosegError("--device mps: Apple MPS is not available here")
-    if requested not in ("cuda", "cpu", "mps"):
-        raise AutosegError(f"--device {requested!r}: expected auto, cuda, cpu or mps")
     return torch.device(requested)
 
 
@@ -241,13 +248,32 @@ class Trainer:
         return DeepSupervisionLoss(base, deep_supervision_loss_weights(n_outputs, self.dist.active))
 
     def _batch_size_per_rank(self) -> int:
-        return max(1, int(math.ceil(self.configuration.batch_size / self.dist.world)))
+        return self._batch_slot()[1]
+
+    def _batch_slot(self) -> tuple[int, int, int]:
+        """(index of this rank's first sample in the global batch, its samples, global batch size): the
+        plan's batch split across ranks (nnU-Net's rule, at least one sample per rank)."""
+        from autoseg.training.sampling import split_batch
+
+        sizes = split_batch(self.configuration.batch_size, self.dist.world)
+        return sum(sizes[:self.dist.rank]), sizes[self.dist.rank], sum(sizes)
+
+    def _data_seed(self) -> int:
+        """--seed, else one random seed drawn per process: unseeded runs see different batches."""
+        if self.settings.seed is not None:
+            return self.settings.seed
+        if getattr(self, "_random_data_seed", None) is None:
+            import secrets
+
+            self._random_data_seed = secrets.randbelow(2**31)
+        return self._random_data_seed
 
     def _loaders(self):
         from autoseg.cascade import previous_stage_inputs
         from autoseg.training.data import make_training_loaders
 
-        seed = (self.settings.seed or 0) + 1000 * self.dist.rank + 7919 * self.epoch
+        seed = self._data_seed() + 1000 * self.dist.rank + 7919 * self.epoch
+        first_sample, batch_size, global_batch_size = self._batch_slot()
         # A cascade stage also reads the previous stage's predictions from results/TASK (an error
         # naming the folds still to train when some are missing); {} for any other configuration.
         cascade = previous_stage_inputs(self.job.plans, self.job.configuration_name,
@@ -255,7 +281,8 @@ class Trainer:
         return make_training_loaders(
             data_folder=self.job.data_folder, configuration=self.configuration,
             train_ids=self.job.train_ids, val_ids=self.job.val_ids,
-            batch_size=self._batch_size_per_rank(), num_workers=self.settings.num_workers, seed=seed, **cascade)
+            batch_size=batch_size, first_global_index=first_sample, global_batch_size=global_batch_size,
+            num_workers=self.settings.num_workers, seed=seed, **cascade)
 
     # ------------------------------------------------------------------------------------ state
     def state(self) -> dict:
@@ -291,12 +318,21 @@ class Trainer:
 
             rewrite_log(self.job.output_folder / "training_log.txt", self.log)
         planned = int(state.get("planned_epochs", self.settings.epochs))
-        self.events.on_message(f"resumed from {path.name} at epoch {self.epoch}")
+        self._note(f"resumed from {path.name} at epoch {self.epoch}")
         if planned != self.settings.epochs:
-            self.events.on_message(f"learning-rate schedule recomputed over {self.settings.epochs} epochs "
-                                   f"(was {planned}); lr now {poly_lr(self.epoch, self.settings.epochs, self.settings.initial_lr):.2e}")
+            self._note(f"learning-rate schedule recomputed over {self.settings.epochs} epochs "
+                       f"(was {planned}); lr now {poly_lr(self.epoch, self.settings.epochs, self.settings.initial_lr):.2e}")
         if self.epoch >= self.settings.epochs:
             self.events.on_message(f"already trained for {self.epoch} epochs; pass a larger --epochs to extend")
+
+    def _note(self, text: str) -> None:
+        """A message for the user that also belongs in the run's history (log, training_log.txt)."""
+        self.log.notes.append([self.epoch, text])
+        if self.dist.is_main:
+            from autoseg.training.progress import append_note
+
+            append_note(self.job.output_folder / "training_log.txt", self.epoch, text)
+        self.events.on_message(text)
 
     def _save(self, name: str) -> float:
         if not self.dist.is_main:
@@ -408,10 +444,22 @@ class Trainer:
         append_log_line(self.job.output_folder / "training_log.txt", record)
         plot_progress(self.log, self.job.output_folder / "progress.png")
 
+    def _prepare_output_folder(self) -> None:
+        """Rank 0: drop half-written checkpoints of a killed save; a run from scratch starts a new log."""
+        if not self.dist.is_main:
+            return
+        from autoseg.training.checkpoint import remove_partial_checkpoints
+        from autoseg.training.progress import rewrite_log
+
+        remove_partial_checkpoints(self.job.output_folder)
+        if not self.job.resume:
+            rewrite_log(self.job.output_folder / "training_log.txt", self.log)
+
     def run(self) -> EpochLog:
         import torch
 
         self.job.output_folder.mkdir(parents=True, exist_ok=True)
+        self._prepare_output_folder()
         if self.job.resume:
             latest = self.job.output_folder / "checkpoint_latest.pt"
             final = self.job.output_folder / "checkpoint_final.pt"
