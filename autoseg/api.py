@@ -142,7 +142,8 @@ class Segmenter:
     def predict(self, image, spacing: Sequence[float] | None = None, progress=None):
         """Segment one image, in the input's own geometry:
         - a path (or a list of per-channel paths): returns a `Prediction` (int16 (z, y, x) segmentation,
-          its Geometry, probabilities when settings.save_probabilities);
+          its Geometry, probabilities when settings.save_probabilities); a picture (.png, ...) is read
+          at the pixel spacing its model was planned for (`TrainedModel.pixel_spacing`);
         - a SimpleITK image (3D scalar or vector, or 4D with channels along the 4th axis): returns a
           SimpleITK label image with the same size, spacing, origin and direction;
         - a numpy array (C, z, y, x) or (z, y, x) with spacing=(z, y, x) in mm: returns the int16
@@ -151,7 +152,7 @@ class Segmenter:
         import SimpleITK as sitk
 
         if isinstance(image, (str, Path, list, tuple)):
-            array, geometry = read_image(image)
+            array, geometry = read_image(image, self.model.pixel_spacing)
             return predict_image(self.model, array, geometry, self.settings, progress)
         if isinstance(image, sitk.Image):
             return self._predict_sitk(image, progress)

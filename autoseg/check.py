@@ -38,7 +38,7 @@ def check_case(case: Case, dataset: Dataset) -> list[Problem]:
         add(file, "image file not found")
     if not missing:
         try:
-            image, geometry = read_image(case.image_files)
+            image, geometry = read_image(case.image_files, case.pixel_spacing)
         except ImageReadError as e:
             add(case.image_files[0], str(e).split(": ", 1)[-1])
     if image is not None:
@@ -52,7 +52,7 @@ def check_case(case: Case, dataset: Dataset) -> list[Problem]:
         add(case.label_file, "label file not found")
         return problems
     try:
-        label, label_geometry = read_segmentation(case.label_file)
+        label, label_geometry = read_segmentation(case.label_file, case.pixel_spacing)
     except ImageReadError as e:
         add(case.label_file, str(e).split(": ", 1)[-1])
         return problems

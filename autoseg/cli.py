@@ -200,19 +200,41 @@ def evaluate(
                                           "1+2+3,2+3; default: the task's dataset.json \"regions\"."),
     task: Optional[str] = typer.Option(None, "--task"),
     workers: int = typer.Option(2, "-j", "--workers", min=1),
+    pixel_spacing: Optional[str] = typer.Option(None, "--pixel-spacing", help="Pixel size in mm of picture files "
+                                                "(.png, ...): Y,X or one number; default: the task's dataset.json "
+                                                "\"pixel_spacing\" (unless only --labels is given), else 1."),
 ) -> None:
     """Dice, IoU/VOE, RVD, precision, recall, ASSD, HD95 and max surface distance per case and label.
 
-    Distances are in mm (the reference's spacing). Both masks empty: Dice 1, distances 0. One empty:
-    Dice 0, distances NaN (null in summary.json), left out of the means and counted as excluded.
-    Writes summary.json and summary.csv into the prediction folder.
+    Distances are in mm (the reference's spacing; pictures hold none: --pixel-spacing, or pixels).
+    Both masks empty: Dice 1, distances 0. One empty: Dice 0, distances NaN (null in summary.json),
+    left out of the means and counted as excluded. Writes summary.json and summary.csv into the
+    prediction folder.
     """
+    import math
+
+    from autoseg.dataset import load_dataset
     from autoseg.evaluation import evaluate_folder
 
     label_names = _labels_for(labels, task)
+    spacing = None
+    if pixel_spacing is not None:
+        try:
+            values = [float(v) for v in pixel_spacing.split(",")]
+        except ValueError:
+            values = []
+        if len(values) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in values):
+            fail(f"--pixel-spacing: expected Y,X or one number, positive mm, got {pixel_spacing!r}")
+        spacing = (values[0], values[-1])
+    elif labels is None or task is not None:  # the task's dataset.json is read, as for its labels
+        _, folder = resolve_task(task)
+        spacing = load_dataset(folder).pixel_spacing if folder is not None else None
     summary = evaluate_folder(predictions, references, label_names,
-                              regions=_regions_for(regions, labels, task, label_names), workers=workers)
+                              regions=_regions_for(regions, labels, task, label_names), workers=workers,
+                              pixel_spacing=spacing)
     json_path, csv_path = summary.save(predictions)
+    if spacing is not None:
+        typer.echo(f"picture pixels taken as {spacing[0]:g} x {spacing[1]:g} mm (y x) for the surface distances")
     typer.echo(summary.format_table())
     typer.echo(f"wrote {json_path} and {csv_path}")
 

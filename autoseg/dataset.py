@@ -4,18 +4,21 @@ MSD (v1): `modality` {"0": "CT"}, `labels` {"0": "background", "1": "liver"}, `t
 [{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}], multi-channel images as 4D files.
 nnU-Net v2: `channel_names`, `labels` {"background": 0}, `file_ending`, one file per channel
 `imagesTr/CASE_0000.nii.gz`, labels `labelsTr/CASE.nii.gz`.
+Either form may state the pixel size of a picture dataset (.png, .jpg, .bmp, .tif): `pixel_spacing`
+[y_mm, x_mm], or one number for both (default 1 x 1: picture files hold no physical pixel size).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from autoseg.errors import DatasetError
-from autoseg.io import SUPPORTED_ENDINGS, file_ending
+from autoseg.io import NATURAL_IMAGE_ENDINGS, SUPPORTED_ENDINGS, file_ending
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,9 @@ class Case:
     case_id: str
     image_files: tuple[Path, ...]  # one file (possibly 4D / RGB) or one per channel
     label_file: Path | None
+    # (y, x) mm of a picture's pixels, from dataset.json `pixel_spacing`: pass it to `read_image` /
+    # `read_segmentation`. None: 1 x 1 (and always for volumes, whose files hold their spacing).
+    pixel_spacing: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,7 @@ class Dataset:
     file_ending: str = ".nii.gz"
     declared_num_training: int | None = None  # dataset.json `numTraining`, when given
     invalid_entries: list[InvalidEntry] = field(default_factory=list)  # only with strict=False
+    pixel_spacing: tuple[float, float] | None = None  # dataset.json `pixel_spacing` (y, x) mm; every Case has it
 
     @property
     def num_channels(self) -> int:
@@ -118,6 +125,24 @@ def _parse_labels(meta: dict, json_path: Path) -> dict[int, str]:
     if sorted(labels) != list(range(len(labels))):
         raise DatasetError(f"{json_path}: labels must be consecutive 0..{len(labels) - 1}, got {sorted(labels)}")
     return labels
+
+
+def _parse_pixel_spacing(meta: dict, json_path: Path, ending: str) -> tuple[float, float] | None:
+    """dataset.json `pixel_spacing` as (y, x) mm: [y, x] or one number for both; None when absent."""
+    raw = meta.get("pixel_spacing")
+    if raw is None:
+        return None
+    values = [raw, raw] if isinstance(raw, (int, float)) else raw
+    if not isinstance(values, list) or len(values) != 2 \
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise DatasetError(f"{json_path}: 'pixel_spacing' must be [y, x] in mm or one number for both, "
+                           f"e.g. [0.5, 0.5]; got {raw!r}")
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise DatasetError(f"{json_path}: 'pixel_spacing' must be positive finite numbers (mm), got {raw!r}")
+    if ending not in NATURAL_IMAGE_ENDINGS:
+        raise DatasetError(f"{json_path}: 'pixel_spacing' is only for pictures ({', '.join(NATURAL_IMAGE_ENDINGS)}); "
+                           f"{ending} files hold their own spacing: remove it")
+    return float(values[0]), float(values[1])
 
 
 def _entry_case_id(root: Path, entry, index: int, kind: str) -> str:
@@ -235,5 +260,9 @@ def load_dataset(folder: str | Path, strict: bool = True) -> Dataset:
     declared = meta.get("numTraining")
     if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int)):
         raise DatasetError(f"{json_path}: 'numTraining' must be a whole number, got {declared!r}")
+    pixel_spacing = _parse_pixel_spacing(meta, json_path, ending)
+    if pixel_spacing is not None:
+        cases = [replace(case, pixel_spacing=pixel_spacing) for case in cases]
+        tests = [replace(case, pixel_spacing=pixel_spacing) for case in tests]
     name = str(meta.get("name") or root.name)
-    return Dataset(root, name, modality, labels, cases, tests, ending, declared, invalid)
+    return Dataset(root, name, modality, labels, cases, tests, ending, declared, invalid, pixel_spacing)

@@ -4,7 +4,8 @@ Overlap metrics (per label, or per region = union of labels):
     TP, FP, FN (voxels), n_pred = TP+FP, n_ref = TP+FN,
     Dice = 2TP / (2TP+FP+FN), IoU (Jaccard) = TP / (TP+FP+FN), VOE = 1 - IoU,
     RVD = (n_pred - n_ref) / n_ref, precision = TP / n_pred, recall = TP / n_ref.
-Surface metrics (millimetres, using the voxel spacing):
+Surface metrics (millimetres, using the reference's voxel spacing; for pictures, whose files hold no
+pixel size, the `pixel_spacing` passed to `evaluate_folder`, else 1 x 1: then they are pixels):
     The surface of a mask is its voxels that a binary erosion with full connectivity (26 in 3D,
     8 in 2D; the image border counts as outside) removes. For every surface voxel of one mask we
     take the distance to the nearest surface voxel of the other (voxel centres,
@@ -219,12 +220,15 @@ def pair_segmentations(prediction_folder: str | Path, reference_folder: str | Pa
     return [(c, predictions[c], references[c]) for c in wanted]
 
 
-def read_pair(prediction_file: Path, reference_file: Path):
-    """(prediction, reference, reference geometry); a geometry mismatch is an error naming the prediction."""
+def read_pair(prediction_file: Path, reference_file: Path, pixel_spacing: Sequence[float] | None = None):
+    """(prediction, reference, reference geometry); a geometry mismatch is an error naming the prediction.
+
+    pixel_spacing: (y, x) mm of picture pixels (see `autoseg.io.read_segmentation`); volumes ignore it.
+    """
     from autoseg.io import read_segmentation
 
-    prediction, prediction_geometry = read_segmentation(prediction_file)
-    reference, reference_geometry = read_segmentation(reference_file)
+    prediction, prediction_geometry = read_segmentation(prediction_file, pixel_spacing)
+    reference, reference_geometry = read_segmentation(reference_file, pixel_spacing)
     difference = prediction_geometry.agrees_with(reference_geometry)
     if difference:
         raise AutosegError(f"{prediction_file}: geometry differs from the reference {reference_file} ({difference})")
@@ -242,9 +246,9 @@ def map_cases(function, items: Sequence, workers: int) -> list:
         return list(pool.map(function, items))
 
 
-def _evaluate_pair(job: tuple[str, Path, Path, list[LabelOrRegion]]) -> "CaseEvaluation":
-    case_id, prediction_file, reference_file, labels_or_regions = job
-    prediction, reference, geometry = read_pair(prediction_file, reference_file)
+def _evaluate_pair(job: tuple[str, Path, Path, list[LabelOrRegion], tuple[float, float] | None]) -> "CaseEvaluation":
+    case_id, prediction_file, reference_file, labels_or_regions, pixel_spacing = job
+    prediction, reference, geometry = read_pair(prediction_file, reference_file, pixel_spacing)
     metrics = case_metrics(prediction, reference, labels_or_regions, geometry.spacing_zyx)
     return CaseEvaluation(case_id, str(prediction_file), str(reference_file), metrics)
 
@@ -284,14 +288,17 @@ def regions_of_dataset(dataset_folder: str | Path, labels: Mapping[int, str] | N
 
 def evaluate_folder(prediction_folder: str | Path, reference_folder: str | Path, labels: Mapping[int, str],
                     regions: Sequence[Sequence[int]] | Mapping[str, Sequence[int]] | None = None, workers: int = 1,
-                    case_ids: Sequence[str] | None = None) -> "EvaluationSummary":
+                    case_ids: Sequence[str] | None = None,
+                    pixel_spacing: Sequence[float] | None = None) -> "EvaluationSummary":
     """Evaluate every prediction against the reference file of the same name.
 
     labels: {label value: name} (background 0 is skipped); regions: label tuples scored as unions,
     or {name: label tuple} (e.g. from `regions_of_dataset`).
     case_ids: evaluate only these cases (e.g. one fold's validation cases); default all references.
-    Spacing comes from the reference file.
+    Spacing comes from the reference file; picture files (.png, ...) hold none, so their pixels are
+    `pixel_spacing` (y, x) mm (the dataset's `pixel_spacing`, when known), else 1 x 1.
     """
+    pixel_spacing = tuple(float(v) for v in pixel_spacing) if pixel_spacing is not None else None
     labels = {int(value): name for value, name in labels.items()}  # dataset.json keys may be strings
     foreground = [v for v in sorted(labels) if v != 0]
     if not isinstance(regions, Mapping):  # unnamed regions are named after their labels
@@ -301,8 +308,8 @@ def evaluate_folder(prediction_folder: str | Path, reference_folder: str | Path,
     names = {str(v): labels[v] for v in foreground}
     names.update({label_key(r): str(name) for name, r in zip(regions, region_tuples)})
 
-    jobs = [(c, p, r, labels_or_regions) for c, p, r in pair_segmentations(prediction_folder, reference_folder,
-                                                                           case_ids)]
+    jobs = [(c, p, r, labels_or_regions, pixel_spacing)
+            for c, p, r in pair_segmentations(prediction_folder, reference_folder, case_ids)]
     per_case = map_cases(_evaluate_pair, jobs, workers)
     return EvaluationSummary.from_cases(per_case, names, [str(v) for v in foreground])
 

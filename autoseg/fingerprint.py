@@ -141,8 +141,8 @@ def analyze_case(case: Case) -> tuple[CaseFingerprint, np.ndarray]:
     from autoseg.cropping import bounding_box, nonzero_mask
     from autoseg.io import read_image, read_segmentation
 
-    image, geometry = read_image(case.image_files)
-    segmentation, _ = read_segmentation(case.label_file)
+    image, geometry = read_image(case.image_files, case.pixel_spacing)
+    segmentation, _ = read_segmentation(case.label_file, case.pixel_spacing)
     if segmentation.shape != image.shape[1:]:
         raise AutosegError(f"{case.label_file}: label shape {list(segmentation.shape)} != image shape "
                            f"{list(image.shape[1:])}; run `autoseg check`")

@@ -3,7 +3,8 @@
 Every reader returns arrays in (channel, z, y, x) order (segmentations (z, y, x)) together with a
 `Geometry` that the writer uses to put a prediction back exactly where the input was.
 Volumes (.nii.gz, .nii, .mhd/.raw, .nrrd, .mha) go through SimpleITK; 2D natural images
-(.png, .jpg, .bmp, .tif) become pseudo-3D arrays with a single z slice.
+(.png, .jpg, .bmp, .tif) become pseudo-3D arrays with a single z slice, whose pixels are 1 x 1 mm
+unless the caller states their size (`pixel_spacing`, from dataset.json or the plan).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ SUPPORTED_ENDINGS = VOLUME_ENDINGS + NATURAL_IMAGE_ENDINGS
 # Spacing given to the dummy z axis of 2D images: far coarser than any in-plane spacing, so the
 # planner never pools or resamples along it.
 PSEUDO_3D_Z_SPACING = 999.0
-NATURAL_IMAGE_PIXEL_SPACING = 1.0  # in-plane spacing of every picture, whatever dpi its file states
+NATURAL_IMAGE_PIXEL_SPACING = 1.0  # in-plane spacing (mm) of a picture whose pixel size nobody states;
+# the dpi in its file is never used (see `_geometry_of`)
 # Lossy formats cannot hold a label map: predictions for such inputs are written as PNG.
 LOSSY_ENDINGS = (".jpg", ".jpeg")
 # Binary masks drawn in image editors are often stored as 0 (background) / 255 (foreground).
@@ -114,18 +116,23 @@ def _read_voxels(path: Path):
         raise ImageReadError(f"{path}: cannot be read ({reason})") from None
 
 
-def _geometry_of(image, path: Path) -> Geometry:
+def _geometry_of(image, path: Path, pixel_spacing: Sequence[float] | None = None) -> Geometry:
     # `image` is a SimpleITK Image or ImageFileReader: both answer the same header questions.
-    """Geometry of the first three dimensions (4D MSD files stack channels in the 4th)."""
+    """Geometry of the first three dimensions (4D MSD files stack channels in the 4th).
+
+    pixel_spacing: (y, x) mm of a picture's pixels; ignored for volumes, whose files hold their spacing.
+    """
     dim = image.GetDimension()
     size = image.GetSize()
     if dim == 2 or file_ending(path) in NATURAL_IMAGE_ENDINGS:
         # A picture's dpi is a print size, not a pixel size, and tools write it inconsistently (ITK
         # turns 72 dpi in a JPEG or TIFF into 0.35 mm but ignores it in a PNG): a JPEG photo and its PNG
-        # mask would disagree. Pixels of natural images are therefore 1 x 1, as in nnU-Net.
+        # mask would disagree. Pixels of natural images are therefore 1 x 1, as in nnU-Net, unless the
+        # caller states their size.
+        y_mm, x_mm = pixel_spacing if pixel_spacing is not None else (NATURAL_IMAGE_PIXEL_SPACING,) * 2
         return Geometry(
             shape=(1, int(size[1]), int(size[0])),
-            spacing_zyx=(PSEUDO_3D_Z_SPACING, NATURAL_IMAGE_PIXEL_SPACING, NATURAL_IMAGE_PIXEL_SPACING),
+            spacing_zyx=(PSEUDO_3D_Z_SPACING, float(y_mm), float(x_mm)),
             is_natural_2d=True,
         )
     if dim not in (3, 4):
@@ -159,18 +166,20 @@ def _channels_first(array: np.ndarray, image, path: Path) -> np.ndarray:
     return array[None]
 
 
-def read_image(paths: str | Path | Sequence[str | Path]) -> tuple[np.ndarray, Geometry]:
+def read_image(paths: str | Path | Sequence[str | Path],
+               pixel_spacing: Sequence[float] | None = None) -> tuple[np.ndarray, Geometry]:
     """Read one case's image as float32 (C, z, y, x).
 
     `paths` is one file (3D, 4D MSD multi-channel, or an RGB picture) or one file per channel
     (nnU-Net v2 layout `case_0000.nii.gz`, `case_0001.nii.gz`); the channels are concatenated.
+    pixel_spacing: (y, x) pixel size in mm of a picture (default 1 x 1); volumes ignore it.
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
     arrays, geometry = [], None
     for path in map(Path, paths):
         voxels, header = _read_voxels(path)
-        this_geometry = _geometry_of(header, path)
+        this_geometry = _geometry_of(header, path, pixel_spacing)
         array = _channels_first(voxels, header, path).astype(np.float32, copy=False)
         if geometry is not None and (difference := geometry.agrees_with(this_geometry)):
             raise ImageReadError(f"{path}: channel geometry differs from {paths[0]}: {difference}")
@@ -192,15 +201,15 @@ def _picture_mask_as_labels(array: np.ndarray, path: Path) -> np.ndarray:
     return array
 
 
-def read_segmentation(path: str | Path) -> tuple[np.ndarray, Geometry]:
+def read_segmentation(path: str | Path, pixel_spacing: Sequence[float] | None = None) -> tuple[np.ndarray, Geometry]:
     """Read a label map as int16 (z, y, x). Non-integer values are an error.
 
     Picture masks (.png, .tif, ...): a 0/255 mask is read as 0/1 with a `MaskValuesRemappedWarning`,
-    and an RGB mask whose three channels are equal as one channel.
+    and an RGB mask whose three channels are equal as one channel. pixel_spacing: as for `read_image`.
     """
     path = Path(path)
     voxels, header = _read_voxels(path)
-    geometry = _geometry_of(header, path)
+    geometry = _geometry_of(header, path, pixel_spacing)
     array = _channels_first(np.asarray(voxels), header, path)
     if geometry.is_natural_2d:
         array = _picture_mask_as_labels(array, path)

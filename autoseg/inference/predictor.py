@@ -66,6 +66,15 @@ class TrainedModel:
     def num_input_channels(self) -> int:
         return len(self.plans.modality)
 
+    @property
+    def pixel_spacing(self) -> tuple[float, float] | None:
+        """(y, x) mm of the pictures the plan was made for (dataset.json `pixel_spacing`, else 1): given
+        pictures are read at it, so none is resampled. None for volumes, whose files hold their spacing."""
+        from autoseg.io import PSEUDO_3D_Z_SPACING
+
+        spacing_zyx = [self.plans.original_median_spacing[axis] for axis in self.plans.transpose_backward]
+        return (float(spacing_zyx[1]), float(spacing_zyx[2])) if spacing_zyx[0] >= PSEUDO_3D_Z_SPACING else None
+
 
 @dataclass
 class Prediction:
@@ -379,7 +388,7 @@ def _read_and_preprocess(model, files, case_id, settings):
     if missing:
         raise AutosegError(f"case {case_id}: missing channel file(s) {', '.join(missing)} next to {files[0]} "
                            f"(the model reads {model.num_input_channels} channel(s))")
-    image, geometry = read_image(files)
+    image, geometry = read_image(files, model.pixel_spacing)
     return preprocess_for(model, image, geometry, case_id, settings)
 
 

@@ -86,10 +86,10 @@ class CasePreprocessor:
     def __call__(self, case: Case) -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
         from autoseg.io import read_image, read_segmentation
 
-        image, geometry = read_image(case.image_files)
+        image, geometry = read_image(case.image_files, case.pixel_spacing)
         segmentation = None
         if case.label_file is not None:
-            segmentation, label_geometry = read_segmentation(case.label_file)
+            segmentation, label_geometry = read_segmentation(case.label_file, case.pixel_spacing)
             if difference := geometry.agrees_with(label_geometry):
                 raise DatasetError(f"{case.label_file}: label grid differs from its image: {difference}")
         return preprocess_case(image, segmentation, geometry, transpose_forward=self.transpose_forward,
@@ -118,8 +118,11 @@ class CasePreprocessor:
 
 
 def source_signature(case: Case, settings_signature: str) -> str:
-    """Hash of the case's input files (name, size, modification time) and the settings."""
+    """Hash of the case's input files (name, size, modification time), their stated pixel spacing
+    (pictures) and the settings."""
     parts = [case.case_id, settings_signature]
+    if case.pixel_spacing is not None:
+        parts.append(f"pixel_spacing:{list(case.pixel_spacing)}")
     for path in (*case.image_files, *((case.label_file,) if case.label_file else ())):
         stat = Path(path).stat()
         parts.append(f"{Path(path).name}:{stat.st_size}:{stat.st_mtime_ns}")

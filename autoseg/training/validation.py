@@ -26,6 +26,9 @@ def validate_fold(plans, configuration_name: str, configuration_folder: Path, fo
                   device: str = "auto", use_tta: bool = True, on_case: Callable[[str], None] | None = None):
     """Returns the EvaluationSummary of the fold; files go to `configuration_folder/fold_F/validation/`.
 
+    Surface distances are in mm: the reference files' spacing, or for pictures (whose files hold
+    none) the pixel spacing the plan was made for (dataset.json `pixel_spacing`, 1 x 1 by default).
+
     configuration_folder: HOME/results/TASK/CONFIG. For a low-res stage the held-out cases'
     segmentations also go to `CONFIG/predicted_next_stage/` (not for fold "all", whose cases were
     seen in training); a cascade stage reads them from its previous stage's folder.
@@ -68,7 +71,8 @@ def validate_fold(plans, configuration_name: str, configuration_folder: Path, fo
         if on_case:
             on_case(case_id)
     labels = {int(v): name for v, name in plans.labels.items()}
-    summary = evaluate_folder(output, reference_folder, labels, case_ids=list(val_ids))
+    summary = evaluate_folder(output, reference_folder, labels, case_ids=list(val_ids),
+                              pixel_spacing=model.pixel_spacing)
     summary.save(output)
     write_json(output / "validation_info.json", {"checkpoint": checkpoint, "use_tta": use_tta,
                                                   "cases": list(val_ids)})
