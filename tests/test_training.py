@@ -439,3 +439,106 @@ def test_a_fresh_run_starts_a_new_log_and_removes_half_written_checkpoints(small
     assert not partial.exists()
     lines = (tmp_path / "training_log.txt").read_text().splitlines()
     assert [line.split(":")[0] for line in lines] == ["epoch 1"]
+
+
+@pytest.mark.parametrize("epoch_seconds, expected_every", [(10.0, 4), (100.0, 1)])
+def test_automatic_checkpoint_interval_keeps_saving_under_3_percent(small_task, tmp_path, epoch_seconds,
+                                                                    expected_every):
+    """Saving checkpoint_latest takes 1 s: after a 10 s epoch it is saved every ceil(1 / 0.3) = 4 epochs,
+    after a 100 s epoch every epoch (1 % of the time)."""
+    trainer = Trainer(training_job(small_task, tmp_path), tiny_settings(checkpoint_every=None))
+    saved = []
+
+    def fake_save(name):
+        saved.append((trainer.epoch, name))
+        return 1.0 if name == "checkpoint_latest.pt" else 0.0
+
+    trainer._save = fake_save
+    for epoch in range(1, 10):
+        trainer.epoch = epoch
+        trainer._checkpoints_after_epoch({"ema_pseudo_dice": 0.1 * epoch, "epoch_seconds": epoch_seconds})
+    latest = [epoch for epoch, name in saved if name == "checkpoint_latest.pt"]
+    assert trainer.checkpoint_every == expected_every
+    assert latest == [1] + list(range(expected_every, 10, expected_every))[expected_every == 1:]
+    assert [epoch for epoch, name in saved if name == "checkpoint_best.pt"] == list(range(1, 10))  # EMA rose
+
+
+def _session_processes(session_id: int) -> list[int]:
+    """Running (non-zombie) processes of a session, from /proc."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[3]) == session_id:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_sigkill_at_any_moment_then_resume_finishes_the_run(workspace):
+    """A real SIGKILL of `autoseg train` (workers included) during its second epoch: the checkpoints left
+    load, no data worker outlives it, and --resume finishes the run with one log line per epoch."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    fold = workspace / "results" / TASK_NAME / CONFIGURATION / "fold_0"
+    arguments = [sys.executable, "-m", "autoseg.cli", "--home", str(workspace), "train", CONFIGURATION, "--fold",
+                 "0", "--epochs", "3", "--iterations", "3", "--val-iterations", "1", "--workers", "2",
+                 "--device", "cpu", "--seed", "0", "--checkpoint-every", "1", "--no-validate"]
+    run = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        log = fold / "training_log.txt"
+        while time.monotonic() < deadline and run.poll() is None:
+            if log.is_file() and log.read_text().count("\n") >= 1:
+                break
+            time.sleep(0.05)
+        assert run.poll() is None, "training ended before it could be killed"
+        time.sleep(0.3)  # somewhere in epoch 2: training, validating or saving
+        os.kill(run.pid, signal.SIGKILL)  # the trainer alone: its workers must notice and exit
+        run.wait()
+        deadline = time.monotonic() + 15
+        while _session_processes(run.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _session_processes(run.pid), "data workers outlived the killed trainer"
+    finally:
+        if _session_processes(run.pid):
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    latest = load_checkpoint(fold / "checkpoint_latest.pt")
+    assert latest["epoch"] in (1, 2)
+    result = subprocess.run(arguments + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert f"resumed from checkpoint_latest.pt at epoch {latest['epoch']}" in result.stdout
+    assert not list(fold.glob(".*.tmp"))
+    lines = [line for line in (fold / "training_log.txt").read_text().splitlines() if line.startswith("epoch")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "epoch 3"]
+    assert load_checkpoint(fold / "checkpoint_final.pt")["epoch"] == 3
+
+
+def test_progress_plot_and_log_lines_hold_every_curve(tmp_path):
+    import warnings
+
+    from autoseg.training.progress import format_epoch, plot_progress, rewrite_log
+    from autoseg.training.trainer import EpochLog
+
+    log = EpochLog(train_loss=[1.2, 0.8], val_loss=[1.0, 0.7], pseudo_dice=[[float("nan"), float("nan")], [0.5, 0.25]],
+                   ema_pseudo_dice=[0.0, 0.0375], learning_rate=[0.01, 0.005], epoch_seconds=[3.0, 2.5],
+                   data_wait_seconds=[0.5, 0.1], notes=[[1, "resumed from checkpoint_latest.pt at epoch 1"]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an epoch without any label seen is a gap, not a warning
+        plot_progress(log, tmp_path / "progress.png")
+    assert (tmp_path / "progress.png").read_bytes()[:4] == b"\x89PNG"
+    rewrite_log(tmp_path / "training_log.txt", log)
+    assert (tmp_path / "training_log.txt").read_text().splitlines() == [
+        "epoch 1: train loss 1.2000, val loss 1.0000, pseudo Dice [nan, nan] (EMA 0.000), lr 1.00e-02, "
+        "3.0 s (0.5 s waiting for data)",
+        "note after epoch 1: resumed from checkpoint_latest.pt at epoch 1",
+        "epoch 2: train loss 0.8000, val loss 0.7000, pseudo Dice [0.500, 0.250] (EMA 0.037), lr 5.00e-03, "
+        "2.5 s (0.1 s waiting for data)",
+    ]
+    assert format_epoch({"epoch": 2, **{k: v[1] for k, v in vars(log).items() if k != "notes"}}).startswith("epoch 2")
