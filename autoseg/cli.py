@@ -462,6 +462,9 @@ def train(
     elif time_budget is not None:
         plans = Plans.load(workspace.plans_file(name))  # rank 0 re-plans (ranks start together under torchrun)
     config = plans.configuration(configuration)
+    if resume:  # a resumed run keeps its own schedule unless told otherwise
+        epochs, iterations, validation_iterations = _resumed_schedule(
+            workspace.results(name) / configuration / f"fold_{fold}", epochs, iterations, validation_iterations)
     schedule = training_schedule(config.budget, epochs=epochs, iterations=iterations,
                                  validation_iterations_per_epoch=validation_iterations, precision=precision)
     data_folder = workspace.preprocessed(name) / config.data_identifier
@@ -531,6 +534,16 @@ def train(
                                                                      config.budget["seconds_final_validation"]),
                                 time.perf_counter() - started)
         typer.echo(text)
+
+
+def _resumed_schedule(fold_folder: Path, epochs: Optional[int], iterations: Optional[int],
+                      validation_iterations: Optional[int]) -> tuple:
+    """(epochs, iterations, validation iterations): those given, else the checkpoint's in fold_folder."""
+    from autoseg.training.checkpoint import resume_schedule
+
+    stored = resume_schedule(fold_folder)
+    return (epochs or stored.get("epochs"), iterations or stored.get("iterations_per_epoch"),
+            validation_iterations or stored.get("validation_iterations"))
 
 
 def _training_workers(requested: Optional[int], config, device: str) -> int:

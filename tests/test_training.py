@@ -24,7 +24,8 @@ from autoseg.training.splits import NUM_FOLDS, SPLIT_SEED, fold_cases, load_or_c
 from autoseg.training.trainer import INITIAL_LR, Trainer, TrainingEvents, poly_lr, run_training
 from helpers_training import CONFIGURATION, TASK_NAME, small_task, tiny_settings, training_job  # noqa: F401
 
-CHECKPOINT_KEYS = {"format", "network_weights", "optimizer_state", "scaler_state", "epoch", "planned_epochs", "log",
+CHECKPOINT_KEYS = {"format", "network_weights", "optimizer_state", "scaler_state", "epoch", "planned_epochs",
+                   "iterations_per_epoch", "validation_iterations", "log",
                    "best_ema", "identity", "inference", "precision_checked"}
 # The learning run: 3 epochs x 20 iterations of batch 2 (15 s on an idle 2-core CPU, ~1.5 min loaded).
 LEARNING_EPOCHS, LEARNING_ITERATIONS = 3, 20
@@ -118,7 +119,7 @@ def test_resume_extends_a_finished_run_with_its_optimizer_state(small_task, tmp_
 
     messages, at_resume = [], {}
     resumed_job = training_job(small_task, tmp_path / "fold_0", resume=True)
-    trainer = Trainer(resumed_job, tiny_settings(epochs=2), None)
+    trainer = Trainer(resumed_job, tiny_settings(epochs=2, iterations_per_epoch=2), None)
 
     def on_message(message):
         messages.append(message)
@@ -542,3 +543,27 @@ def test_progress_plot_and_log_lines_hold_every_curve(tmp_path):
         "2.5 s (0.1 s waiting for data)",
     ]
     assert format_epoch({"epoch": 2, **{k: v[1] for k, v in vars(log).items() if k != "notes"}}).startswith("epoch 2")
+
+
+def test_cli_resume_keeps_the_runs_schedule_unless_told_otherwise(workspace):
+    from autoseg.cli import app
+
+    fold = workspace / "results" / TASK_NAME / CONFIGURATION / "fold_0"
+    common = ["--home", str(workspace), "train", CONFIGURATION, "--fold", "0", "--workers", "0", "--device", "cpu",
+              "--seed", "0", "--no-validate"]
+    result = CliRunner().invoke(app, common + ["--epochs", "1", "--iterations", "2", "--val-iterations", "1"])
+    assert result.exit_code == 0, result.output
+    # --resume alone: the run had 1 epoch of 2 iterations; it is finished, nothing more to do (not 1000 x 250).
+    result = CliRunner().invoke(app, common + ["--resume"])
+    assert result.exit_code == 0, result.output
+    assert "1 epochs x 2 iterations" in result.output and "already trained for 1 epochs" in result.output
+    # --resume --epochs 2 extends it with the same iterations; --iterations changes them, and the log says so.
+    result = CliRunner().invoke(app, common + ["--resume", "--epochs", "2"])
+    assert result.exit_code == 0, result.output
+    assert "2 epochs x 2 iterations" in result.output
+    result = CliRunner().invoke(app, common + ["--resume", "--epochs", "3", "--iterations", "1"])
+    assert result.exit_code == 0, result.output
+    final = load_checkpoint(fold / "checkpoint_final.pt")
+    assert (final["epoch"], final["planned_epochs"], final["iterations_per_epoch"]) == (3, 3, 1)
+    notes = [line for line in (fold / "training_log.txt").read_text().splitlines() if line.startswith("note")]
+    assert notes[-1] == "note after epoch 2: training iterations per epoch now 1 (was 2)"

@@ -2,7 +2,7 @@
 
 A checkpoint holds plain tensors and JSON-able values only:
 {"format": 1, "network_weights", "optimizer_state", "scaler_state" (or None), "epoch" (epochs done),
- "planned_epochs", "log" {name: [per-epoch values]}, "best_ema", "identity" {dataset_name, configuration,
+ "planned_epochs", "iterations_per_epoch", "validation_iterations", "log" {name: [per-epoch values]}, "best_ema", "identity" {dataset_name, configuration,
  architecture, patch_size, fingerprint_signature}, "inference" {"mirror_axes": [...], "precision": ...}}
 """
 
@@ -51,6 +51,27 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an autoseg checkpoint of format {CHECKPOINT_FORMAT}")
     return state
+
+
+def resume_schedule(folder: Path) -> dict:
+    """The schedule the run in `folder` was training with ({"epochs", "iterations_per_epoch",
+    "validation_iterations"}, those its checkpoint records), from checkpoint_latest.pt else
+    checkpoint_final.pt; {} without a readable checkpoint (the trainer then says what is wrong).
+    Memory-mapped: the weights are not read."""
+    import torch
+
+    for name in ("checkpoint_latest.pt", "checkpoint_final.pt"):
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - damaged: load_checkpoint reports it when the trainer resumes
+            return {}
+        keys = {"planned_epochs": "epochs", "iterations_per_epoch": "iterations_per_epoch",
+                "validation_iterations": "validation_iterations"}
+        return {ours: int(state[key]) for key, ours in keys.items() if isinstance(state, dict) and key in state}
+    return {}
 
 
 def check_identity(state: dict, expected: dict, path: Path) -> None:

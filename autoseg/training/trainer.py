@@ -292,6 +292,8 @@ class Trainer:
             "scaler_state": self.scaler.state_dict() if self.scaler else None,
             "epoch": self.epoch,
             "planned_epochs": self.settings.epochs,
+            "iterations_per_epoch": self.settings.iterations_per_epoch,
+            "validation_iterations": self.settings.validation_iterations,
             "log": asdict(self.log),
             "best_ema": self.best_ema,
             "identity": self.identity,
@@ -322,6 +324,10 @@ class Trainer:
         if planned != self.settings.epochs:
             self._note(f"learning-rate schedule recomputed over {self.settings.epochs} epochs "
                        f"(was {planned}); lr now {poly_lr(self.epoch, self.settings.epochs, self.settings.initial_lr):.2e}")
+        for key, what in (("iterations_per_epoch", "training iterations per epoch"),
+                          ("validation_iterations", "validation iterations per epoch")):
+            if key in state and int(state[key]) != getattr(self.settings, key):
+                self._note(f"{what} now {getattr(self.settings, key)} (was {int(state[key])})")
         if self.epoch >= self.settings.epochs:
             self.events.on_message(f"already trained for {self.epoch} epochs; pass a larger --epochs to extend")
 
