@@ -626,7 +626,8 @@ def find_best_command(
     results = state.workspace.results(name)
     result = find_best(results, state.workspace.preprocessed(name) / "gt_segmentations",
                        {int(v): n for v, n in plans.labels.items()}, configurations=configurations or None,
-                       folds=folds.split(",") if folds else None, allow_ensembles=not no_ensembles, workers=workers)
+                       folds=folds.split(",") if folds else None, allow_ensembles=not no_ensembles, workers=workers,
+                       pixel_spacing=plans.pixel_spacing)
     typer.echo(result.format_table())
     decision = PostprocessingDecision.load(results / "postprocessing.json")
     typer.echo(f"postprocessing: largest component of the whole foreground {decision.whole_foreground}, "

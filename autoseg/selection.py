@@ -181,8 +181,10 @@ def _gather_fold_files(validation: Path, case_ids: Sequence[str], target: Path) 
 
 def collect_cross_validation(results_folder: str | Path, configuration: str, folds: Sequence[int | str],
                              target_folder: str | Path | None = None, *, reference_folder: str | Path,
-                             labels: Mapping[int, str], workers: int = 1) -> EvaluationSummary:
-    """Gather every fold's validation cases of `configuration` into one folder and score it.
+                             labels: Mapping[int, str], workers: int = 1,
+                             pixel_spacing: Sequence[float] | None = None) -> EvaluationSummary:
+    """Gather every fold's validation cases of `configuration` into one folder and score it
+    (`pixel_spacing`: of picture references, as in `evaluate_folder`).
 
     target_folder: default `results_folder/CONFIG/crossval/`; it is replaced as a whole (built aside,
     then renamed), holding CASE<ending>, CASE.npz, CASE.json per case (hard links where possible),
@@ -207,7 +209,8 @@ def collect_cross_validation(results_folder: str | Path, configuration: str, fol
                 raise WorkspaceError(f"{configuration}: {reason}")
             _gather_fold_files(validation, cases, folder)
         write_json(folder / CROSSVAL_INFO_JSON, {"configuration": configuration, "folds": folds, "cases": case_ids})
-        summary = evaluate_folder(folder, reference_folder, labels, workers=workers, case_ids=case_ids)
+        summary = evaluate_folder(folder, reference_folder, labels, workers=workers, case_ids=case_ids,
+                                  pixel_spacing=pixel_spacing)
         summaries.append(_as_if_in(summary, target))
         summaries[0].save(folder)
 
@@ -239,8 +242,8 @@ def _has_probabilities(folder: Path, case_ids: Sequence[str]) -> list[str]:
 
 
 def ensemble_cross_validations(crossval_folders: Sequence[str | Path], target_folder: str | Path, *,
-                               reference_folder: str | Path, labels: Mapping[int, str], workers: int = 1
-                               ) -> EvaluationSummary:
+                               reference_folder: str | Path, labels: Mapping[int, str], workers: int = 1,
+                               pixel_spacing: Sequence[float] | None = None) -> EvaluationSummary:
     """Average the probabilities of several crossval/ folders case by case into `target_folder` and score it.
 
     The folder is replaced as a whole; segmentations take the ending of the first member's files.
@@ -258,7 +261,7 @@ def ensemble_cross_validations(crossval_folders: Sequence[str | Path], target_fo
     def build(folder: Path) -> None:
         ensemble_folders(crossval_folders, folder, output_ending=ending)
         summary = evaluate_folder(folder, reference_folder, labels, workers=workers,
-                                  case_ids=sorted(find_segmentations(folder)))
+                                  case_ids=sorted(find_segmentations(folder)), pixel_spacing=pixel_spacing)
         summaries.append(_as_if_in(summary, target))
         summaries[0].save(folder)
 
@@ -410,7 +413,8 @@ def _nothing_trained_error(results_folder: Path, inventory: TrainedConfiguration
 
 
 def _score_ensembles(results_folder: Path, single: dict[str, Candidate], reference_folder: Path,
-                     labels: Mapping[int, str], workers: int, skipped: dict[str, str]) -> list[Candidate]:
+                     labels: Mapping[int, str], workers: int, skipped: dict[str, str],
+                     pixel_spacing: Sequence[float] | None) -> list[Candidate]:
     """Every pair of scored configurations as an ensemble; pairs lacking probabilities go to `skipped`."""
     scored = []
     for members in combinations(sorted(single), ENSEMBLE_SIZE):
@@ -423,7 +427,7 @@ def _score_ensembles(results_folder: Path, single: dict[str, Candidate], referen
             continue
         target = results_folder / ENSEMBLES_FOLDER / name
         summary = ensemble_cross_validations(folders, target, reference_folder=reference_folder, labels=labels,
-                                             workers=workers)
+                                             workers=workers, pixel_spacing=pixel_spacing)
         scored.append(_candidate(list(members), summary, target, results_folder))
     return scored
 
@@ -434,11 +438,13 @@ def _cases_of(crossval_folder: Path) -> list[str]:
 
 def find_best(results_folder: str | Path, reference_folder: str | Path, labels: Mapping[int, str],
               configurations: Sequence[str] | None = None, folds: Sequence[int | str] | None = None,
-              allow_ensembles: bool = True, workers: int = 1) -> SelectionResult:
+              allow_ensembles: bool = True, workers: int = 1,
+              pixel_spacing: Sequence[float] | None = None) -> SelectionResult:
     """Score every trained configuration (and pair) on cross-validation, choose the best, decide postprocessing.
 
     results_folder: HOME/results/TASK; reference_folder: HOME/preprocessed/TASK/gt_segmentations;
-    labels: {label value: name} (background 0 ignored). Writes CONFIG/crossval/, ensembles/A+B/,
+    labels: {label value: name} (background 0 ignored); pixel_spacing: (y, x) mm of picture references
+    (`Plans.pixel_spacing`), so their surface distances are in mm. Writes CONFIG/crossval/, ensembles/A+B/,
     find_best.json and postprocessing.json (decided on the winner's predictions) into `results_folder`.
     """
     from autoseg.postprocessing import determine_postprocessing
@@ -452,10 +458,12 @@ def find_best(results_folder: str | Path, reference_folder: str | Path, labels: 
     for name, config_folds in inventory.complete.items():
         target = results_folder / name / CROSSVAL_FOLDER
         summary = collect_cross_validation(results_folder, name, config_folds, target,
-                                           reference_folder=reference_folder, labels=labels, workers=workers)
+                                           reference_folder=reference_folder, labels=labels, workers=workers,
+                                           pixel_spacing=pixel_spacing)
         single[name] = _candidate([name], summary, target, results_folder)
     skipped = dict(inventory.skipped)
-    ensembles = _score_ensembles(results_folder, single, reference_folder, labels, workers, skipped) \
+    ensembles = _score_ensembles(results_folder, single, reference_folder, labels, workers, skipped,
+                                 pixel_spacing) \
         if allow_ensembles else []
 
     candidates = sorted([*single.values(), *ensembles], key=Candidate.rank_key)

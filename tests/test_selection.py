@@ -169,3 +169,29 @@ def test_predict_defaults_to_the_choice(tmp_path):
     assert default_configurations(results, plans=None, checkpoint="final") == ["A", "B"]  # the ensemble
     find_best(results, references, LABELS, allow_ensembles=False)
     assert default_configurations(results, plans=None, checkpoint="final") == ["B"]
+
+
+def test_picture_distances_are_in_mm_at_the_plans_pixel_spacing(tmp_path):
+    from autoseg.io import PSEUDO_3D_Z_SPACING
+
+    picture = Geometry(shape=(1, 1, 8), spacing_zyx=(PSEUDO_3D_Z_SPACING, 1.0, 1.0))
+    results, references = make_workspace(tmp_path, {})
+    for case_id in ("c1", "c2"):
+        (references / f"{case_id}.nii.gz").unlink()
+        write_segmentation(REFERENCE.reshape(1, 1, 8), picture, references / f"{case_id}.png")
+        for fold, split in enumerate(SPLITS):
+            if case_id in split["val"]:
+                validation = results / "2d" / f"fold_{fold}" / "validation"
+                p = np.asarray(HALF, dtype=np.float32).reshape(1, 1, 8)
+                save_probabilities(validation / case_id, np.stack([1 - p, p]).astype(np.float16), picture, labels=[0, 1])
+                write_segmentation((p > 0.5).astype(np.int16), picture, validation / f"{case_id}.png")
+                (validation / "summary.json").write_text("{}")
+    summary_file = results / "2d" / "crossval" / "summary.json"
+    in_pixels = find_best(results, references, LABELS, allow_ensembles=False).candidates[0]
+    max_distance_in_pixels = json.loads(summary_file.read_text())["mean"]["1"]["MSSD_mm"]
+    in_mm = find_best(results, references, LABELS, allow_ensembles=False, pixel_spacing=(0.5, 0.5)).candidates[0]
+    max_distance_in_mm = json.loads(summary_file.read_text())["mean"]["1"]["MSSD_mm"]
+    assert in_mm.foreground_dice == in_pixels.foreground_dice == pytest.approx(2 / 3)
+    # Voxels 2 and 3 are missed: the reference's border voxel 3 lies 2 pixels from the prediction's
+    # border voxel 1, which is 1 mm at 0.5 mm per pixel.
+    assert max_distance_in_pixels == pytest.approx(2.0) and max_distance_in_mm == pytest.approx(1.0)

@@ -105,6 +105,15 @@ class Plans:
         return Configuration.from_json(resolved, f"{where}: configuration '{name}'", len(self.modality))
 
     @property
+    def pixel_spacing(self) -> tuple[float, float] | None:
+        """(y, x) mm of the pictures a plan for 2D pictures was made for (dataset.json `pixel_spacing`, else
+        1 x 1): picture files hold no spacing, so they are read at it. None for volumes."""
+        from autoseg.io import PSEUDO_3D_Z_SPACING
+
+        spacing_zyx = [self.original_median_spacing[axis] for axis in self.transpose_backward]
+        return (float(spacing_zyx[1]), float(spacing_zyx[2])) if spacing_zyx[0] >= PSEUDO_3D_Z_SPACING else None
+
+    @property
     def num_foreground_labels(self) -> int:
         return sum(1 for value in self.labels if int(value) != 0)
 
