@@ -383,8 +383,9 @@ def _default_configuration(plans) -> str:
     return plans.configuration_names[0]
 
 
-def _init_distributed_from_torchrun():
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; read them here, at the boundary, not in the core."""
+def _init_distributed_from_torchrun(device: str = "auto"):
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; read them here, at the boundary, not in the core.
+    One GPU per rank over NCCL when CUDA is there (and --device is not cpu), else CPU ranks over gloo."""
     import os
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -393,7 +394,7 @@ def _init_distributed_from_torchrun():
     import torch.distributed as dist
 
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and device != "cpu":
         torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl")
         return f"cuda:{local_rank}"
@@ -403,6 +404,11 @@ def _init_distributed_from_torchrun():
 
 def _launch_torchrun(gpus: int) -> None:
     import subprocess
+
+    import torch
+
+    if torch.cuda.is_available() and gpus > torch.cuda.device_count():
+        fail(f"--gpus {gpus}: only {torch.cuda.device_count()} CUDA device(s) are visible")
 
     arguments = [a for a in sys.argv[1:]]
     for flag in ("--gpus",):  # drop "--gpus N" / "--gpus=N" so the children train normally
@@ -437,7 +443,8 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from checkpoint_latest.pt."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1),
-    gpus: int = typer.Option(1, "--gpus", min=1, help="Train on N GPUs with DistributedDataParallel (torchrun)."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="Train on N GPUs with DistributedDataParallel (torchrun); without a GPU (or with --device cpu), "
+                                     "N CPU processes over gloo."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Predict and score the fold's cases."),
 ) -> None:
     """Train one fold of a configuration; checkpoints, progress.png and validation in results/."""
@@ -451,7 +458,7 @@ def train(
     from autoseg.training.trainer import TrainingEvents, TrainingJob, TrainingSettings, run_training
     from autoseg.training.progress import format_epoch
 
-    distributed_device = _init_distributed_from_torchrun()
+    distributed_device = _init_distributed_from_torchrun(device)
     is_main = distributed_device is None or __import__("torch.distributed").distributed.get_rank() == 0
     workspace = state.workspace
     name = resolve_task(task)[0]

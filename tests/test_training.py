@@ -433,7 +433,7 @@ def test_end_of_training_validation_writes_segmentations_probabilities_and_summa
 
 
 def test_a_fresh_run_starts_a_new_log_and_removes_half_written_checkpoints(small_task, tmp_path):
-    run_training(training_job(small_task, tmp_path), tiny_settings(epochs=2))
+    run_training(training_job(small_task, tmp_path), tiny_settings(epochs=1))
     partial = tmp_path / ".checkpoint_latest.pt.k3j2.tmp"  # a save killed before its rename
     partial.write_bytes(b"\0" * 100)
     run_training(training_job(small_task, tmp_path), tiny_settings(epochs=1))
