@@ -317,3 +317,12 @@ def test_2d_configuration_predicts_slice_by_slice_in_the_input_geometry(block_pl
     prediction = predict_image(model, image[None], geometry, PredictionSettings(use_tta=True, batch_windows=64))
     assert prediction.geometry == geometry and block_dice(prediction.segmentation, label) > 0.95
     assert len(passes) % 4 == 0  # 4 mirror passes per batch in 2D
+
+
+def test_rerun_with_probabilities_redoes_cases_written_without_them(trained_workspace, tmp_path):
+    output = tmp_path / "out"
+    assert run(trained_workspace, str(trained_workspace / "in"), str(output), "--no-tta", "--part", "0/3").exit_code == 0
+    again = run(trained_workspace, str(trained_workspace / "in"), str(output), "--no-tta", "--part", "0/3",
+                "--save-probabilities")
+    assert again.exit_code == 0 and "1 written, 0 skipped" in again.output
+    assert (output / "case0.npz").is_file()

@@ -436,9 +436,13 @@ def predict_folder(model: TrainedModel, input_folder: Path, output_folder: Path,
             done = len(summary.written) + len(summary.skipped) + len(summary.failures)
             on_case(case_id, f"[{done}/{len(chosen)}] {status}")
 
+    def done_before(case_id: str) -> bool:  # probabilities are written first, the segmentation last
+        written = output_path_for(output_folder, case_id, cases[case_id]).exists()
+        return written and (not settings.save_probabilities or (output_folder / f"{case_id}.npz").exists())
+
     todo = []
     for case_id in chosen:
-        if output_path_for(output_folder, case_id, cases[case_id]).exists() and not overwrite:
+        if not overwrite and done_before(case_id):
             summary.skipped.append(case_id)
             report(case_id, "skipped (exists)")
         else:

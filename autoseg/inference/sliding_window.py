@@ -339,10 +339,12 @@ def _stitch_windows(networks: Sequence[Network], image: torch.Tensor, patch_size
             accumulator[(slice(None), *window)] += weighted[index]
         if progress is not None:
             progress(first + len(batch_corners), len(corners))
-    if not torch.isfinite(accumulator.sum(dtype=torch.float32)):  # no full-size mask needed
+    result = _float32_on_cpu(accumulator[(slice(None), *original)])
+    del accumulator
+    if not torch.isfinite(result.sum()):  # a sum propagates inf/NaN without a full-size mask or copy
         raise AutosegError("sliding-window output contains inf/NaN (a diverged network, or float16 "
                            "overflow of raw logits); retry with accumulate_dtype=torch.float32")
-    return _float32_on_cpu(accumulator[(slice(None), *original)])
+    return result
 
 
 def _channels_last_format(ndim: int) -> torch.memory_format:
@@ -383,9 +385,12 @@ def _mean_over_passes(networks: Sequence[Network], batch: torch.Tensor,
                 output = logits.float()
                 output = torch.softmax(output, dim=1) if softmax else output
                 output = output.flip(dims) if dims else output
-                # Out of place: a network may hand back (a view of) its input.
-                total = output if total is None else total + output
-    return total / (len(networks) * len(flips))
+                if total is None:
+                    # Raw logits may be (a view of) the network's input: copy before adding in place.
+                    total = output if softmax or dims else output.clone()
+                else:
+                    total += output
+        return total.div_(len(networks) * len(flips))
 
 
 def _check_logits(logits: object, batch: torch.Tensor, num_classes: int) -> None:
