@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,8 +16,10 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
     """Call `write(tmp_path)` and rename the result onto `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
+    # Created here rather than by tempfile.mkstemp, whose files are private (0600): an artifact gets the
+    # permissions of any new file (0666 less the umask).
+    tmp_name = str(path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    os.close(os.open(tmp_name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
     try:
         write(tmp_name)
         os.replace(tmp_name, path)

@@ -64,3 +64,18 @@ def training_workers(device_type: str, cpus: int, available_bytes: int, batch_by
         wanted = max(1, min(MAX_GPU_TRAINING_WORKERS, cpus - 1))
     fit = int(available_bytes * MEMORY_SHARE // max(1, batch_bytes * WORKER_BATCHES_IN_MEMORY))
     return max(0, min(wanted, fit)) if wanted else 0
+
+
+# Windows per network call in sliding-window inference. A GPU wants several to keep busy; a CPU's
+# cores are already busy inside one 3D window's convolutions, and a second mainly amortizes the
+# per-call overhead (2D patches, small networks).
+GPU_BATCH_WINDOWS = 4
+CPU_BATCH_WINDOWS = 2
+
+
+def inference_batch_windows(device_type: str, cpus: int, available_bytes: int, bytes_per_window: int) -> int:
+    """Windows per batch: GPU_BATCH_WINDOWS on CUDA/MPS, CPU_BATCH_WINDOWS on a multi-core CPU (1 on one
+    core), never more than fit in MEMORY_SHARE of the available (device) memory; at least 1."""
+    wanted = GPU_BATCH_WINDOWS if device_type != "cpu" else (CPU_BATCH_WINDOWS if cpus > 1 else 1)
+    fit = int(available_bytes * MEMORY_SHARE // max(1, bytes_per_window))
+    return max(1, min(wanted, fit))

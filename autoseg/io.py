@@ -271,8 +271,9 @@ def write_image(array_zyx: np.ndarray, geometry: Geometry, path: str | Path) -> 
 
 def segmentation_ending_for(image_ending: str) -> str:
     """File ending for the label map of an image with `image_ending`: the same one, except that lossy
-    JPEG would corrupt labels at every edge (PNG instead) and header/data pairs become one file."""
-    return {".jpg": ".png", ".jpeg": ".png", ".mhd": ".nii.gz", ".nhdr": ".nrrd"}.get(image_ending, image_ending)
+    JPEG would corrupt labels at every edge (PNG instead) and a header/data pair becomes the single-file
+    variant of its format (MetaImage .mha, NRRD .nrrd)."""
+    return {".jpg": ".png", ".jpeg": ".png", ".mhd": ".mha", ".nhdr": ".nrrd"}.get(image_ending, image_ending)
 
 
 def write_segmentation(segmentation: np.ndarray, geometry: Geometry, path: str | Path) -> Path:

@@ -272,3 +272,15 @@ def test_training_workers_from_device_cpus_and_memory():
     assert training_workers("cuda", cpus=4, available_bytes=64 * GB, batch_bytes=batch) == 3
     # 2 GB free, half of it for workers holding 4 batches of 100 MB: 2 workers fit.
     assert training_workers("cuda", cpus=16, available_bytes=2 * GB, batch_bytes=batch) == 2
+
+
+def test_inference_batch_windows_from_device_cpus_and_memory():
+    from autoseg.hardware import inference_batch_windows
+
+    window = 1 * GB  # the feature maps of one planned 3D full-res window
+    assert inference_batch_windows("cpu", cpus=8, available_bytes=64 * GB, bytes_per_window=window) == 2
+    assert inference_batch_windows("cpu", cpus=1, available_bytes=64 * GB, bytes_per_window=window) == 1
+    assert inference_batch_windows("cuda", cpus=8, available_bytes=80 * GB, bytes_per_window=window) == 4
+    # 3 GB free: half of it holds one window, so one at a time (and never zero, even with less).
+    assert inference_batch_windows("cuda", cpus=8, available_bytes=3 * GB, bytes_per_window=window) == 1
+    assert inference_batch_windows("cpu", cpus=8, available_bytes=GB // 4, bytes_per_window=window) == 1

@@ -108,3 +108,17 @@ def test_channel_files_with_different_grids_are_refused(tmp_path):
     write_image(np.zeros(GEOMETRY.shape, np.float32), other, tmp_path / "c_0001.nii.gz")
     with pytest.raises(ImageReadError, match="c_0001.nii.gz: channel geometry differs"):
         read_image([tmp_path / "c_0000.nii.gz", tmp_path / "c_0001.nii.gz"])
+
+
+def test_a_segmentation_keeps_its_images_format_in_one_file(tmp_path):
+    from autoseg.io import segmentation_ending_for
+
+    assert [segmentation_ending_for(e) for e in (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr", ".jpg", ".png")] \
+        == [".nii.gz", ".nii", ".mha", ".mha", ".nrrd", ".nrrd", ".png", ".png"]
+    labels = np.zeros((3, 4, 5), dtype=np.int16)
+    labels[1, 2, 3] = 2
+    geometry = Geometry(shape=(3, 4, 5), spacing_zyx=(2.5, 0.8, 0.7), origin_xyz=(1.0, 2.0, 3.0))
+    path = write_segmentation(labels, geometry, tmp_path / f"case{segmentation_ending_for('.mhd')}")
+    back, back_geometry = read_segmentation(path)
+    assert np.array_equal(back, labels) and back_geometry.spacing_zyx == pytest.approx((2.5, 0.8, 0.7))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["case.mha"]  # no .raw beside it

@@ -211,6 +211,23 @@ def test_resume_from_an_older_checkpoint_rewrites_the_log_to_match_it(small_task
                                                       "note after epoch 3", "note after epoch 3", "epoch 4"]
 
 
+def test_resume_from_a_latest_checkpoint_older_than_the_best_keeps_the_best_score(small_task, tmp_path):
+    from autoseg.training.checkpoint import save_checkpoint
+
+    with pytest.raises(_Killed):
+        run_training(training_job(small_task, tmp_path), tiny_settings(epochs=3, checkpoint_every=2),
+                     _kill_after(3))
+    # Make the best checkpoint the best there could be (as if epoch 3 had reached EMA 1.0).
+    best = load_checkpoint(tmp_path / "checkpoint_best.pt")
+    save_checkpoint({**best, "best_ema": 1.0}, tmp_path / "checkpoint_best.pt")
+    assert load_checkpoint(tmp_path / "checkpoint_latest.pt")["best_ema"] < 1.0
+    trainer = Trainer(training_job(small_task, tmp_path, resume=True), tiny_settings(epochs=4))
+    trainer.restore(tmp_path / "checkpoint_latest.pt")
+    assert trainer.best_ema == 1.0
+    trainer.run()  # no later epoch beats 1.0, so checkpoint_best.pt is left as it was
+    assert load_checkpoint(tmp_path / "checkpoint_best.pt")["best_ema"] == 1.0
+
+
 @pytest.mark.parametrize("keep", [0, 100, 0.5, -50])
 def test_truncated_checkpoint_raises_checkpoint_error(trained_fold, tmp_path, keep):
     source = (trained_fold[0] / "checkpoint_final.pt").read_bytes()
@@ -400,9 +417,10 @@ def test_device_choice_and_mixed_precision_per_device():
         with pytest.raises(AutosegError, match="expected auto, cuda, cuda:N, cpu or mps"):
             pick_device(name)
     assert pick_device("cpu") == torch.device("cpu")
-    # AMP (fp16 autocast + GradScaler) on CUDA only; fp32 elsewhere unless asked for.
+    # auto: fp16 AMP (with GradScaler) on CUDA, bf16 on a CPU with hardware bf16, fp32 elsewhere.
     assert autocast_dtype("auto", torch.device("cuda")) == torch.float16
-    assert autocast_dtype("auto", torch.device("cpu")) is None
+    assert autocast_dtype("auto", torch.device("cpu"), cpu_bf16=False) is None
+    assert autocast_dtype("auto", torch.device("cpu"), cpu_bf16=True) == torch.bfloat16
     assert autocast_dtype("auto", torch.device("mps")) is None
     assert autocast_dtype("bf16", torch.device("cpu")) == torch.bfloat16
 

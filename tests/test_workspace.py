@@ -33,3 +33,19 @@ def test_autoseg_home_from_the_environment(tmp_path, small_ct_dataset):
     result = runner.invoke(app, ["--home", str(tmp_path / "flag"), "fingerprint", str(small_ct_dataset)],
                            env={"AUTOSEG_HOME": str(tmp_path / "env")})
     assert (tmp_path / "flag" / "preprocessed" / "Task900_Demo" / "fingerprint.json").is_file()
+
+
+def test_artifacts_get_the_permissions_of_any_new_file(tmp_path):
+    import os
+
+    from autoseg.artifacts import write_json
+
+    mask = os.umask(0o022)
+    try:
+        path = write_json(tmp_path / "plans.json", {"a": 1})
+        plain = tmp_path / "plain.txt"
+        plain.write_text("x")
+    finally:
+        os.umask(mask)
+    # mkstemp's temporary is private (0600); the renamed artifact must be readable like any other file.
+    assert (path.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)

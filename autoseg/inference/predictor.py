@@ -68,12 +68,8 @@ class TrainedModel:
 
     @property
     def pixel_spacing(self) -> tuple[float, float] | None:
-        """(y, x) mm of the pictures the plan was made for (dataset.json `pixel_spacing`, else 1): given
-        pictures are read at it, so none is resampled. None for volumes, whose files hold their spacing."""
-        from autoseg.io import PSEUDO_3D_Z_SPACING
-
-        spacing_zyx = [self.plans.original_median_spacing[axis] for axis in self.plans.transpose_backward]
-        return (float(spacing_zyx[1]), float(spacing_zyx[2])) if spacing_zyx[0] >= PSEUDO_3D_Z_SPACING else None
+        """(y, x) mm at which given pictures are read (`Plans.pixel_spacing`); None for volumes."""
+        return self.plans.pixel_spacing
 
 
 @dataclass
@@ -170,10 +166,22 @@ def _autocast_dtype(model: TrainedModel, settings: PredictionSettings):
 
 
 def _batch_windows(model: TrainedModel, settings: PredictionSettings) -> int:
+    """--batch-windows, else from the device, its CPU count and free memory (autoseg.hardware)."""
     if settings.batch_windows:
         return settings.batch_windows
-    # A CPU gains nothing from batches beyond keeping its cores busy; a GPU wants several windows.
-    return 4 if model.device.type == "cuda" else 2
+    from autoseg.hardware import available_memory_bytes, inference_batch_windows, usable_cpus
+    from autoseg.network.architecture import feature_map_elements
+
+    configuration = model.configuration
+    # Forward only, but skip connections keep the encoder's maps alive: count every map, 4 bytes each.
+    bytes_per_window = 4 * feature_map_elements(configuration.architecture, configuration.patch_size)
+    if model.device.type == "cuda":
+        import torch
+
+        available = torch.cuda.mem_get_info(model.device)[0]
+    else:
+        available = available_memory_bytes()
+    return inference_batch_windows(model.device.type, usable_cpus(), available, bytes_per_window)
 
 
 def preprocess_for(model: TrainedModel, image: np.ndarray, geometry: Geometry, case_id: str = "",

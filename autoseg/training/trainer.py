@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from autoseg.errors import AutosegError
+from autoseg.errors import AutosegError, CheckpointError
 from autoseg.training.checkpoint import check_identity, load_checkpoint, save_checkpoint
 
 # nnU-Net's optimisation constants (reference section 5.1).
@@ -43,7 +43,7 @@ class TrainingSettings:
     validation_iterations: int = 50
     num_workers: int = 2
     device: str = "auto"  # auto | cuda | cpu | mps
-    precision: str = "auto"  # auto (fp16 AMP on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (`autocast_dtype`: fp16 on CUDA, bf16 on hardware-bf16 CPUs) | fp32 | bf16 | fp16
     seed: int | None = None
     checkpoint_every: int | None = None  # epochs; None: chosen from the measured save time
     channels_last: bool = False
@@ -119,11 +119,18 @@ def pick_device(requested: str):
     return torch.device(requested)
 
 
-def autocast_dtype(precision: str, device) -> "torch.dtype | None":
+def autocast_dtype(precision: str, device, cpu_bf16: bool | None = None) -> "torch.dtype | None":
+    """The autocast dtype of a precision; "auto" is the device's mixed precision (`choose_precision`: fp16 on
+    CUDA, bf16 on a CPU with hardware bf16, else none), which the trainer confirms on its first epochs.
+    `cpu_bf16` states whether the CPU has hardware bf16 (default: read from the machine)."""
     import torch
 
     if precision == "auto":
-        return torch.float16 if device.type == "cuda" else None
+        from autoseg.planning.device_speed import choose_precision, cpu_supports_bf16
+
+        if device.type == "cpu" and cpu_bf16 is None:
+            cpu_bf16 = cpu_supports_bf16()
+        precision = choose_precision(device.type, bool(cpu_bf16))
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -311,7 +318,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler_state"])
         self.epoch = int(state["epoch"])
         self.log = EpochLog(**state["log"])
-        self.best_ema = state.get("best_ema")
+        self.best_ema = self._best_ema_so_far(state.get("best_ema"))
         if state.get("precision_checked"):  # keep the check's verdict (e.g. a fall-back to fp32)
             self.precision_checked = True
             self._set_precision(state["inference"]["precision"])
@@ -339,6 +346,20 @@ class Trainer:
 
             append_note(self.job.output_folder / "training_log.txt", self.epoch, text)
         self.events.on_message(text)
+
+    def _best_ema_so_far(self, restored: float | None) -> float | None:
+        """The higher of the restored best EMA and checkpoint_best.pt's: resuming from a latest checkpoint older
+        than the best one must not let a worse epoch overwrite checkpoint_best.pt."""
+        best_file = self.job.output_folder / "checkpoint_best.pt"
+        if not best_file.is_file():
+            return restored
+        try:
+            stored = load_checkpoint(best_file).get("best_ema")
+        except CheckpointError:  # damaged: the next best epoch rewrites it
+            return restored
+        if stored is None or (restored is not None and restored >= stored):
+            return restored
+        return float(stored)
 
     def _save(self, name: str) -> float:
         if not self.dist.is_main:
