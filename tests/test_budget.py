@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -146,6 +147,30 @@ def test_measurement_times_steps_with_the_given_clock():
     assert speed.model.seconds_fixed == pytest.approx(1.0)
     assert speed.max_relative_error == pytest.approx(0.0, abs=1e-9)
     assert speed.dimension == 3 and speed.precision == "fp32" and speed.identity["threads"] >= 1
+
+
+def test_on_a_cpu_each_iteration_also_pays_for_its_batch_of_data():
+    from dataclasses import replace as replaced
+
+    from autoseg.planning.device_speed import DataPipelineModel, time_data_pipeline
+
+    ticks = iter(range(0, 10_000, 1))  # every timed step, network or data, lasts exactly 1 s
+    speed = measure_device_speed("cpu", tiny_probes(), "fp32", warmup_steps=1, timed_steps=2,
+                                 clock=lambda: float(next(ticks)))
+    assert speed.data_pipeline.seconds_fixed == pytest.approx(1.0)
+    assert speed.data_pipeline.seconds_per_voxel == pytest.approx(0.0, abs=1e-12)
+    probe = tiny_probes()[0]
+    # 1 s of network (the fitted constant) + 1 s of sampling and augmentation
+    assert speed.seconds_per_iteration(probe.architecture, probe.patch_size, probe.batch_size) == pytest.approx(2.0)
+    # A GPU's workers run on otherwise idle cores: no data term.
+    on_gpu = replaced(speed, device="cuda")
+    assert on_gpu.seconds_per_iteration(probe.architecture, probe.patch_size, probe.batch_size) == pytest.approx(1.0)
+    assert DeviceSpeed.from_json(json.loads(json.dumps(speed.to_json()))) == speed
+    pipeline = DataPipelineModel(seconds_fixed=0.01, seconds_per_voxel=1e-8)
+    assert pipeline.seconds([10, 20, 30], batch_size=2, input_channels=3) == pytest.approx(0.01 + 1e-8 * 2 * 4 * 6000)
+    # The real pipeline runs for 2D (slices of 3D arrays) and 3D patches.
+    assert time_data_pipeline([32, 32], 4, 3, 1, time.perf_counter, 0) > 0
+    assert time_data_pipeline([16, 24, 24], 2, 1, 1, time.perf_counter, 0) > 0
 
 
 def test_load_or_measure_writes_the_cache_and_reuses_it(tmp_path):

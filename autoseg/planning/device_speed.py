@@ -38,7 +38,7 @@ from autoseg.artifacts import read_json, write_json
 from autoseg.errors import AutosegError, PlanError
 from autoseg.network.architecture import Architecture, feature_map_elements, stage_shapes
 
-DEVICE_SPEED_SCHEMA_VERSION = 1
+DEVICE_SPEED_SCHEMA_VERSION = 2  # 2: the data pipeline's cost
 PRECISIONS = ("fp32", "bf16", "fp16")
 # Timing protocol: the first step allocates buffers and picks kernels; it is not timed. The median of
 # 3 timed steps survives one step slowed by another process.
@@ -85,8 +85,27 @@ class CostModel:
 
 
 @dataclass
+class DataPipelineModel:
+    """Seconds to sample and augment one training batch on one CPU core (as a loader worker runs it):
+    seconds_fixed + seconds_per_voxel * batch * (input channels + 1 label map) * patch voxels."""
+
+    seconds_fixed: float
+    seconds_per_voxel: float
+
+    def seconds(self, patch_size: list[int], batch_size: int, input_channels: int) -> float:
+        return float(self.seconds_fixed + self.seconds_per_voxel * batch_size * (input_channels + 1)
+                     * math.prod(patch_size))
+
+
+@dataclass
 class DeviceSpeed:
-    """The measured speed of one device at one precision for networks of one dimension."""
+    """The measured speed of one device at one precision for networks of one dimension.
+
+    On a CPU the augmentation workers share the cores with the network (measured on 2 cores: a
+    training iteration with one worker takes as long as with in-process loading, network plus data
+    time), so `data_pipeline` is added to each iteration; on a GPU the workers run on otherwise idle
+    cores and keep up (bench/data_loading.py), so it is not.
+    """
 
     device: str  # "cpu" | "cuda" | "mps"
     precision: str  # "fp32" | "bf16" | "fp16"
@@ -96,12 +115,17 @@ class DeviceSpeed:
     samples: list[SpeedSample] = field(default_factory=list)
     identity: dict = field(default_factory=dict)  # machine identity (see `machine_identity`)
     measured_seconds: float = 0.0  # wall-clock the benchmark took, warm-ups included
+    data_pipeline: DataPipelineModel | None = None
     schema_version: int = DEVICE_SPEED_SCHEMA_VERSION
 
     def seconds_per_iteration(self, architecture: Architecture, patch_size: list[int], batch_size: int) -> float:
-        """Predicted seconds of one training iteration (forward, loss, backward, optimizer step)."""
+        """Predicted seconds of one training iteration (forward, loss, backward, optimizer step, and on a
+        CPU the sampling and augmentation of its batch)."""
         elements, macs = work_of(architecture, patch_size, batch_size)
-        return self.model.seconds(elements, macs)
+        seconds = self.model.seconds(elements, macs)
+        if self.device == "cpu" and self.data_pipeline is not None:
+            seconds += self.data_pipeline.seconds(patch_size, batch_size, architecture.input_channels)
+        return seconds
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -113,8 +137,10 @@ class DeviceSpeed:
             raise PlanError(f"{where}: schema_version {found!r}, expected {DEVICE_SPEED_SCHEMA_VERSION}; "
                             "delete the file to measure again")
         try:
+            pipeline = data.get("data_pipeline")
             return cls(**{**data, "model": CostModel(**data["model"]),
-                          "samples": [SpeedSample(**s) for s in data.get("samples", [])]})
+                          "samples": [SpeedSample(**s) for s in data.get("samples", [])],
+                          "data_pipeline": DataPipelineModel(**pipeline) if pipeline is not None else None})
         except (TypeError, KeyError) as e:
             raise PlanError(f"{where}: malformed device speed ({e}); delete the file to measure again") from None
 
@@ -257,9 +283,77 @@ def measure_device_speed(device: str, probes: Sequence[Probe], precision: str, *
         samples.append(SpeedSample(list(probe.patch_size), list(probe.architecture.features_per_stage),
                                    probe.batch_size, elements, macs, seconds))
     model, error = fit_cost_model(samples)
+    pipeline = measure_data_pipeline(probes, timed_steps, clock, seed) if torch_device.type == "cpu" else None
     return DeviceSpeed(device=torch_device.type, precision=precision, dimension=dimension, model=model,
                        max_relative_error=error, samples=samples, identity=machine_identity(device, precision, dimension),
-                       measured_seconds=time.perf_counter() - started)
+                       measured_seconds=time.perf_counter() - started, data_pipeline=pipeline)
+
+
+# --- data pipeline ------------------------------------------------------------------------------
+class _SyntheticCase:
+    """A CaseSource (autoseg.training.sampling) of one random case, for timing the data pipeline."""
+
+    def __init__(self, shape: tuple[int, ...], channels: int, seed: int):
+        rng = np.random.default_rng(seed)
+        self.data = rng.standard_normal((channels, *shape)).astype(np.float32)
+        self.seg = (rng.random(shape) < 0.1).astype(np.int16)
+        self.locations = {1: np.argwhere(self.seg == 1)[:10_000]}
+
+    def arrays(self, case_id: str):
+        return self.data, self.seg
+
+    def foreground_locations(self, case_id: str):
+        return self.locations
+
+
+def time_data_pipeline(patch_size: list[int], batch_size: int, channels: int, timed_steps: int,
+                       clock: Callable[[], float], seed: int) -> float:
+    """Median seconds to sample and augment one batch of `patch_size` (the training pipeline of
+    autoseg.training.data, enlarged reads included) with one BLAS thread, as a loader worker runs it."""
+    from threadpoolctl import threadpool_limits
+
+    from autoseg.training.augmentation import rotation_and_dummy_2d_for, training_transforms
+    from autoseg.training.data import read_patch_size_for
+    from autoseg.training.sampling import PatchSampler
+
+    dimension = len(patch_size)
+    setup = rotation_and_dummy_2d_for(patch_size, dimension)
+    read_size = read_patch_size_for(patch_size, setup)
+    case_shape = tuple(int(math.ceil(1.2 * r)) for r in read_size)
+    if dimension == 2:  # a 2D configuration samples slices of 3D arrays
+        case_shape = (4, *case_shape)
+    sampler = PatchSampler(_SyntheticCase(case_shape, channels, seed), ["case"], patch_size, batch_size,
+                           read_patch_size=read_size)
+    transforms = training_transforms(patch_size, dimension=dimension, rotation_range_deg=setup.rotation_range_deg,
+                                     do_dummy_2d=setup.do_dummy_2d, mirror_axes=setup.mirror_axes,
+                                     use_mask_for_norm_any=False)
+    rng = np.random.default_rng(seed)
+    np.random.seed(seed)  # batchgenerators draws from numpy's global generator
+    durations = []
+    with threadpool_limits(1):
+        for step in range(WARMUP_STEPS + timed_steps):
+            started = clock()
+            transforms(**sampler.sample_batch(rng))
+            if step >= WARMUP_STEPS:
+                durations.append(clock() - started)
+    return float(np.median(durations))
+
+
+def measure_data_pipeline(probes: Sequence[Probe], timed_steps: int, clock: Callable[[], float],
+                          seed: int) -> DataPipelineModel:
+    """The data pipeline's cost per batch, fitted (non-negative least squares) to the probes' patch sizes."""
+    from scipy.optimize import nnls
+
+    sizes = sorted({(tuple(p.patch_size), p.batch_size, p.architecture.input_channels) for p in probes})
+    rows, seconds = [], []
+    for patch, batch, channels in sizes:
+        seconds.append(time_data_pipeline(list(patch), batch, channels, timed_steps, clock, seed))
+        rows.append([1.0, float(batch * (channels + 1) * math.prod(patch))])
+    design, measured = np.array(rows), np.array(seconds)
+    scale = design.max(axis=0)
+    coefficients, _ = nnls(design / scale / measured[:, None], np.ones_like(measured))
+    fixed, per_voxel = coefficients / scale
+    return DataPipelineModel(float(fixed), float(per_voxel))
 
 
 # --- machine identity and cache -----------------------------------------------------------------
