@@ -128,3 +128,45 @@ def small_task(tmp_path_factory) -> SmallTask:
     if not _SESSION_TASK:
         _SESSION_TASK.append(make_small_task(tmp_path_factory.mktemp("small_task")))
     return _SESSION_TASK[0]
+
+
+# The learning run: 3 epochs x 20 iterations of batch 2 (15 s on an idle 2-core CPU, ~1.5 min loaded).
+LEARNING_EPOCHS, LEARNING_ITERATIONS = 3, 20
+
+
+@dataclass(frozen=True)
+class TrainedFold:
+    """Fold 0 of the small task trained for LEARNING_EPOCHS x LEARNING_ITERATIONS, then validated
+    without TTA (read-only: copy before modifying)."""
+
+    configuration_folder: Path  # results/.../3d_fullres
+    log: object  # autoseg.training.trainer.EpochLog
+    summary: object  # autoseg.evaluation.EvaluationSummary of the fold's validation
+    seconds: float  # training and validation
+
+    @property
+    def folder(self) -> Path:
+        return self.configuration_folder / "fold_0"
+
+
+_SESSION_FOLD: list[TrainedFold] = []
+
+
+@pytest.fixture(scope="session")
+def trained_small_fold(small_task, tmp_path_factory) -> TrainedFold:
+    """The small task's fold 0, trained once per test session (the tests that learn share it)."""
+    import time
+
+    from autoseg.training.trainer import run_training
+    from autoseg.training.validation import validate_fold
+
+    if not _SESSION_FOLD:
+        configuration_folder = tmp_path_factory.mktemp("results") / CONFIGURATION
+        job = training_job(small_task, configuration_folder / "fold_0", fold=0)
+        started = time.perf_counter()
+        log = run_training(job, tiny_settings(epochs=LEARNING_EPOCHS, iterations_per_epoch=LEARNING_ITERATIONS,
+                                              validation_iterations=2, checkpoint_every=None))
+        summary = validate_fold(small_task.plans, CONFIGURATION, configuration_folder, "0", small_task.data_folder,
+                                small_task.reference_folder, job.val_ids, device="cpu", use_tta=False)
+        _SESSION_FOLD.append(TrainedFold(configuration_folder, log, summary, time.perf_counter() - started))
+    return _SESSION_FOLD[0]

@@ -1,4 +1,4 @@
-"""End to end: a short training on the small synthetic task, then `predict_folder` on unseen cases
+"""End to end: the session's short training on the small synthetic task, then `predict_folder` on unseen cases
 read from files must reach the Dice the fold validation measured (within a margin).
 
 The validation Dice is measured on preprocessed held-out cases; the test cases go through the
@@ -8,7 +8,6 @@ restore to the original grid -> written -> read back and scored against their la
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 
 import numpy as np
@@ -17,29 +16,19 @@ import pytest
 from autoseg.demo import make_demo_dataset
 from autoseg.inference.predictor import PredictionSettings, load_trained_model, predict_folder
 from autoseg.io import read_image, read_segmentation
-from helpers_training import CONFIGURATION, SMALL_SPEC, small_task, tiny_settings, training_job  # noqa: F401
+from helpers_training import CONFIGURATION, SMALL_SPEC, small_task, trained_small_fold  # noqa: F401
 
-# 2 epochs x 20 iterations of batch 2: organ Dice ~0.9 on the held-out cases (3 x 20 gives 0.95).
-EPOCHS, ITERATIONS = 2, 20
 MIN_VALIDATION_DICE = 0.7
 # Test cases come from the same generator (another seed): they may score a little lower or higher.
 DICE_MARGIN = 0.1
 
 
 @pytest.fixture(scope="module")
-def trained_model_and_validation(small_task, tmp_path_factory):
-    from autoseg.training.trainer import run_training
-    from autoseg.training.validation import validate_fold
-
-    configuration_folder = tmp_path_factory.mktemp("results") / CONFIGURATION
-    job = training_job(small_task, configuration_folder / "fold_0", fold=0)
-    started = time.perf_counter()
-    run_training(job, tiny_settings(epochs=EPOCHS, iterations_per_epoch=ITERATIONS, validation_iterations=1,
-                                    checkpoint_every=None))
-    summary = validate_fold(small_task.plans, CONFIGURATION, configuration_folder, "0", small_task.data_folder,
-                            small_task.reference_folder, job.val_ids, device="cpu", use_tta=False)
-    model = load_trained_model(configuration_folder, small_task.plans, CONFIGURATION, folds=["0"], device="cpu")
-    return model, summary.mean["1"]["Dice"], time.perf_counter() - started
+def trained_model_and_validation(small_task, trained_small_fold):
+    """(model of the session's learning run, its validation organ Dice, seconds of training and validation)."""
+    run = trained_small_fold
+    model = load_trained_model(run.configuration_folder, small_task.plans, CONFIGURATION, folds=["0"], device="cpu")
+    return model, run.summary.mean["1"]["Dice"], run.seconds
 
 
 def organ_dice(prediction: np.ndarray, reference: np.ndarray) -> float:

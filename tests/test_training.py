@@ -22,31 +22,22 @@ from autoseg.errors import AutosegError, CheckpointError
 from autoseg.training.checkpoint import load_checkpoint
 from autoseg.training.splits import NUM_FOLDS, SPLIT_SEED, fold_cases, load_or_create_splits, make_splits
 from autoseg.training.trainer import INITIAL_LR, Trainer, TrainingEvents, poly_lr, run_training
-from helpers_training import CONFIGURATION, TASK_NAME, small_task, tiny_settings, training_job  # noqa: F401
+from helpers_training import (CONFIGURATION, LEARNING_EPOCHS, LEARNING_ITERATIONS, TASK_NAME,  # noqa: F401
+                              small_task, tiny_settings, trained_small_fold, training_job)
 
 CHECKPOINT_KEYS = {"format", "network_weights", "optimizer_state", "scaler_state", "epoch", "planned_epochs",
                    "iterations_per_epoch", "validation_iterations", "log",
                    "best_ema", "identity", "inference", "precision_checked"}
-# The learning run: 3 epochs x 20 iterations of batch 2 (15 s on an idle 2-core CPU, ~1.5 min loaded).
-LEARNING_EPOCHS, LEARNING_ITERATIONS = 3, 20
 # Organ Dice on the 2 held-out cases, sliding window without TTA: measured 0.95 (0.97 after 80
 # iterations); 0.8 leaves margin for other CPUs' arithmetic.
 MIN_ORGAN_DICE = 0.8
 
 
 @pytest.fixture(scope="module")
-def trained_fold(small_task, tmp_path_factory):
-    """Fold 0 trained for 3x20 iterations, then validated: (fold folder, EpochLog, summary, seconds)."""
-    from autoseg.training.validation import validate_fold
-
-    configuration_folder = tmp_path_factory.mktemp("results") / CONFIGURATION
-    job = training_job(small_task, configuration_folder / "fold_0", fold=0)
-    started = time.perf_counter()
-    log = run_training(job, tiny_settings(epochs=LEARNING_EPOCHS, iterations_per_epoch=LEARNING_ITERATIONS,
-                                          validation_iterations=2, checkpoint_every=None))
-    summary = validate_fold(small_task.plans, CONFIGURATION, configuration_folder, "0", small_task.data_folder,
-                            small_task.reference_folder, job.val_ids, device="cpu", use_tta=False)
-    return job.output_folder, log, summary, time.perf_counter() - started
+def trained_fold(trained_small_fold):
+    """(fold folder, EpochLog, summary, seconds) of the session's learning run."""
+    run = trained_small_fold
+    return run.folder, run.log, run.summary, run.seconds
 
 
 # ------------------------------------------------------------------------------------ learning
