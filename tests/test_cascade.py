@@ -217,6 +217,7 @@ def test_cascade_end_to_end_through_the_cli(tmp_path):
     # Fold 1's cases have no low-res prediction yet: cascade training refuses, naming that fold.
     refused = run_cli("--home", home, "train", "3d_cascade_fullres", "--fold", "0", *TRAIN, expect_exit=1)
     assert "2 of 4 are missing" in refused.output and "`autoseg train 3d_lowres --fold 1`" in refused.output
+    assert not (results / "3d_cascade_fullres" / "fold_0").exists()  # refused before writing anything
     run_cli("--home", home, "train", "3d_lowres", "--fold", "1", *TRAIN)
     for case_id in SPLITS[0]["val"] + SPLITS[1]["val"]:  # every case, on the full-res grid
         stored = np.load(next_stage / f"{case_id}.npy")

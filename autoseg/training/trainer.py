@@ -275,16 +275,20 @@ class Trainer:
             self._random_data_seed = secrets.randbelow(2**31)
         return self._random_data_seed
 
-    def _loaders(self):
+    def _previous_stage_inputs(self) -> dict:
+        """A cascade stage also reads the previous stage's predictions from results/TASK (an error
+        naming the folds still to train when some are missing); {} for any other configuration."""
         from autoseg.cascade import previous_stage_inputs
+
+        return previous_stage_inputs(self.job.plans, self.job.configuration_name,
+                                     self.job.output_folder.parent.parent, [*self.job.train_ids, *self.job.val_ids])
+
+    def _loaders(self):
         from autoseg.training.data import make_training_loaders
 
         seed = self._data_seed() + 1000 * self.dist.rank + 7919 * self.epoch
         first_sample, batch_size, global_batch_size = self._batch_slot()
-        # A cascade stage also reads the previous stage's predictions from results/TASK (an error
-        # naming the folds still to train when some are missing); {} for any other configuration.
-        cascade = previous_stage_inputs(self.job.plans, self.job.configuration_name,
-                                        self.job.output_folder.parent.parent, [*self.job.train_ids, *self.job.val_ids])
+        cascade = self._previous_stage_inputs()
         return make_training_loaders(
             data_folder=self.job.data_folder, configuration=self.configuration,
             train_ids=self.job.train_ids, val_ids=self.job.val_ids,
@@ -485,6 +489,8 @@ class Trainer:
     def run(self) -> EpochLog:
         import torch
 
+        if not self.job.resume:
+            self._previous_stage_inputs()  # refuse a cascade without its inputs before making its folder
         self.job.output_folder.mkdir(parents=True, exist_ok=True)
         self._prepare_output_folder()
         if self.job.resume:
