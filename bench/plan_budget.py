@@ -12,7 +12,9 @@ Steps: the micro-benchmark of each dataset's probes at fp32 and, where the devic
 (`measure_speeds`, as `autoseg plan --time-budget`; cached in --cache, default
 /tmp/autoseg_bench_device_speed.json; --refresh measures again); then per budget the decision
 (`best_decision`: the precision whose plan loses the least) and the MEASURED median seconds of
---steps timed training iterations (after one warm-up) of the chosen patch/width/batch at that precision. Wall-clock: on a shared machine the load average
+--steps timed training iterations (after one warm-up) of the chosen patch/width/batch at that precision,
+plus on a CPU the measured seconds to sample and augment one batch (the loader worker shares the cores,
+as the prediction assumes). Wall-clock: on a shared machine the load average
 (printed) tells how much of the error is contention.
 """
 
@@ -27,7 +29,7 @@ from autoseg.fingerprint import ChannelIntensity, Fingerprint
 from autoseg.planning import plan_experiment
 from autoseg.planning.budget import apply_budget, candidate_architecture, format_duration, parse_duration
 from autoseg.planning.compute_aware import best_decision, measure_speeds
-from autoseg.planning.device_speed import Probe, cpu_supports_bf16, time_training_iteration
+from autoseg.planning.device_speed import Probe, cpu_supports_bf16, time_data_pipeline, time_training_iteration
 
 INTENSITY = ChannelIntensity(mean=0.0, std=1.0, median=0.0, min=-1.0, max=1.0, percentile_00_5=-1.0,
                              percentile_99_5=1.0)
@@ -60,6 +62,9 @@ def measured_speeds(plans, device: str, cache: str, refresh: bool):
         print(f"  {precision}: cost model {m.seconds_fixed:.3f} s + {m.seconds_per_element:.3g} s/element + "
               f"{m.seconds_per_mac:.3g} s/MAC; worst fit error on the probes {speed.max_relative_error:.1%}; "
               f"benchmark {speed.measured_seconds:.1f} s ({'cached' if took < 0.5 * speed.measured_seconds else 'measured now'})")
+        if speed.data_pipeline is not None:
+            d = speed.data_pipeline
+            print(f"      data pipeline per batch: {d.seconds_fixed:.3f} s + {d.seconds_per_voxel:.3g} s/voxel")
         for s in speed.samples:
             print(f"      probe patch {s.patch_size} width {s.features_per_stage[0]} batch {s.batch_size}: "
                   f"{s.seconds:.3f} s measured, {m.seconds(s.elements, s.macs):.3f} s fitted")
@@ -86,14 +91,18 @@ def run_dataset(name: str, budgets: list[str], device: str, cache: str, refresh:
         probe = Probe(architecture, decision.patch_size, decision.batch_size)
         import torch
 
-        measured = time_training_iteration(probe, torch.device(device), decision.precision, warmup_steps=1,
-                                           timed_steps=steps, clock=time.perf_counter, seed=0)
+        network = time_training_iteration(probe, torch.device(device), decision.precision, warmup_steps=1,
+                                          timed_steps=steps, clock=time.perf_counter, seed=0)
+        # On a CPU the loader worker shares the cores, so an iteration costs network + data (as predicted).
+        data = (time_data_pipeline(decision.patch_size, decision.batch_size, architecture.input_channels, steps,
+                                   time.perf_counter, seed=0) if device == "cpu" else 0.0)
+        measured = network + data
         error = (decision.seconds_per_iteration - measured) / measured
         other = ", ".join(f"{p} {s:.2f}" for p, s in decision.seconds_per_iteration_by_precision.items()
                           if p != decision.precision)
         rows.append(f"| {name} | {budget} | {decision.patch_size} | {decision.base_features} | {decision.batch_size} | "
                     f"{decision.epochs} x {decision.iterations_per_epoch} | {decision.precision} | "
-                    f"{decision.seconds_per_iteration:.2f} | {measured:.2f} | {error:+.0%} | "
+                    f"{decision.seconds_per_iteration:.2f} | {network:.2f} + {data:.2f} | {error:+.0%} | "
                     f"{format_duration(decision.seconds_per_fold)} | {format_duration(decision.seconds_final_validation)} | "
                     f"{other} | {os.getloadavg()[0]:.1f} |")
         print(rows[-1], flush=True)
@@ -118,7 +127,7 @@ def main() -> None:
     for name in args.datasets:
         rows += run_dataset(name, QUICK_BUDGETS if args.quick else BUDGETS, args.device, args.cache, args.refresh, args.steps)
     print("\n| dataset | budget | patch | width | batch | epochs x its | precision | predicted s/it | measured s/it "
-          "| error | predicted fold | of which final val. | other precision s/it | load |")
+          "(network + data) | error | predicted fold | of which final val. | other precision s/it | load |")
     print("|" + "---|" * 14)
     print("\n".join(rows))
 
