@@ -30,4 +30,4 @@ for path in (reference / "labelsTr").iterdir():
     if path.name not in {p.name for p in (home / "predictions").iterdir()}:
         path.unlink()
 PY
-autoseg evaluate "$HOME_DIR/predictions" "$HOME_DIR/reference/Task900_Demo/labelsTr" --labels 1,2
+autoseg evaluate "$HOME_DIR/predictions" "$HOME_DIR/reference/Task900_Demo/labelsTr"  # labels named by the task
