@@ -377,10 +377,23 @@ def preprocess(
 
 
 def _default_configuration(plans) -> str:
+    """3d_fullres, else 2d, else the first configuration; among those within the time budget, if any."""
+    fitting = [n for n in plans.configuration_names if plans.configuration(n).over_budget is None]
     for name in ("3d_fullres", "2d"):
-        if name in plans.configurations:
+        if name in fitting:
             return name
-    return plans.configuration_names[0]
+    return (fitting or plans.configuration_names)[0]
+
+
+def _over_budget_refusal(plans, configuration: str, over_budget: dict) -> str:
+    from autoseg.planning.budget import format_duration
+
+    fitting = [n for n in plans.configuration_names if plans.configuration(n).over_budget is None]
+    return (f"{configuration} does not fit the plan's time budget of {format_duration(over_budget['time_budget_seconds'])}: "
+            f"one fold needs at least {format_duration(over_budget['minimum_budget_seconds'])} on "
+            f"{over_budget['device']}; train {' or '.join(fitting) or 'another configuration'} instead, re-plan with "
+            f"--time-budget {format_duration(over_budget['minimum_budget_seconds'])} or more, or give --epochs to "
+            "train it anyway")
 
 
 def _init_distributed_from_torchrun(device: str = "auto"):
@@ -423,7 +436,8 @@ def _launch_torchrun(gpus: int) -> None:
 
 @command("train")
 def train(
-    configuration: Optional[str] = typer.Argument(None, help="Configuration (default 3d_fullres, else 2d)."),
+    configuration: Optional[str] = typer.Argument(None, help="Configuration (default 3d_fullres, else 2d; among "
+                                                  "those within the plan's time budget, if it has one)."),
     fold: str = typer.Option("0", "--fold", "-f", help="Fold number or 'all'."),
     task: Optional[str] = typer.Option(None, "--task"),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1,
@@ -469,6 +483,8 @@ def train(
     elif time_budget is not None:
         plans = Plans.load(workspace.plans_file(name))  # rank 0 re-plans (ranks start together under torchrun)
     config = plans.configuration(configuration)
+    if config.over_budget is not None and epochs is None and not resume:
+        fail(_over_budget_refusal(plans, configuration, config.over_budget))
     if resume:  # a resumed run keeps its own schedule unless told otherwise
         epochs, iterations, validation_iterations = _resumed_schedule(
             workspace.results(name) / configuration / f"fold_{fold}", epochs, iterations, validation_iterations)

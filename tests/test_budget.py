@@ -364,3 +364,25 @@ def test_speed_of_another_dimension_is_refused(plans_by_task):
     plans, num_cases = plans_by_task["Task04_Hippocampus"]
     with pytest.raises(PlanError, match="2D"):
         solve_budget(plans, "2d", HOUR, fake_speed("slow_cpu", dimension=3), num_training_cases=num_cases)
+
+
+def test_a_cascade_is_over_budget_when_its_parent_or_its_previous_stage_is(plans_by_task):
+    from autoseg.planning.budget import BudgetTooSmall
+    from autoseg.planning.compute_aware import mark_over_budget
+
+    plans, _ = plans_by_task["Task09_Spleen"]
+    assert {"3d_lowres", "3d_cascade_fullres"} <= set(plans.configurations)
+
+    def too_small(name: str) -> dict:
+        return {name: BudgetTooSmall("too small", name, 5000.0, "cpu", "fp32")}
+
+    def marked(result) -> set[str]:
+        return {n for n in result.configurations if result.configuration(n).over_budget is not None}
+
+    assert marked(mark_over_budget(plans, 3600, too_small("3d_fullres"))) == {"3d_fullres", "3d_cascade_fullres"}
+    assert marked(mark_over_budget(plans, 3600, too_small("3d_lowres"))) == {"3d_lowres", "3d_cascade_fullres"}
+    assert marked(mark_over_budget(plans, 3600, too_small("2d"))) == {"2d"}
+    assert not marked(plans)  # the input is not changed
+    marked_plans = mark_over_budget(plans, 3600, too_small("3d_lowres"))
+    assert marked_plans.configuration("3d_cascade_fullres").over_budget == {
+        "time_budget_seconds": 3600.0, "minimum_budget_seconds": 5000.0, "device": "cpu", "precision": "fp32"}

@@ -284,3 +284,66 @@ def test_inference_batch_windows_from_device_cpus_and_memory():
     # 3 GB free: half of it holds one window, so one at a time (and never zero, even with less).
     assert inference_batch_windows("cuda", cpus=8, available_bytes=3 * GB, bytes_per_window=window) == 1
     assert inference_batch_windows("cpu", cpus=8, available_bytes=GB // 4, bytes_per_window=window) == 1
+
+
+# --- configurations that do not fit ----------------------------------------------------------------------
+def test_a_configuration_too_costly_for_the_budget_is_marked_and_the_others_are_planned(demo_home):
+    from autoseg.planning.budget import BudgetTooSmall
+
+    assert run(demo_home, "plan", TASK_NAME).exit_code == 0
+    plans = Plans.load(demo_home / "preprocessed" / TASK_NAME / "plans.json")
+    assert {"2d", "3d_fullres"} <= set(plans.configurations)
+    budget = parse_duration("10m")
+    slow_3d = {2: [fake_speed("fp32", 2)], 3: [fake_speed("fp32", 3, speedup=1e-3)]}  # 1000x slower 3D
+    budgeted, decisions = plan_within_budget(plans, budget, slow_3d, num_training_cases=10)
+    assert set(decisions) == {"2d"}
+    assert budgeted.configuration("2d").budget["seconds_per_fold"] <= budget
+    fullres = budgeted.configuration("3d_fullres")
+    assert fullres.budget is None and fullres.over_budget["time_budget_seconds"] == budget
+    assert fullres.over_budget["minimum_budget_seconds"] > budget and fullres.over_budget["device"] == "cpu"
+    assert fullres.patch_size == plans.configuration("3d_fullres").patch_size  # the unconstrained plan kept
+    # Named explicitly (train --time-budget re-plans one configuration), a configuration that does not fit
+    # is an error; so is a budget too small for every configuration, which states the cheapest minimum.
+    with pytest.raises(BudgetTooSmall, match="configuration '3d_fullres'"):
+        plan_within_budget(plans, budget, slow_3d, num_training_cases=10, configurations=["3d_fullres"])
+    with pytest.raises(BudgetTooSmall) as error:
+        plan_within_budget(plans, 1.0, slow_3d, num_training_cases=10)
+    assert error.value.configuration == "2d" and "needs at least" in str(error.value)
+
+
+def test_the_precision_closest_to_fitting_states_the_minimum(demo_home):
+    from autoseg.planning.budget import BudgetTooSmall
+    from autoseg.planning.compute_aware import best_decision
+
+    run(demo_home, "plan", TASK_NAME)
+    plans = Plans.load(demo_home / "preprocessed" / TASK_NAME / "plans.json")
+    speeds = [fake_speed("fp32", 3), fake_speed("bf16", 3, 2.0)]
+    with pytest.raises(BudgetTooSmall) as error:
+        best_decision(plans, "3d_fullres", 1.0, speeds, 10)
+    assert error.value.precision == "bf16" and "(cpu, bf16)" in str(error.value)
+
+
+def test_plan_and_train_with_a_configuration_over_budget(budgeted_workspace):
+    plans_file = budgeted_workspace / "preprocessed" / TASK_NAME / "plans.json"
+    data = json.loads(plans_file.read_text())
+    entry = data["configurations"][CONFIGURATION]
+    del entry["budget"]
+    entry["over_budget"] = {"time_budget_seconds": 600.0, "minimum_budget_seconds": 7300.0, "device": "cpu",
+                            "precision": "bf16"}
+    plans_file.write_text(json.dumps(data))
+    plans = Plans.load(plans_file)
+    from autoseg.planning.summary import format_plan_summary
+
+    assert f"{CONFIGURATION} does not fit: one fold needs at least 2h02m on cpu (bf16)" in format_plan_summary(plans)
+    refused = run(budgeted_workspace, "train", CONFIGURATION, "--fold", "0", "--workers", "0", "--device", "cpu")
+    assert refused.exit_code == 1 and len(refused.stderr.splitlines()) == 1
+    assert f"{CONFIGURATION} does not fit the plan's time budget of 10m00s" in refused.stderr
+    assert "--time-budget 2h02m" in refused.stderr and "Traceback" not in refused.output
+    assert not (budgeted_workspace / "results" / TASK_NAME / CONFIGURATION / "fold_0").exists()
+    trained = run(budgeted_workspace, "train", CONFIGURATION, "--fold", "0", "--workers", "0", "--device", "cpu",
+                  "--epochs", "1", "--iterations", "1", "--val-iterations", "1", "--no-validate")
+    assert trained.exit_code == 0, trained.output  # an explicit schedule trains it anyway
+    entry["over_budget"] = {"time_budget_seconds": "10m"}
+    plans_file.write_text(json.dumps(data))
+    with pytest.raises(Exception, match="field 'over_budget': expected an object with exactly the fields"):
+        Plans.load(plans_file)

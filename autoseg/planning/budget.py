@@ -95,6 +95,17 @@ PROBE_SIZE_RATIO = 4.0
 PROBE_WIDTHS = (32, 8)  # the widest and narrowest candidates: the fit interpolates between them
 
 
+class BudgetTooSmall(PlanError):
+    """Not even the cheapest network and schedule of a configuration trains one fold within the budget."""
+
+    def __init__(self, message: str, configuration: str, minimum_seconds: float, device: str, precision: str):
+        super().__init__(message)
+        self.configuration = configuration
+        self.minimum_seconds = minimum_seconds
+        self.device = device
+        self.precision = precision
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A network and batch to train: the patch (voxels, a multiple of the downsampling), width, batch."""
@@ -393,7 +404,7 @@ def solve_budget(plans: Plans, config_name: str, time_budget_seconds: float, spe
     `mirror_final_validation`: whether that final prediction mirrors (2^dimension passes per window).
     `compare_speeds`: other measurements (e.g. fp32 when `speed` is bf16) whose predicted seconds per
     iteration of the chosen candidate are recorded for comparison.
-    Raises PlanError stating the minimum budget when even the cheapest rung does not fit.
+    Raises BudgetTooSmall (a PlanError) stating the minimum budget when even the cheapest rung does not fit.
     """
     configuration = plans.configuration(config_name)
     if speed.dimension != configuration.dimension:
@@ -407,11 +418,12 @@ def solve_budget(plans: Plans, config_name: str, time_budget_seconds: float, spe
     if not fitting:
         c = cheapest.candidate
         epochs, iterations = schedule_for(cheapest.total_iterations, min_epochs)
-        raise PlanError(
+        raise BudgetTooSmall(
             f"time budget {format_duration(time_budget_seconds)} is too small for configuration '{config_name}': "
             f"the smallest network (patch {list(c.patch_size)}, base width {c.base_features}, batch {c.batch_size}, "
             f"{epochs} epochs x {iterations} iterations) needs at least {format_duration(cheapest.fold_seconds)} "
-            f"on this device ({speed.device}, {speed.precision}); give a budget of at least that")
+            f"on this device ({speed.device}, {speed.precision}); give a budget of at least that",
+            config_name, cheapest.fold_seconds, speed.device, speed.precision)
     k = fitting[0]
     chosen = ladder[k]
     # Stretch the iterations into the budget, never past the rung above when it has the same network

@@ -18,14 +18,13 @@ The budget applies to one fold of each configuration; a cascade trains two (3d_l
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from autoseg.errors import PlanError
-from autoseg.planning.budget import (FULL_EPOCHS, FULL_ITERATIONS_PER_EPOCH, BudgetDecision, apply_budget,
-                                     benchmark_probes, decision_quality_loss, predicted_epoch_seconds, solve_budget,
-                                     validation_iterations)
+from autoseg.planning.budget import (FULL_EPOCHS, FULL_ITERATIONS_PER_EPOCH, BudgetDecision, BudgetTooSmall,
+                                     apply_budget, benchmark_probes, decision_quality_loss, predicted_epoch_seconds,
+                                     solve_budget, validation_iterations)
 from autoseg.planning.device_speed import DeviceSpeed, choose_precision, cpu_supports_bf16, load_or_measure
 from autoseg.planning.plans import Plans
 
@@ -78,15 +77,52 @@ def plan_within_budget(plans: Plans, time_budget_seconds: float, speeds: dict[in
                        ) -> tuple[Plans, dict[str, BudgetDecision]]:
     """Plans whose trainable configurations (or `configurations`) each train one fold within the budget.
 
-    Raises PlanError (stating the minimum) when the budget is too small for a configuration.
+    A configuration too costly for the budget even at its cheapest (e.g. 3d_fullres of a large CT task
+    on a laptop, whose final validation alone takes hours) keeps its unconstrained plan and is marked
+    `over_budget` (as is a configuration that inherits from it or needs it as its previous stage), so
+    the others can still be planned and trained. Raises BudgetTooSmall when no configuration fits
+    (stating the cheapest one's minimum), or when one of the named `configurations` does not.
     """
     names = configurations or trainable_configurations(plans)
     decisions: dict[str, BudgetDecision] = {}
+    too_small: dict[str, BudgetTooSmall] = {}
     for name in names:
-        decisions[name] = best_decision(plans, name, time_budget_seconds, speeds[plans.configuration(name).dimension],
-                                        num_training_cases)
+        try:
+            decisions[name] = best_decision(plans, name, time_budget_seconds,
+                                            speeds[plans.configuration(name).dimension], num_training_cases)
+        except BudgetTooSmall as error:
+            if configurations:
+                raise
+            too_small[name] = error
+            continue
         plans = apply_budget(plans, name, decisions[name])
-    return plans, decisions
+    if not decisions:
+        raise min(too_small.values(), key=lambda e: e.minimum_seconds)
+    return mark_over_budget(plans, time_budget_seconds, too_small), decisions
+
+
+def mark_over_budget(plans: Plans, time_budget_seconds: float, too_small: dict[str, BudgetTooSmall]) -> Plans:
+    """A copy of `plans` whose configurations in `too_small`, and those inheriting from one of them or
+    reading one of them as previous stage, carry `over_budget` (the budget and the minimum)."""
+    entries = {name: dict(entry) for name, entry in plans.configurations.items()}
+
+    def blocking(name: str) -> BudgetTooSmall | None:
+        """The too-small configuration `name` depends on (itself, a parent, a previous stage), if any."""
+        if name in too_small:
+            return too_small[name]
+        entry = entries[name]
+        for parent in (entry.get("inherits_from"), plans.configuration(name).previous_stage):
+            if parent and parent in entries and (found := blocking(parent)) is not None:
+                return found
+        return None
+
+    for name in entries:
+        error = blocking(name)
+        if error is not None:
+            entries[name]["over_budget"] = {"time_budget_seconds": float(time_budget_seconds),
+                                            "minimum_budget_seconds": float(error.minimum_seconds),
+                                            "device": error.device, "precision": error.precision}
+    return replace(plans, configurations=entries)
 
 
 def best_decision(plans: Plans, name: str, time_budget_seconds: float, measured: list[DeviceSpeed],
@@ -102,10 +138,10 @@ def best_decision(plans: Plans, name: str, time_budget_seconds: float, measured:
         try:
             candidates.append(solve_budget(plans, name, time_budget_seconds, speed,
                                            num_training_cases=num_training_cases, compare_speeds=others))
-        except PlanError as error:  # too small a budget at this precision; another may fit
+        except BudgetTooSmall as error:  # too small a budget at this precision; another may fit
             errors.append(error)
-    if not candidates:
-        raise errors[0]
+    if not candidates:  # the precision that comes closest to fitting states the minimum
+        raise min(errors, key=lambda e: e.minimum_seconds)
     return min(candidates, key=decision_quality_loss)
 
 

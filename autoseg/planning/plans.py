@@ -51,6 +51,10 @@ class Configuration:
     # Set by compute-aware planning (`autoseg plan --time-budget`): the BudgetDecision as JSON, i.e.
     # the schedule and precision to train with and the timings they were predicted from.
     budget: dict | None = None
+    # Set instead of `budget` when not even this configuration's cheapest network trains one fold within
+    # the time budget: {"time_budget_seconds", "minimum_budget_seconds", "device", "precision"}. The entry
+    # keeps the unconstrained plan; `autoseg train` refuses it unless given an explicit schedule.
+    over_budget: dict | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -240,10 +244,24 @@ def _validate_configuration(configuration: Configuration, where: str, num_channe
         from autoseg.planning.budget import BudgetDecision  # budget.py imports this module
 
         BudgetDecision.from_json(c.budget, f"{where}: field 'budget'")
+    if c.over_budget is not None:
+        _validate_over_budget(c.over_budget, f"{where}: field 'over_budget'")
     divisor = c.architecture.total_downsampling()
     if any(p % d for p, d in zip(c.patch_size, divisor)):
         raise PlanError(f"{where}: field 'patch_size' {c.patch_size} is not divisible by the network's "
                         f"total downsampling {divisor}")
+
+
+OVER_BUDGET_FIELDS = {"time_budget_seconds": (int, float), "minimum_budget_seconds": (int, float),
+                      "device": str, "precision": str}
+
+
+def _validate_over_budget(data: Any, where: str) -> None:
+    if not isinstance(data, dict) or set(data) != set(OVER_BUDGET_FIELDS):
+        raise PlanError(f"{where}: expected an object with exactly the fields {', '.join(OVER_BUDGET_FIELDS)}")
+    for name, kind in OVER_BUDGET_FIELDS.items():
+        if not isinstance(data[name], kind) or isinstance(data[name], bool):
+            raise PlanError(f"{where}: field '{name}' is {data[name]!r}, of the wrong type")
 
 
 def _resolve_inheritance(entries: dict[str, dict], name: str, where: str) -> dict:

@@ -27,9 +27,12 @@ def format_plan_summary(plans: Plans) -> str:
         "",
         _configuration_table(configurations),
     ]
-    budgeted = {name: c for name, c in configurations.items() if c.budget is not None}
+    budgeted = {name: c for name, c in configurations.items() if c.budget is not None and c.over_budget is None}
     if budgeted:
         lines += ["", _budget_table(budgeted)]
+    over_budget = [_over_budget_line(name, c.over_budget) for name, c in configurations.items() if c.over_budget]
+    if over_budget:
+        lines += ["", *over_budget]
     for name, configuration in configurations.items():
         if configuration.inherits_from is None:
             lines += ["", f"{name} stages:", _stage_table(configuration)]
@@ -95,6 +98,15 @@ def _configuration_table(configurations: dict[str, Configuration]) -> str:
     header = [""] + list(configurations)
     table = [header] + [[label] + [cell(c) for c in configurations.values()] for label, cell in rows.items()]
     return _render(table)
+
+
+def _over_budget_line(name: str, over_budget: dict) -> str:
+    from autoseg.planning.budget import format_duration
+
+    return (f"{name} does not fit: one fold needs at least {format_duration(over_budget['minimum_budget_seconds'])} "
+            f"on {over_budget['device']} ({over_budget['precision']}), more than the "
+            f"{format_duration(over_budget['time_budget_seconds'])} budget; it keeps the unconstrained plan, and "
+            f"`autoseg train {name}` runs only with an explicit --epochs (or re-plan with a larger --time-budget)")
 
 
 def _budget_table(configurations: dict[str, Configuration]) -> str:
