@@ -547,7 +547,8 @@ def train(
         with progress_bar(len(val_ids), "case", "validation") as vbar:
             summary = validate_fold(plans, configuration, configuration_folder, fold, data_folder,
                                     workspace.preprocessed(name) / "gt_segmentations", val_ids,
-                                    device=distributed_device or device, on_case=lambda _: vbar.update())
+                                    device=distributed_device or device, use_tta=schedule.final_validation_mirroring,
+                                    on_case=lambda _: vbar.update())
         typer.echo(summary.format_table())
     if config.budget is not None and not resume and epochs is None and iterations is None:
         from autoseg.training.expectations import timing_report

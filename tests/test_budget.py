@@ -275,7 +275,7 @@ def test_predicted_fold_time_fits_every_budget(plans_by_task, task, config_name)
             assert decision.epochs >= 20 and 25 <= decision.iterations_per_epoch <= 250
             # The recorded figures are the model's: recompute the fold time from them.
             candidate = Candidate(tuple(decision.patch_size), decision.base_features, decision.batch_size)
-            cost = candidate_cost(configuration, candidate, speed, num_cases)
+            cost = candidate_cost(configuration, candidate, speed, num_cases, decision.final_validation_mirroring)
             total = decision.epochs * decision.iterations_per_epoch
             assert fold_seconds(cost, total) == pytest.approx(decision.seconds_per_fold)
             budgeted = apply_budget(plans, config_name, decision).configuration(config_name)
@@ -298,13 +298,17 @@ def test_a_fast_gpu_with_a_day_keeps_the_unconstrained_plan(plans_by_task):
 def test_a_shrinking_budget_never_grows_the_patch_width_batch_or_iterations(plans_by_task, task, speed_name):
     plans, num_cases = plans_by_task[task]
     speed = fake_speed(speed_name)
-    ladder = build_ladder(plans.configuration("3d_fullres"), speed, num_cases)
-    top, bottom = ladder[0].fold_seconds, ladder[-1].fold_seconds
+    ladder = build_ladder(plans.configuration("3d_fullres"), speed, num_cases, mirror_final_validation=False)
+    top = build_ladder(plans.configuration("3d_fullres"), speed, num_cases)[0].fold_seconds
+    bottom = ladder[-1].fold_seconds
     budgets = [bottom * (top * 1.2 / bottom) ** (k / 60) for k in range(60, -1, -1)]  # 61 budgets, largest first
     previous = None
     for budget in budgets:
         d = solve_budget(plans, "3d_fullres", budget, speed, num_training_cases=num_cases)
-        if previous is not None:
+        # Mirroring of the final validation is dropped once, as the budget shrinks, and the time it frees
+        # goes to training: the network may grow at that one step, so compare within a validation mode.
+        assert previous is None or d.final_validation_mirroring <= previous.final_validation_mirroring
+        if previous is not None and d.final_validation_mirroring == previous.final_validation_mirroring:
             assert all(n <= p for n, p in zip(d.patch_size, previous.patch_size)), (budget, d.patch_size)
             assert d.base_features <= previous.base_features and d.batch_size <= previous.batch_size
             assert d.epochs <= previous.epochs and d.iterations_per_epoch <= previous.iterations_per_epoch
@@ -315,7 +319,9 @@ def test_a_shrinking_budget_never_grows_the_patch_width_batch_or_iterations(plan
 def test_too_small_a_budget_states_the_minimum(plans_by_task):
     plans, num_cases = plans_by_task["Task900_ThickMRI"]
     speed = fake_speed("slow_cpu")
-    minimum = build_ladder(plans.configuration("3d_fullres"), speed, num_cases)[-1].fold_seconds
+    # The minimum is the unmirrored final validation's: below the mirrored minimum, mirroring is dropped.
+    minimum = build_ladder(plans.configuration("3d_fullres"), speed, num_cases,
+                           mirror_final_validation=False)[-1].fold_seconds
     with pytest.raises(PlanError) as error:
         solve_budget(plans, "3d_fullres", 30, speed, num_training_cases=num_cases)
     message = str(error.value)
@@ -386,3 +392,28 @@ def test_a_cascade_is_over_budget_when_its_parent_or_its_previous_stage_is(plans
     marked_plans = mark_over_budget(plans, 3600, too_small("3d_lowres"))
     assert marked_plans.configuration("3d_cascade_fullres").over_budget == {
         "time_budget_seconds": 3600.0, "minimum_budget_seconds": 5000.0, "device": "cpu", "precision": "fp32"}
+
+
+def test_the_final_validation_mirrors_unless_it_would_take_a_quarter_of_the_budget(plans_by_task):
+    from autoseg.planning.budget import MIRRORED_FINAL_VALIDATION_MAX_SHARE, mirroring_threshold_seconds
+
+    plans, num_cases = plans_by_task["Task09_Spleen"]
+    configuration, speed = plans.configuration("3d_fullres"), fake_speed("slow_cpu")
+    threshold = mirroring_threshold_seconds(configuration, speed, num_cases)
+    above = solve_budget(plans, "3d_fullres", threshold * 1.01, speed, num_training_cases=num_cases)
+    below = solve_budget(plans, "3d_fullres", threshold * 0.99, speed, num_training_cases=num_cases)
+    assert above.final_validation_mirroring and not below.final_validation_mirroring
+    assert above.seconds_per_fold <= threshold * 1.01 and below.seconds_per_fold <= threshold * 0.99
+    # By hand: the cheapest mirrored candidate's final validation is 2^3 = 8 unmirrored ones.
+    cheapest = build_ladder(configuration, speed, num_cases)[-1]
+    cost = candidate_cost(configuration, cheapest.candidate, speed, num_cases, mirror_final_validation=True)
+    unmirrored = candidate_cost(configuration, cheapest.candidate, speed, num_cases, mirror_final_validation=False)
+    assert cost.windows_final_validation == 8 * unmirrored.windows_final_validation
+    assert threshold == pytest.approx(max(cheapest.fold_seconds, cost.windows_final_validation * cost.seconds_per_window
+                                          / MIRRORED_FINAL_VALIDATION_MAX_SHARE))
+    # Recorded in the decision and in the schedule train takes from it.
+    from autoseg.planning.compute_aware import training_schedule
+
+    assert training_schedule(below.to_json()).final_validation_mirroring is False
+    assert training_schedule(above.to_json()).final_validation_mirroring is True
+    assert training_schedule(None).final_validation_mirroring is True

@@ -213,7 +213,8 @@ def test_trainer_reports_the_measured_epoch_time_against_the_plan(small_task, tm
 # --- train with a budgeted plan ---------------------------------------------------------------------------
 @pytest.fixture
 def budgeted_workspace(small_task, tmp_path) -> Path:
-    """The small task's workspace whose plan carries a budget of 2 epochs x 3 iterations."""
+    """The small task's workspace whose plan carries a budget of 2 epochs x 3 iterations, final
+    validation without mirroring."""
     from autoseg.planning.budget import BudgetDecision
 
     home = tmp_path / "workspace"
@@ -230,7 +231,7 @@ def budgeted_workspace(small_task, tmp_path) -> Path:
         seconds_final_validation=5.0, seconds_per_fold=5.7, minimum_budget_seconds=5.0,
         planned_patch_size=entry["patch_size"], planned_batch_size=entry["batch_size"],
         planned_seconds_per_iteration=0.1, patch_coverage=1.0, cost_model_max_relative_error=0.1,
-        seconds_per_iteration_by_precision={"fp32": 0.1})
+        seconds_per_iteration_by_precision={"fp32": 0.1}, final_validation_mirroring=False)
     entry["budget"] = decision.to_json()
     plans_file.write_text(json.dumps(data))
     return home
@@ -242,8 +243,10 @@ def test_train_takes_epochs_and_iterations_from_the_budget_and_reports_the_times
     assert "2 epochs x 3 iterations" in result.output and "planned for 1m00s on cpu" in result.output
     assert "time per epoch after 2 epoch(s): measured" in result.output
     assert "time for the fold (validation included): measured" in result.output
-    log = (budgeted_workspace / "results" / TASK_NAME / CONFIGURATION / "fold_0" / "training_log.txt").read_text()
-    assert len(log.splitlines()) == 2
+    fold = budgeted_workspace / "results" / TASK_NAME / CONFIGURATION / "fold_0"
+    assert len((fold / "training_log.txt").read_text().splitlines()) == 2
+    # The budget dropped mirroring from the final validation: the fold is validated without it.
+    assert json.loads((fold / "validation" / "validation_info.json").read_text())["use_tta"] is False
 
 
 def test_train_time_budget_replans_the_configuration_from_the_fingerprint(budgeted_workspace):

@@ -7,8 +7,10 @@ seconds of any candidate's iteration, and `solve_budget` picks the candidate and
 What a fold costs (`fold_seconds`), with t = predicted seconds of a training iteration:
     epochs x (iterations x t + validation_iterations x t x FORWARD_SHARE) x (1 + EPOCH_OVERHEAD_SHARE)
     + final validation: the fold's cases predicted by sliding window (step 0.5) with mirroring,
-      each window one batch-1 forward pass (t at batch 1 x FORWARD_SHARE).
-Data loading is assumed to keep up (workers run in parallel with the network).
+      each window one batch-1 forward pass (t at batch 1 x FORWARD_SHARE); without mirroring when
+      it would take more than MIRRORED_FINAL_VALIDATION_MAX_SHARE of the budget.
+On a GPU data loading is assumed to keep up (workers run on otherwise idle cores); on a CPU, t
+includes the sampling and augmentation of the batch (`DeviceSpeed.data_pipeline`).
 
 How a candidate is chosen: the *degradation ladder*. Starting from the plan (its patch, base width
 32, its batch, nnU-Net's 1000 x 250 iterations), each rung makes one move that saves time:
@@ -72,6 +74,11 @@ FORWARD_SHARE = 1.0 / 3.0
 # Checkpoints, logs and loader restarts per epoch (the trainer caps checkpointing at 3% of the time).
 EPOCH_OVERHEAD_SHARE = 0.03
 FOLDS = 5  # one fold validates 1/5 of the cases
+# The fold's final validation mirrors every window 2^dimension times (as nnU-Net's), which sharpens the
+# cross-validation estimate but not the model. It predicts without mirroring when mirroring would take
+# more than this share of the budget, or when only then a fold fits: on a 2-core CPU, the 27 validation
+# CTs of Liver take 9h47m mirrored with the smallest 3d_fullres network.
+MIRRORED_FINAL_VALIDATION_MAX_SHARE = 0.25
 SLIDING_WINDOW_STEP = 0.5  # windows overlap by half a patch (autoseg.inference)
 
 # --- candidates ----------------------------------------------------------------------------------
@@ -151,6 +158,7 @@ class BudgetDecision:
     patch_coverage: float  # patch volume / planned patch volume
     cost_model_max_relative_error: float
     seconds_per_iteration_by_precision: dict[str, float] = field(default_factory=dict)
+    final_validation_mirroring: bool = True  # whether the fold's final validation mirrors (see solve_budget)
     schema_version: int = BUDGET_SCHEMA_VERSION
 
     def to_json(self) -> dict:
@@ -164,7 +172,8 @@ class BudgetDecision:
             raise PlanError(f"{where}: schema_version {data.get('schema_version')!r}, expected "
                             f"{BUDGET_SCHEMA_VERSION}; re-run the planning with a time budget")
         expected = {f.name for f in fields(cls)}
-        missing, unknown = sorted(expected - set(data) - {"seconds_per_iteration_by_precision"}), sorted(set(data) - expected)
+        optional = {"seconds_per_iteration_by_precision", "final_validation_mirroring"}
+        missing, unknown = sorted(expected - set(data) - optional), sorted(set(data) - expected)
         if missing or unknown:
             raise PlanError(f"{where}: missing fields {missing}, unknown fields {unknown}")
         return cls(**data)
@@ -395,17 +404,43 @@ def build_ladder(configuration: Configuration, speed: DeviceSpeed, num_training_
 
 
 def solve_budget(plans: Plans, config_name: str, time_budget_seconds: float, speed: DeviceSpeed, *,
-                 num_training_cases: int, min_epochs: int = MIN_EPOCHS, mirror_final_validation: bool = True,
+                 num_training_cases: int, min_epochs: int = MIN_EPOCHS, mirror_final_validation: bool | None = None,
                  compare_speeds: tuple[DeviceSpeed, ...] = ()) -> BudgetDecision:
     """The candidate and schedule of the first ladder rung (see module docstring) that trains one fold of
     `config_name` within `time_budget_seconds` on the device `speed` describes.
 
     `num_training_cases`: cases in the dataset (a fold validates 1/5 of them at the end);
-    `mirror_final_validation`: whether that final prediction mirrors (2^dimension passes per window).
+    `mirror_final_validation`: whether that final prediction mirrors (2^dimension passes per window);
+    None: when the budget reaches `mirroring_threshold_seconds`.
     `compare_speeds`: other measurements (e.g. fp32 when `speed` is bf16) whose predicted seconds per
     iteration of the chosen candidate are recorded for comparison.
     Raises BudgetTooSmall (a PlanError) stating the minimum budget when even the cheapest rung does not fit.
     """
+    def solve(mirror: bool) -> BudgetDecision:
+        return _solve_budget(plans, config_name, time_budget_seconds, speed, num_training_cases=num_training_cases,
+                             min_epochs=min_epochs, mirror_final_validation=mirror, compare_speeds=compare_speeds)
+
+    if mirror_final_validation is None:
+        mirror_final_validation = time_budget_seconds >= mirroring_threshold_seconds(
+            plans.configuration(config_name), speed, num_training_cases, min_epochs)
+    return solve(mirror_final_validation)
+
+
+def mirroring_threshold_seconds(configuration: Configuration, speed: DeviceSpeed, num_training_cases: int,
+                                min_epochs: int = MIN_EPOCHS) -> float:
+    """The smallest budget whose fold validation mirrors: the cheapest mirrored rung must fit, and its
+    final validation take at most MIRRORED_FINAL_VALIDATION_MAX_SHARE of the budget. One threshold per
+    configuration, so mirroring is only ever dropped as the budget shrinks; the time it frees goes back
+    into training (so just below the threshold the network may be larger than just above it)."""
+    cheapest = build_ladder(configuration, speed, num_training_cases, min_epochs, mirror_final_validation=True)[-1]
+    cost = candidate_cost(configuration, cheapest.candidate, speed, num_training_cases, mirror_final_validation=True)
+    final_validation = cost.windows_final_validation * cost.seconds_per_window
+    return max(cheapest.fold_seconds, final_validation / MIRRORED_FINAL_VALIDATION_MAX_SHARE)
+
+
+def _solve_budget(plans: Plans, config_name: str, time_budget_seconds: float, speed: DeviceSpeed, *,
+                  num_training_cases: int, min_epochs: int, mirror_final_validation: bool,
+                  compare_speeds: tuple[DeviceSpeed, ...]) -> BudgetDecision:
     configuration = plans.configuration(config_name)
     if speed.dimension != configuration.dimension:
         raise PlanError(f"configuration '{config_name}' is {configuration.dimension}D but the device speed was "
@@ -432,12 +467,12 @@ def solve_budget(plans: Plans, config_name: str, time_budget_seconds: float, spe
     cost = candidate_cost(configuration, chosen.candidate, speed, num_training_cases, mirror_final_validation)
     total = max_total_iterations(cost, time_budget_seconds, chosen.total_iterations, upper, min_epochs)
     return _decision(plans, config_name, configuration, chosen.candidate, total, cost, speed, time_budget_seconds,
-                     cheapest.fold_seconds, min_epochs, compare_speeds)
+                     cheapest.fold_seconds, min_epochs, compare_speeds, mirror_final_validation)
 
 
 def _decision(plans: Plans, config_name: str, configuration: Configuration, candidate: Candidate, total: int,
               cost: CandidateCost, speed: DeviceSpeed, budget: float, minimum: float, min_epochs: int,
-              compare_speeds: tuple[DeviceSpeed, ...]) -> BudgetDecision:
+              compare_speeds: tuple[DeviceSpeed, ...], mirror_final_validation: bool) -> BudgetDecision:
     epochs, iterations = schedule_for(total, min_epochs)
     architecture = candidate_architecture(configuration, list(candidate.patch_size), candidate.base_features)
     by_precision = {s.precision: s.seconds_per_iteration(architecture, list(candidate.patch_size), candidate.batch_size)
@@ -457,6 +492,7 @@ def _decision(plans: Plans, config_name: str, configuration: Configuration, cand
         patch_coverage=float(np.prod(candidate.patch_size, dtype=np.float64)
                              / np.prod(configuration.patch_size, dtype=np.float64)),
         cost_model_max_relative_error=speed.max_relative_error, seconds_per_iteration_by_precision=by_precision,
+        final_validation_mirroring=mirror_final_validation,
     )
 
 

@@ -155,6 +155,7 @@ class TrainingSchedule:
     precision: str  # auto | fp32 | bf16 | fp16
     confirm_precision: bool  # check a mixed precision on the first epochs (not when the user asked for it)
     expected_epoch_seconds: float | None  # from the plan's cost model; None without a budget
+    final_validation_mirroring: bool = True  # the budget may drop mirroring from the fold's final validation
 
 
 def training_schedule(budget: dict | None, *, epochs: int | None = None, iterations: int | None = None,
@@ -175,4 +176,5 @@ def training_schedule(budget: dict | None, *, epochs: int | None = None, iterati
     per_iteration = budget["seconds_per_iteration_by_precision"].get(chosen, budget["seconds_per_iteration"])
     return TrainingSchedule(epochs or budget["epochs"], iterations, validation, chosen,
                             confirm_precision=precision == "auto" and chosen != "fp32",
-                            expected_epoch_seconds=predicted_epoch_seconds(per_iteration, iterations, validation))
+                            expected_epoch_seconds=predicted_epoch_seconds(per_iteration, iterations, validation),
+                            final_validation_mirroring=budget.get("final_validation_mirroring", True))

@@ -126,6 +126,8 @@ def _budget_table(configurations: dict[str, Configuration]) -> str:
         "batch (planned)": lambda b: f"{b['batch_size']} ({b['planned_batch_size']})",
         "predicted s / iteration": seconds_per_iteration,
         "predicted time / epoch": lambda b: format_duration(b["seconds_per_epoch"]),
+        "final validation": lambda b: (format_duration(b["seconds_final_validation"])
+                                       + (", mirrored" if b.get("final_validation_mirroring", True) else ", no mirroring")),
         "predicted time / fold": lambda b: format_duration(b["seconds_per_fold"]),
         "minimum budget": lambda b: format_duration(b["minimum_budget_seconds"]),
     }
