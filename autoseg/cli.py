@@ -293,6 +293,7 @@ def plan(
     """Plan preprocessing, networks and batch sizes from the dataset fingerprint; print a summary."""
     from autoseg.fingerprint import Fingerprint, load_or_extract
     from autoseg.planning import format_plan_summary, plan_experiment
+    from autoseg.planning.plans import keep_user_configurations
 
     workspace = state.workspace
     if fingerprint_file is not None:
@@ -313,12 +314,31 @@ def plan(
     plans = plan_experiment(fingerprint, gpu_memory_gb=gpu_memory)
     if time_budget is not None:
         plans = _fit_time_budget(plans, time_budget, device, fingerprint.num_cases, remeasure=remeasure)
+    plans, kept, dropped = keep_user_configurations(plans, _previous_configurations(workspace.plans_file(name)))
     path = plans.save(workspace.plans_file(name))
     typer.echo(format_plan_summary(plans))
+    for configuration in kept:
+        typer.echo(f"kept your configuration {configuration} from the previous plans.json")
+    for reason in dropped:
+        typer.echo(f"warning: dropped configuration {reason}", err=True)
     typer.echo(f"wrote {path}")
     if dataset_folder is not None:
         workspace.remember_task(name, dataset_folder)
         typer.echo(f"current task: {name}")
+
+
+def _previous_configurations(plans_file: Path) -> dict:
+    """The configuration entries of an existing plans.json as stored; {} when there is none or it is
+    unreadable (re-planning is how a broken plan is replaced)."""
+    from autoseg.artifacts import read_json
+
+    if not plans_file.is_file():
+        return {}
+    try:
+        entries = read_json(plans_file).get("configurations")
+    except (AutosegError, AttributeError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
 
 
 def _fit_time_budget(plans, time_budget: str, device: str, num_cases: int, *, remeasure: bool = False,

@@ -404,3 +404,27 @@ def test_cli_plan_bad_fingerprint_file_is_one_line(tmp_path):
     result = _cli("--home", tmp_path, "plan", "--fingerprint", bad)
     assert result.exit_code == 1 and str(bad) in result.output and "malformed fingerprint" in result.output
     assert "Traceback" not in result.output
+
+
+def test_cli_replanning_keeps_the_users_derived_configurations(tmp_path):
+    reference = Path(__file__).resolve().parents[1] / "fingerprints" / "Task03_Liver.json"
+    home = tmp_path / "home"
+    assert _cli("--home", home, "plan", "--fingerprint", reference).exit_code == 0
+    plans_file = home / "preprocessed" / "Task03_Liver" / "plans.json"
+    data = json.loads(plans_file.read_text())
+    data["configurations"]["3d_fullres_bs4"] = {"inherits_from": "3d_fullres", "batch_size": 4}
+    data["configurations"]["from_lowres"] = {"inherits_from": "3d_midres"}  # not a configuration autoseg makes
+    data["configurations"]["copied"] = dict(data["configurations"]["3d_fullres"])  # complete: the old plan's
+    plans_file.write_text(json.dumps(data))
+
+    result = _cli("--home", home, "plan", "--fingerprint", reference, "--gpu-memory", "4")
+    assert result.exit_code == 0, result.output
+    plans = Plans.load(plans_file)
+    assert plans.configuration("3d_fullres_bs4").batch_size == 4
+    # The derived entry follows the new plan (sized for 4 GB now: a smaller patch), not the old one.
+    old_patch = data["configurations"]["3d_fullres"]["patch_size"]
+    assert plans.configuration("3d_fullres_bs4").patch_size == plans.configuration("3d_fullres").patch_size
+    assert np.prod(plans.configuration("3d_fullres_bs4").patch_size) < np.prod(old_patch)
+    assert "from_lowres" not in plans.configurations and "copied" not in plans.configurations
+    assert "kept your configuration 3d_fullres_bs4 from the previous plans.json" in result.output
+    assert "dropped configuration from_lowres" in result.stderr and "dropped configuration copied" in result.stderr
