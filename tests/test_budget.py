@@ -417,3 +417,13 @@ def test_the_final_validation_mirrors_unless_it_would_take_a_quarter_of_the_budg
     assert training_schedule(below.to_json()).final_validation_mirroring is False
     assert training_schedule(above.to_json()).final_validation_mirroring is True
     assert training_schedule(None).final_validation_mirroring is True
+
+
+def test_fold_time_by_hand():
+    from autoseg.planning.budget import CandidateCost
+
+    cost = CandidateCost(seconds_per_iteration=1.0, seconds_per_window=0.1, windows_final_validation=100)
+    # 50 epochs x 250 iterations, 50 validation iterations of a third of a step each, 3% overhead; per
+    # epoch 0.5 s of bookkeeping (progress.png); final validation 100 windows x 0.1 s; 4 s start-up.
+    epoch = (250 * 1.0 + 50 * 1.0 / 3) * 1.03
+    assert fold_seconds(cost, 50 * 250) == pytest.approx(50 * (epoch + 0.5) + 100 * 0.1 + 4.0)

@@ -5,7 +5,8 @@ nnU-Net plans for an 8 GB GPU and 1000 epochs x 250 iterations whatever the mach
 seconds of any candidate's iteration, and `solve_budget` picks the candidate and schedule to train.
 
 What a fold costs (`fold_seconds`), with t = predicted seconds of a training iteration:
-    epochs x (iterations x t + validation_iterations x t x FORWARD_SHARE) x (1 + EPOCH_OVERHEAD_SHARE)
+    epochs x [(iterations x t + validation_iterations x t x FORWARD_SHARE) x (1 + EPOCH_OVERHEAD_SHARE)
+              + EPOCH_BOOKKEEPING_SECONDS] + FOLD_STARTUP_SECONDS
     + final validation: the fold's cases predicted by sliding window (step 0.5) with mirroring,
       each window one batch-1 forward pass (t at batch 1 x FORWARD_SHARE); without mirroring when
       it would take more than MIRRORED_FINAL_VALIDATION_MAX_SHARE of the budget.
@@ -73,6 +74,12 @@ VALIDATION_ITERATIONS_SHARE = 0.2
 FORWARD_SHARE = 1.0 / 3.0
 # Checkpoints, logs and loader restarts per epoch (the trainer caps checkpointing at 3% of the time).
 EPOCH_OVERHEAD_SHARE = 0.03
+# Outside the epoch's timed loops: progress.png is redrawn after every epoch (0.5 s with matplotlib on
+# the 2-core CPU, 8% of a 6 s epoch of `make demo`), and once per fold the trainer starts (imports,
+# network, loader workers) and the final validation loads the model (about 4 s there). Without them
+# short-epoch folds ran 20% over the prediction (make demo: 359 s for 300 s).
+EPOCH_BOOKKEEPING_SECONDS = 0.5
+FOLD_STARTUP_SECONDS = 4.0
 FOLDS = 5  # one fold validates 1/5 of the cases
 # The fold's final validation mirrors every window 2^dimension times (as nnU-Net's), which sharpens the
 # cross-validation estimate but not the model. It predicts without mirroring when mirroring would take
@@ -150,7 +157,7 @@ class BudgetDecision:
     seconds_per_iteration: float  # predicted, one training iteration of the chosen candidate
     seconds_per_epoch: float  # training + validation + overhead
     seconds_final_validation: float  # sliding-window prediction of the fold's validation cases
-    seconds_per_fold: float  # epochs x seconds_per_epoch + seconds_final_validation
+    seconds_per_fold: float  # fold_total_seconds: epochs, their bookkeeping, final validation, start-up
     minimum_budget_seconds: float  # the cheapest rung of the ladder
     planned_patch_size: list[int]  # the unconstrained plan's, for comparison
     planned_batch_size: int
@@ -325,7 +332,14 @@ def predicted_epoch_seconds(seconds_per_iteration: float, iterations_per_epoch: 
 
 def fold_seconds(cost: CandidateCost, total_iterations: int, min_epochs: int = MIN_EPOCHS) -> float:
     epochs, iterations = schedule_for(total_iterations, min_epochs)
-    return epochs * epoch_seconds(cost, iterations) + cost.windows_final_validation * cost.seconds_per_window
+    return fold_total_seconds(epochs, epoch_seconds(cost, iterations),
+                              cost.windows_final_validation * cost.seconds_per_window)
+
+
+def fold_total_seconds(epochs: int, seconds_per_epoch: float, seconds_final_validation: float) -> float:
+    """A fold: its epochs with their bookkeeping, the final validation and the start-up."""
+    return (epochs * (seconds_per_epoch + EPOCH_BOOKKEEPING_SECONDS) + seconds_final_validation
+            + FOLD_STARTUP_SECONDS)
 
 
 def max_total_iterations(cost: CandidateCost, budget_seconds: float, low: int, high: int, min_epochs: int) -> int:
@@ -485,7 +499,8 @@ def _decision(plans: Plans, config_name: str, configuration: Configuration, cand
         features_per_stage=list(architecture.features_per_stage), epochs=epochs, iterations_per_epoch=iterations,
         validation_iterations_per_epoch=validation_iterations(iterations),
         seconds_per_iteration=cost.seconds_per_iteration, seconds_per_epoch=per_epoch,
-        seconds_final_validation=final, seconds_per_fold=epochs * per_epoch + final, minimum_budget_seconds=minimum,
+        seconds_final_validation=final, seconds_per_fold=fold_total_seconds(epochs, per_epoch, final),
+        minimum_budget_seconds=minimum,
         planned_patch_size=list(configuration.patch_size), planned_batch_size=configuration.batch_size,
         planned_seconds_per_iteration=speed.seconds_per_iteration(configuration.architecture, configuration.patch_size,
                                                                   configuration.batch_size),
