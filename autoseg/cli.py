@@ -396,9 +396,14 @@ def preprocess(
 # ------------------------------------------------------------------------------------- training
 
 
+def _within_budget(plans) -> list[str]:
+    """Configurations not marked over_budget (all of them for a plan without a time budget)."""
+    return [n for n in plans.configuration_names if plans.configuration(n).over_budget is None]
+
+
 def _default_configuration(plans) -> str:
     """3d_fullres, else 2d, else the first configuration; among those within the time budget, if any."""
-    fitting = [n for n in plans.configuration_names if plans.configuration(n).over_budget is None]
+    fitting = _within_budget(plans)
     for name in ("3d_fullres", "2d"):
         if name in fitting:
             return name
@@ -408,7 +413,7 @@ def _default_configuration(plans) -> str:
 def _over_budget_refusal(plans, configuration: str, over_budget: dict) -> str:
     from autoseg.planning.budget import format_duration
 
-    fitting = [n for n in plans.configuration_names if plans.configuration(n).over_budget is None]
+    fitting = _within_budget(plans)
     return (f"{configuration} does not fit the plan's time budget of {format_duration(over_budget['time_budget_seconds'])}: "
             f"one fold needs at least {format_duration(over_budget['minimum_budget_seconds'])} on "
             f"{over_budget['device']}; train {' or '.join(fitting) or 'another configuration'} instead, re-plan with "

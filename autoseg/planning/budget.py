@@ -430,14 +430,12 @@ def solve_budget(plans: Plans, config_name: str, time_budget_seconds: float, spe
     iteration of the chosen candidate are recorded for comparison.
     Raises BudgetTooSmall (a PlanError) stating the minimum budget when even the cheapest rung does not fit.
     """
-    def solve(mirror: bool) -> BudgetDecision:
-        return _solve_budget(plans, config_name, time_budget_seconds, speed, num_training_cases=num_training_cases,
-                             min_epochs=min_epochs, mirror_final_validation=mirror, compare_speeds=compare_speeds)
-
     if mirror_final_validation is None:
         mirror_final_validation = time_budget_seconds >= mirroring_threshold_seconds(
             plans.configuration(config_name), speed, num_training_cases, min_epochs)
-    return solve(mirror_final_validation)
+    return _solve_budget(plans, config_name, time_budget_seconds, speed, num_training_cases=num_training_cases,
+                         min_epochs=min_epochs, mirror_final_validation=mirror_final_validation,
+                         compare_speeds=compare_speeds)
 
 
 def mirroring_threshold_seconds(configuration: Configuration, speed: DeviceSpeed, num_training_cases: int,

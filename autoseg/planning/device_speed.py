@@ -188,21 +188,26 @@ def fit_cost_model(samples: Sequence[SpeedSample]) -> tuple[CostModel, float]:
     care about relative error across the whole range of candidates). Returns the model and its
     worst relative error on the samples. Needs at least 3 samples.
     """
-    from scipy.optimize import nnls
-
     if len(samples) < 3:
         raise PlanError(f"the cost model needs at least 3 timed probes, got {len(samples)}")
     seconds = np.array([s.seconds for s in samples], dtype=np.float64)
     if np.any(seconds <= 0):
         raise PlanError(f"timed probes must take a positive time, got {seconds.tolist()}")
     design = np.array([[1.0, s.elements, s.macs] for s in samples], dtype=np.float64)
-    scale = design.max(axis=0)  # columns to ~1 so that NNLS is well conditioned
-    scale[scale == 0] = 1.0
-    coefficients, _ = nnls(design / scale / seconds[:, None], np.ones_like(seconds))
-    coefficients = coefficients / scale
+    coefficients = relative_nnls(design, seconds)
     model = CostModel(*(float(c) for c in coefficients))
     predicted = design @ coefficients
     return model, float(np.max(np.abs(predicted - seconds) / seconds))
+
+
+def relative_nnls(design: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+    """Non-negative coefficients c minimizing the relative errors (design @ c - seconds) / seconds."""
+    from scipy.optimize import nnls
+
+    scale = design.max(axis=0)  # columns to ~1 so that NNLS is well conditioned
+    scale[scale == 0] = 1.0
+    coefficients, _ = nnls(design / scale / seconds[:, None], np.ones_like(seconds))
+    return coefficients / scale
 
 
 # --- measurement --------------------------------------------------------------------------------
@@ -310,10 +315,9 @@ def time_data_pipeline(patch_size: list[int], batch_size: int, channels: int, ti
                        clock: Callable[[], float], seed: int) -> float:
     """Median seconds to sample and augment one batch of `patch_size` (the training pipeline of
     autoseg.training.data, enlarged reads included) with one BLAS thread, as a loader worker runs it."""
-    from threadpoolctl import threadpool_limits
-
     from autoseg.training.augmentation import rotation_and_dummy_2d_for, training_transforms
     from autoseg.training.data import read_patch_size_for
+    from autoseg.training.loader import single_threaded_numerics
     from autoseg.training.sampling import PatchSampler
 
     dimension = len(patch_size)
@@ -330,7 +334,7 @@ def time_data_pipeline(patch_size: list[int], batch_size: int, channels: int, ti
     rng = np.random.default_rng(seed)
     np.random.seed(seed)  # batchgenerators draws from numpy's global generator
     durations = []
-    with threadpool_limits(1):
+    with single_threaded_numerics():
         for step in range(WARMUP_STEPS + timed_steps):
             started = clock()
             transforms(**sampler.sample_batch(rng))
@@ -342,17 +346,12 @@ def time_data_pipeline(patch_size: list[int], batch_size: int, channels: int, ti
 def measure_data_pipeline(probes: Sequence[Probe], timed_steps: int, clock: Callable[[], float],
                           seed: int) -> DataPipelineModel:
     """The data pipeline's cost per batch, fitted (non-negative least squares) to the probes' patch sizes."""
-    from scipy.optimize import nnls
-
     sizes = sorted({(tuple(p.patch_size), p.batch_size, p.architecture.input_channels) for p in probes})
     rows, seconds = [], []
     for patch, batch, channels in sizes:
         seconds.append(time_data_pipeline(list(patch), batch, channels, timed_steps, clock, seed))
         rows.append([1.0, float(batch * (channels + 1) * math.prod(patch))])
-    design, measured = np.array(rows), np.array(seconds)
-    scale = design.max(axis=0)
-    coefficients, _ = nnls(design / scale / measured[:, None], np.ones_like(measured))
-    fixed, per_voxel = coefficients / scale
+    fixed, per_voxel = relative_nnls(np.array(rows), np.array(seconds))
     return DataPipelineModel(float(fixed), float(per_voxel))
 
 

@@ -68,7 +68,7 @@ class BatchProducer:
         self._python_global_state = random.Random(seed).getstate()
 
     def next_batch(self) -> dict:
-        with self._own_global_random_state(), _single_threaded_numerics():
+        with self._own_global_random_state(), single_threaded_numerics():
             batch = self.sampler.sample_batch(self.rng)
             if self.transforms is not None:
                 batch = self.transforms(**batch)
@@ -90,7 +90,7 @@ class BatchProducer:
 _THREADPOOL_CONTROLLER = None
 
 
-def _single_threaded_numerics():
+def single_threaded_numerics():
     """Limit BLAS/OpenMP to one thread while a batch is made, as nnU-Net does for its augmentation.
 
     The coordinate rotations are small matrix products for which threads cost more than they bring
