@@ -134,18 +134,6 @@ def append_stored_previous_stage(data: np.ndarray, folder: Path, case_id: str, f
     return np.concatenate([np.asarray(data, dtype=np.float32), one_hot(previous, foreground_labels)])
 
 
-def append_predicted_previous_stage(model, data: np.ndarray, properties, image, geometry, settings) -> np.ndarray:
-    """Run the low-res model on the raw image and append its one-hot segmentation to `data`."""
-    from dataclasses import replace
-
-    from autoseg.inference.predictor import predict_image
-
-    low_res = predict_image(model.previous_stage, image, geometry,
-                            replace(settings, save_probabilities=False, postprocess=False))
-    previous = segmentation_to_grid(low_res.segmentation, properties)
-    return np.concatenate([data, one_hot(previous, foreground_labels_of(model.plans))])
-
-
 # ---------------------------------------------------------------------------------------- training
 
 

@@ -344,18 +344,19 @@ def _previous_configurations(plans_file: Path) -> dict:
 def _fit_time_budget(plans, time_budget: str, device: str, num_cases: int, *, remeasure: bool = False,
                      configurations: Optional[List[str]] = None):
     """Plans whose configurations train one fold within `time_budget` on `device` (measured once, cached)."""
-    from autoseg.planning.budget import parse_duration
-    from autoseg.planning.compute_aware import measure_speeds, plan_within_budget, resolve_device
+    from autoseg.planning.time_budget import parse_duration
+    from autoseg.budget.compute_aware import measure_speeds, plan_within_budget
+    from autoseg.device import device_type
 
     seconds = parse_duration(time_budget)
-    device_type = resolve_device(device)
+    resolved_device = device_type(device)
     cache = state.workspace.device_speed_file
 
     def on_measure(dimension: int, precision: str) -> None:
-        typer.echo(f"device speed: {dimension}D networks on {device_type} at {precision} "
+        typer.echo(f"device speed: {dimension}D networks on {resolved_device} at {precision} "
                    f"(measured once per machine, cached in {cache})")
 
-    speeds = measure_speeds(plans, device_type, cache, refresh=remeasure, on_measure=on_measure)
+    speeds = measure_speeds(plans, resolved_device, cache, refresh=remeasure, on_measure=on_measure)
     budgeted, _ = plan_within_budget(plans, seconds, speeds, num_training_cases=num_cases,
                                      configurations=configurations)
     return budgeted
@@ -410,14 +411,14 @@ def _default_configuration(plans) -> str:
     return (fitting or plans.configuration_names)[0]
 
 
-def _over_budget_refusal(plans, configuration: str, over_budget: dict) -> str:
-    from autoseg.planning.budget import format_duration
+def _over_budget_refusal(plans, configuration: str, over_budget) -> str:
+    from autoseg.planning.time_budget import format_duration
 
     fitting = _within_budget(plans)
-    return (f"{configuration} does not fit the plan's time budget of {format_duration(over_budget['time_budget_seconds'])}: "
-            f"one fold needs at least {format_duration(over_budget['minimum_budget_seconds'])} on "
-            f"{over_budget['device']}; train {' or '.join(fitting) or 'another configuration'} instead, re-plan with "
-            f"--time-budget {format_duration(over_budget['minimum_budget_seconds'])} or more, or give --epochs to "
+    return (f"{configuration} does not fit the plan's time budget of {format_duration(over_budget.time_budget_seconds)}: "
+            f"one fold needs at least {format_duration(over_budget.minimum_budget_seconds)} on "
+            f"{over_budget.device}; train {' or '.join(fitting) or 'another configuration'} instead, re-plan with "
+            f"--time-budget {format_duration(over_budget.minimum_budget_seconds)} or more, or give --epochs to "
             "train it anyway")
 
 
@@ -492,7 +493,7 @@ def train(
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         fail(f"--precision {precision!r}: expected auto, fp32, bf16 or fp16")
     from autoseg.planning import Plans
-    from autoseg.planning.compute_aware import training_schedule
+    from autoseg.budget.compute_aware import training_schedule
     from autoseg.training.splits import fold_cases, load_or_create_splits
     from autoseg.training.trainer import TrainingEvents, TrainingJob, TrainingSettings, run_training
     from autoseg.training.progress import format_epoch
@@ -554,10 +555,10 @@ def train(
                    f"patch {config.patch_size}, batch {config.batch_size}, {settings.num_workers} worker(s), "
                    f"precision {settings.precision}")
         if config.budget is not None:
-            from autoseg.planning.budget import format_duration
+            from autoseg.planning.time_budget import format_duration
 
-            typer.echo(f"  planned for {format_duration(config.budget['time_budget_seconds'])} on "
-                       f"{config.budget['device']}: predicted {format_duration(config.budget['seconds_per_fold'])} "
+            typer.echo(f"  planned for {format_duration(config.budget.time_budget_seconds)} on "
+                       f"{config.budget.device}: predicted {format_duration(config.budget.seconds_per_fold)} "
                        f"per fold")
     import time
 
@@ -579,8 +580,8 @@ def train(
         from autoseg.training.expectations import timing_report
 
         text, _ = timing_report("time for the fold" + (" (validation included)" if validate else ""),
-                                config.budget["seconds_per_fold"] - (0 if validate else
-                                                                     config.budget["seconds_final_validation"]),
+                                config.budget.seconds_per_fold - (0 if validate else
+                                                                     config.budget.seconds_final_validation),
                                 time.perf_counter() - started)
         typer.echo(text)
 
@@ -588,7 +589,7 @@ def train(
 def _resumed_schedule(fold_folder: Path, epochs: Optional[int], iterations: Optional[int],
                       validation_iterations: Optional[int]) -> tuple:
     """(epochs, iterations, validation iterations): those given, else the checkpoint's in fold_folder."""
-    from autoseg.training.checkpoint import resume_schedule
+    from autoseg.checkpoint import resume_schedule
 
     stored = resume_schedule(fold_folder)
     return (epochs or stored.get("epochs"), iterations or stored.get("iterations_per_epoch"),
@@ -602,10 +603,10 @@ def _training_workers(requested: Optional[int], config, device: str) -> int:
     import math
 
     from autoseg.hardware import available_memory_bytes, training_workers, usable_cpus
-    from autoseg.planning.compute_aware import resolve_device
+    from autoseg.device import device_type
 
     batch_bytes = 4 * config.batch_size * (config.architecture.input_channels + 1) * math.prod(config.patch_size)
-    return training_workers(resolve_device(device.split(":")[0]), usable_cpus(), available_memory_bytes(), batch_bytes)
+    return training_workers(device_type(device.split(":")[0]), usable_cpus(), available_memory_bytes(), batch_bytes)
 
 
 def _cpu_threads(distributed_device: Optional[str]) -> Optional[int]:
@@ -630,7 +631,7 @@ def _replan_for_budget(name: str, plans, configuration: str, fold: str, time_bud
 
     from autoseg.fingerprint import Fingerprint
     from autoseg.planning import plan_experiment
-    from autoseg.training.trainer import identity_of_configuration
+    from autoseg.checkpoint import identity_of_configuration
 
     workspace = state.workspace
     if plans.configurations[configuration].get("inherits_from"):

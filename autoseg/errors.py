@@ -23,3 +23,18 @@ class CheckpointError(AutosegError):
 
 class WorkspaceError(AutosegError):
     """The workspace lacks an artifact a stage needs (e.g. no task planned yet)."""
+
+
+class BudgetTooSmall(PlanError):
+    """Not even the cheapest network and schedule of a configuration trains one fold within the budget."""
+
+    def __init__(self, message: str, configuration: str, minimum_seconds: float, device: str, precision: str):
+        super().__init__(message)
+        self.configuration = configuration
+        self.minimum_seconds = minimum_seconds
+        self.device = device
+        self.precision = precision
+
+
+class BackgroundWorkerError(AutosegError):
+    """A data-loading worker raised or died; the message holds its own error and traceback."""

@@ -1,8 +1,9 @@
-"""The workspace: one folder for everything autoseg writes.
+"""The workspace: one folder for everything autoseg writes, and the one place its paths are spelled.
 
     HOME/raw/TASK/                 datasets by name (MSD layout)
-    HOME/preprocessed/TASK/        fingerprint.json, plans.json, per-configuration arrays
-    HOME/results/TASK/             splits.json, CONFIG/fold_N/ checkpoints, find-best and postprocessing choices
+    HOME/preprocessed/TASK/        fingerprint.json, plans.json, per-configuration arrays, gt_segmentations/
+    HOME/results/TASK/             `TaskResults`: splits.json, CONFIG/fold_N/ checkpoints and validation,
+                                   CONFIG/crossval/, find_best.json, postprocessing.json
     HOME/current_task.json         the task last planned, so later stages can omit it
     HOME/device_speed.json         this machine's measured training speed (compute-aware planning)
 """
@@ -16,6 +17,56 @@ from autoseg.artifacts import read_json, write_json
 from autoseg.errors import WorkspaceError
 
 DEFAULT_HOME = Path("autoseg_workspace")
+CHECKPOINT_NAMES = ("final", "best", "latest")
+
+
+@dataclass(frozen=True)
+class TaskResults:
+    """HOME/results/TASK: what training, fold validation and model selection write for one task."""
+
+    root: Path
+
+    @property
+    def splits_file(self) -> Path:
+        return self.root / "splits.json"
+
+    @property
+    def selection_file(self) -> Path:
+        """find-best's choice of configuration(s)."""
+        return self.root / "find_best.json"
+
+    @property
+    def postprocessing_file(self) -> Path:
+        return self.root / "postprocessing.json"
+
+    def configuration_folder(self, configuration: str) -> Path:
+        return self.root / configuration
+
+    def fold_folder(self, configuration: str, fold: int | str) -> Path:
+        return self.root / configuration / f"fold_{fold}"
+
+    def checkpoint_file(self, configuration: str, fold: int | str, which: str = "final") -> Path:
+        """checkpoint_final.pt, checkpoint_best.pt or checkpoint_latest.pt of a fold."""
+        if which not in CHECKPOINT_NAMES:
+            raise WorkspaceError(f"--checkpoint {which!r}: expected one of {', '.join(CHECKPOINT_NAMES)}")
+        return self.fold_folder(configuration, fold) / f"checkpoint_{which}.pt"
+
+    def validation_folder(self, configuration: str, fold: int | str) -> Path:
+        """The fold's predictions of its validation cases and their evaluation."""
+        return self.fold_folder(configuration, fold) / "validation"
+
+    def crossval_folder(self, configuration: str) -> Path:
+        """Every fold's validation predictions of a configuration gathered by find-best."""
+        return self.root / configuration / "crossval"
+
+    def predicted_next_stage_folder(self, configuration: str) -> Path:
+        """A low-res stage's fold-validation segmentations on the next stage's grid (cascade input)."""
+        return self.root / configuration / "predicted_next_stage"
+
+    def trained_folds(self, configuration: str, which: str = "final") -> list[str]:
+        """The folds of a configuration that have the given checkpoint, sorted by name."""
+        pattern = f"fold_*/checkpoint_{which}.pt"
+        return sorted(p.parent.name[len("fold_"):] for p in self.configuration_folder(configuration).glob(pattern))
 
 
 @dataclass(frozen=True)
@@ -45,6 +96,13 @@ class Workspace:
 
     def results(self, task_name: str) -> Path:
         return self.home / "results" / task_name
+
+    def task_results(self, task_name: str) -> TaskResults:
+        return TaskResults(self.results(task_name))
+
+    def reference_segmentations(self, task_name: str) -> Path:
+        """Copies of the training labels, in their original geometry, that validations are scored against."""
+        return self.preprocessed(task_name) / "gt_segmentations"
 
     def fingerprint_file(self, task_name: str) -> Path:
         return self.preprocessed(task_name) / "fingerprint.json"

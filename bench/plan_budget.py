@@ -27,9 +27,13 @@ from pathlib import Path
 
 from autoseg.fingerprint import ChannelIntensity, Fingerprint
 from autoseg.planning import plan_experiment
-from autoseg.planning.budget import apply_budget, candidate_architecture, format_duration, parse_duration
-from autoseg.planning.compute_aware import best_decision, measure_speeds
-from autoseg.planning.device_speed import Probe, cpu_supports_bf16, time_data_pipeline, time_training_iteration
+from autoseg.budget.candidates import candidate_architecture
+from autoseg.budget.solver import apply_budget
+from autoseg.planning.time_budget import format_duration, parse_duration
+from autoseg.budget.compute_aware import best_decision, measure_speeds
+from autoseg.budget.measurement import time_data_pipeline, time_training_iteration
+from autoseg.budget.speed import Probe
+from autoseg.device import cpu_supports_bf16
 
 INTENSITY = ChannelIntensity(mean=0.0, std=1.0, median=0.0, min=-1.0, max=1.0, percentile_00_5=-1.0,
                              percentile_99_5=1.0)

@@ -331,7 +331,7 @@ def main() -> None:
     from autoseg.hardware import usable_cpus
     from autoseg.network import count_parameters
     from autoseg.training.expectations import PRECISION_DICE_TOLERANCE, mixed_precision_holds
-    from autoseg.training.trainer import pick_device
+    from autoseg.device import pick_device
 
     device = pick_device(args.device)
     batch_size = args.batch_size or (2 if args.quick else None)

@@ -18,12 +18,13 @@ from autoseg.errors import PlanError
 from autoseg.fingerprint import ChannelIntensity, Fingerprint
 from autoseg.network.architecture import Architecture, feature_map_elements
 from autoseg.planning import plan_experiment
-from autoseg.planning.budget import (BudgetDecision, Candidate, apply_budget, benchmark_probes, build_ladder,
-                                     candidate_cost, fold_seconds, format_duration, parse_duration, patch_chain,
-                                     schedule_for, sliding_windows, solve_budget)
-from autoseg.planning.device_speed import (CostModel, DeviceSpeed, Probe, SpeedSample, choose_precision,
-                                           convolution_macs, cpu_supports_bf16, fit_cost_model, load_or_measure,
-                                           measure_device_speed, work_of)
+from autoseg.budget.candidates import Candidate, benchmark_probes, patch_chain
+from autoseg.budget.solver import apply_budget, build_ladder, solve_budget
+from autoseg.budget.time_model import candidate_cost, fold_seconds, schedule_for, sliding_windows
+from autoseg.planning.time_budget import BudgetDecision, OverBudget, format_duration, parse_duration
+from autoseg.budget.measurement import load_or_measure, measure_device_speed
+from autoseg.budget.speed import CostModel, DeviceSpeed, Probe, SpeedSample, convolution_macs, fit_cost_model, work_of
+from autoseg.device import choose_precision, cpu_supports_bf16
 
 FINGERPRINTS = Path(__file__).resolve().parents[1] / "fingerprints"
 INTENSITY = ChannelIntensity(mean=0.0, std=1.0, median=0.0, min=-1.0, max=1.0, percentile_00_5=-1.0,
@@ -90,7 +91,7 @@ def test_convolution_macs_match_torch_flop_counter_on_a_planned_network(plans_by
 def synthetic_samples(model: CostModel, noise: list[float] | None = None) -> list[SpeedSample]:
     """Samples timed by a known model on real probe networks (two patch sizes x two widths x two batches)."""
     configuration = plan_experiment(thick_slice_mri()).configuration("3d_fullres")
-    from autoseg.planning.budget import candidate_architecture
+    from autoseg.budget.candidates import candidate_architecture
 
     samples = []
     for patch in ([16, 64, 64], [16, 128, 128]):
@@ -152,7 +153,8 @@ def test_measurement_times_steps_with_the_given_clock():
 def test_on_a_cpu_each_iteration_also_pays_for_its_batch_of_data():
     from dataclasses import replace as replaced
 
-    from autoseg.planning.device_speed import DataPipelineModel, time_data_pipeline
+    from autoseg.budget.measurement import time_data_pipeline
+    from autoseg.budget.speed import DataPipelineModel
 
     ticks = iter(range(0, 10_000, 1))  # every timed step, network or data, lasts exactly 1 s
     speed = measure_device_speed("cpu", tiny_probes(), "fp32", warmup_steps=1, timed_steps=2,
@@ -373,8 +375,8 @@ def test_speed_of_another_dimension_is_refused(plans_by_task):
 
 
 def test_a_cascade_is_over_budget_when_its_parent_or_its_previous_stage_is(plans_by_task):
-    from autoseg.planning.budget import BudgetTooSmall
-    from autoseg.planning.compute_aware import mark_over_budget
+    from autoseg.errors import BudgetTooSmall
+    from autoseg.budget.compute_aware import mark_over_budget
 
     plans, _ = plans_by_task["Task09_Spleen"]
     assert {"3d_lowres", "3d_cascade_fullres"} <= set(plans.configurations)
@@ -390,12 +392,12 @@ def test_a_cascade_is_over_budget_when_its_parent_or_its_previous_stage_is(plans
     assert marked(mark_over_budget(plans, 3600, too_small("2d"))) == {"2d"}
     assert not marked(plans)  # the input is not changed
     marked_plans = mark_over_budget(plans, 3600, too_small("3d_lowres"))
-    assert marked_plans.configuration("3d_cascade_fullres").over_budget == {
-        "time_budget_seconds": 3600.0, "minimum_budget_seconds": 5000.0, "device": "cpu", "precision": "fp32"}
+    assert marked_plans.configuration("3d_cascade_fullres").over_budget == OverBudget(
+        time_budget_seconds=3600.0, minimum_budget_seconds=5000.0, device="cpu", precision="fp32")
 
 
 def test_the_final_validation_mirrors_unless_it_would_take_a_quarter_of_the_budget(plans_by_task):
-    from autoseg.planning.budget import MIRRORED_FINAL_VALIDATION_MAX_SHARE, mirroring_threshold_seconds
+    from autoseg.budget.solver import MIRRORED_FINAL_VALIDATION_MAX_SHARE, mirroring_threshold_seconds
 
     plans, num_cases = plans_by_task["Task09_Spleen"]
     configuration, speed = plans.configuration("3d_fullres"), fake_speed("slow_cpu")
@@ -412,15 +414,15 @@ def test_the_final_validation_mirrors_unless_it_would_take_a_quarter_of_the_budg
     assert threshold == pytest.approx(max(cheapest.fold_seconds, cost.windows_final_validation * cost.seconds_per_window
                                           / MIRRORED_FINAL_VALIDATION_MAX_SHARE))
     # Recorded in the decision and in the schedule train takes from it.
-    from autoseg.planning.compute_aware import training_schedule
+    from autoseg.budget.compute_aware import training_schedule
 
-    assert training_schedule(below.to_json()).final_validation_mirroring is False
-    assert training_schedule(above.to_json()).final_validation_mirroring is True
+    assert training_schedule(below).final_validation_mirroring is False
+    assert training_schedule(above).final_validation_mirroring is True
     assert training_schedule(None).final_validation_mirroring is True
 
 
 def test_fold_time_by_hand():
-    from autoseg.planning.budget import CandidateCost
+    from autoseg.budget.time_model import CandidateCost
 
     cost = CandidateCost(seconds_per_iteration=1.0, seconds_per_window=0.1, windows_final_validation=100)
     # 50 epochs x 250 iterations, 50 validation iterations of a third of a step each, 3% overhead; per

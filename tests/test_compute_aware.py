@@ -19,11 +19,10 @@ from autoseg.cli import app
 from autoseg.demo import DemoSpec, make_demo_dataset
 from autoseg.hardware import training_workers
 from autoseg.planning import Plans
-from autoseg.planning.budget import FORWARD_SHARE, parse_duration
-from autoseg.planning.compute_aware import (plan_within_budget, precisions_to_measure, trainable_configurations,
-                                            training_schedule)
-from autoseg.planning.device_speed import (DEVICE_SPEED_SCHEMA_VERSION, CostModel, DeviceSpeed, identity_key,
-                                           machine_identity)
+from autoseg.budget.time_model import FORWARD_SHARE
+from autoseg.planning.time_budget import BudgetDecision, parse_duration
+from autoseg.budget.compute_aware import plan_within_budget, precisions_to_measure, trainable_configurations, training_schedule
+from autoseg.budget.speed import CostModel, DEVICE_SPEED_SCHEMA_VERSION, DeviceSpeed, identity_key, machine_identity
 from autoseg.training import expectations
 from autoseg.training.expectations import mean_dice, precision_check_epoch, timing_report
 from helpers_training import CONFIGURATION, TASK_NAME, small_task, tiny_settings, training_job  # noqa: F401
@@ -76,11 +75,11 @@ def test_plan_with_a_time_budget_records_the_decision_and_shows_the_predicted_ti
     for name in trainable_configurations(plans):
         configuration = plans.configuration(name)
         budget = configuration.budget
-        assert budget["time_budget_seconds"] == 600 and budget["seconds_per_fold"] <= 600
+        assert budget.time_budget_seconds == 600 and budget.seconds_per_fold <= 600
         # The stored network is the decision's: its patch, batch and width.
-        assert configuration.patch_size == budget["patch_size"] and configuration.batch_size == budget["batch_size"]
-        assert configuration.architecture.features_per_stage[0] == budget["base_features"]
-        assert budget["device"] == "cpu" and set(budget["seconds_per_iteration_by_precision"]) == \
+        assert configuration.patch_size == budget.patch_size and configuration.batch_size == budget.batch_size
+        assert configuration.architecture.features_per_stage[0] == budget.base_features
+        assert budget.device == "cpu" and set(budget.seconds_per_iteration_by_precision) == \
             set(precisions_to_measure("cpu"))
     # Without a budget the plan is the memory-sized one, with no budget entry.
     result = run(demo_home, "plan", TASK_NAME)
@@ -126,8 +125,14 @@ def test_the_faster_precision_buys_a_better_plan_and_a_slower_one_is_not_chosen(
 
 
 # --- the schedule train takes ------------------------------------------------------------------------
-BUDGET = {"epochs": 40, "iterations_per_epoch": 50, "validation_iterations_per_epoch": 10, "precision": "bf16",
-          "seconds_per_iteration": 2.0, "seconds_per_iteration_by_precision": {"bf16": 2.0, "fp32": 3.0}}
+BUDGET = BudgetDecision(
+    epochs=40, iterations_per_epoch=50, validation_iterations_per_epoch=10, precision="bf16",
+    seconds_per_iteration=2.0, seconds_per_iteration_by_precision={"bf16": 2.0, "fp32": 3.0},
+    # not read by training_schedule:
+    configuration="3d_fullres", time_budget_seconds=1.0, device="cpu", patch_size=[8, 8, 8], batch_size=2,
+    base_features=8, features_per_stage=[8], seconds_per_epoch=1.0, seconds_final_validation=1.0,
+    seconds_per_fold=1.0, minimum_budget_seconds=1.0, planned_patch_size=[8, 8, 8], planned_batch_size=2,
+    planned_seconds_per_iteration=1.0, patch_coverage=1.0, cost_model_max_relative_error=0.0)
 
 
 def test_schedule_without_a_budget_is_nnunets():
@@ -165,7 +170,7 @@ def test_precision_check_epoch_and_mean_dice_by_hand():
 def test_trainer_checks_the_mixed_precision_once_and_inference_follows_the_verdict(small_task, tmp_path):
     import re
 
-    from autoseg.training.checkpoint import load_checkpoint
+    from autoseg.checkpoint import load_checkpoint
     from autoseg.training.trainer import TrainingEvents, run_training
 
     messages = []
@@ -183,7 +188,7 @@ def test_trainer_checks_the_mixed_precision_once_and_inference_follows_the_verdi
 
 def test_trainer_falls_back_to_fp32_when_mixed_precision_loses_dice_and_resume_keeps_it(small_task, tmp_path,
                                                                                       monkeypatch):
-    from autoseg.training.checkpoint import load_checkpoint
+    from autoseg.checkpoint import load_checkpoint
     from autoseg.training.trainer import Trainer, TrainingEvents, run_training
 
     monkeypatch.setattr(expectations, "mixed_precision_holds", lambda fp32, mixed, tolerance=0.01: False)
@@ -215,7 +220,7 @@ def test_trainer_reports_the_measured_epoch_time_against_the_plan(small_task, tm
 def budgeted_workspace(small_task, tmp_path) -> Path:
     """The small task's workspace whose plan carries a budget of 2 epochs x 3 iterations, final
     validation without mirroring."""
-    from autoseg.planning.budget import BudgetDecision
+    from autoseg.planning.time_budget import BudgetDecision
 
     home = tmp_path / "workspace"
     shutil.copytree(small_task.preprocessed_folder.parent.parent, home)
@@ -257,7 +262,7 @@ def test_train_time_budget_replans_the_configuration_from_the_fingerprint(budget
     assert result.exit_code == 0, result.output
     assert "re-planned 3d_fullres for 10m per fold" in result.output
     plans = Plans.load(budgeted_workspace / "preprocessed" / TASK_NAME / "plans.json")
-    assert plans.configuration(CONFIGURATION).budget["time_budget_seconds"] == 600
+    assert plans.configuration(CONFIGURATION).budget.time_budget_seconds == 600
     # Once fold 1 is trained with that network, re-planning fold 0 for another budget is refused.
     fold_1 = [*arguments[:3], "1", *arguments[4:]]
     result = run(budgeted_workspace, *fold_1)
@@ -291,7 +296,7 @@ def test_inference_batch_windows_from_device_cpus_and_memory():
 
 # --- configurations that do not fit ----------------------------------------------------------------------
 def test_a_configuration_too_costly_for_the_budget_is_marked_and_the_others_are_planned(demo_home):
-    from autoseg.planning.budget import BudgetTooSmall
+    from autoseg.errors import BudgetTooSmall
 
     assert run(demo_home, "plan", TASK_NAME).exit_code == 0
     plans = Plans.load(demo_home / "preprocessed" / TASK_NAME / "plans.json")
@@ -300,10 +305,10 @@ def test_a_configuration_too_costly_for_the_budget_is_marked_and_the_others_are_
     slow_3d = {2: [fake_speed("fp32", 2)], 3: [fake_speed("fp32", 3, speedup=1e-3)]}  # 1000x slower 3D
     budgeted, decisions = plan_within_budget(plans, budget, slow_3d, num_training_cases=10)
     assert set(decisions) == {"2d"}
-    assert budgeted.configuration("2d").budget["seconds_per_fold"] <= budget
+    assert budgeted.configuration("2d").budget.seconds_per_fold <= budget
     fullres = budgeted.configuration("3d_fullres")
-    assert fullres.budget is None and fullres.over_budget["time_budget_seconds"] == budget
-    assert fullres.over_budget["minimum_budget_seconds"] > budget and fullres.over_budget["device"] == "cpu"
+    assert fullres.budget is None and fullres.over_budget.time_budget_seconds == budget
+    assert fullres.over_budget.minimum_budget_seconds > budget and fullres.over_budget.device == "cpu"
     assert fullres.patch_size == plans.configuration("3d_fullres").patch_size  # the unconstrained plan kept
     # Named explicitly (train --time-budget re-plans one configuration), a configuration that does not fit
     # is an error; so is a budget too small for every configuration, which states the cheapest minimum.
@@ -315,8 +320,8 @@ def test_a_configuration_too_costly_for_the_budget_is_marked_and_the_others_are_
 
 
 def test_the_precision_closest_to_fitting_states_the_minimum(demo_home):
-    from autoseg.planning.budget import BudgetTooSmall
-    from autoseg.planning.compute_aware import best_decision
+    from autoseg.errors import BudgetTooSmall
+    from autoseg.budget.compute_aware import best_decision
 
     run(demo_home, "plan", TASK_NAME)
     plans = Plans.load(demo_home / "preprocessed" / TASK_NAME / "plans.json")

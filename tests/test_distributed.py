@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoseg.training.trainer import deep_supervision_loss_weights
+from autoseg.training.loss import deep_supervision_loss_weights
 from helpers_training import small_task, tiny_settings, training_job  # noqa: F401
 
 WORLD_SIZE = 2

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from autoseg.training.augmentation import rotation_and_dummy_2d_for, training_transforms
-from autoseg.training.loader import BackgroundWorkerError, make_loader
+from autoseg.errors import BackgroundWorkerError
+from autoseg.training.loader import make_loader
 from autoseg.training.sampling import PatchSampler, PreprocessedFolder, enlarged_patch_size
 
 

@@ -166,8 +166,8 @@ def trained(spaced, tmp_path_factory):
 
     from autoseg.network import build_network
     from autoseg.preprocessing.task import preprocess_task
-    from autoseg.training.checkpoint import save_checkpoint
-    from autoseg.training.trainer import identity_of_configuration
+    from autoseg.checkpoint import save_checkpoint
+    from autoseg.checkpoint import identity_of_configuration
 
     home = tmp_path_factory.mktemp("home")
     dataset = load_dataset(spaced)

@@ -102,8 +102,8 @@ def trained_workspace(tmp_path_factory, block_plans):
     """A workspace whose 3d_fullres 'training' is an untrained network saved as a checkpoint:
     enough to exercise loading, folders, skipping and failures through the CLI."""
     from autoseg.network import build_network
-    from autoseg.training.checkpoint import save_checkpoint
-    from autoseg.training.trainer import identity_of_configuration
+    from autoseg.checkpoint import save_checkpoint
+    from autoseg.checkpoint import identity_of_configuration
 
     home = tmp_path_factory.mktemp("ws")
     name = block_plans.dataset_name

@@ -19,9 +19,10 @@ import torch
 from typer.testing import CliRunner
 
 from autoseg.errors import AutosegError, CheckpointError
-from autoseg.training.checkpoint import load_checkpoint
+from autoseg.checkpoint import load_checkpoint
 from autoseg.training.splits import NUM_FOLDS, SPLIT_SEED, fold_cases, load_or_create_splits, make_splits
-from autoseg.training.trainer import INITIAL_LR, Trainer, TrainingEvents, poly_lr, run_training
+from autoseg.training.step import INITIAL_LR, poly_lr
+from autoseg.training.trainer import Trainer, TrainingEvents, run_training
 from helpers_training import (CONFIGURATION, LEARNING_EPOCHS, LEARNING_ITERATIONS, TASK_NAME,  # noqa: F401
                               small_task, tiny_settings, trained_small_fold, training_job)
 
@@ -203,7 +204,7 @@ def test_resume_from_an_older_checkpoint_rewrites_the_log_to_match_it(small_task
 
 
 def test_resume_from_a_latest_checkpoint_older_than_the_best_keeps_the_best_score(small_task, tmp_path):
-    from autoseg.training.checkpoint import save_checkpoint
+    from autoseg.checkpoint import save_checkpoint
 
     with pytest.raises(_Killed):
         run_training(training_job(small_task, tmp_path), tiny_settings(epochs=3, checkpoint_every=2),
@@ -375,7 +376,7 @@ def _gradient_norm(module) -> float:
 
 @pytest.mark.parametrize("loss_scale, clipped", [(1e6, True), (1e-6, False)])
 def test_gradients_are_clipped_to_norm_12(small_task, tmp_path, loss_scale, clipped):
-    from autoseg.training.trainer import GRAD_CLIP_NORM, MOMENTUM, WEIGHT_DECAY
+    from autoseg.training.step import GRAD_CLIP_NORM, MOMENTUM, WEIGHT_DECAY
 
     trainer = Trainer(training_job(small_task, tmp_path), tiny_settings())
     assert GRAD_CLIP_NORM == 12.0
@@ -397,7 +398,7 @@ def test_gradients_are_clipped_to_norm_12(small_task, tmp_path, loss_scale, clip
 
 # ------------------------------------------------------------------------------------ devices
 def test_device_choice_and_mixed_precision_per_device():
-    from autoseg.training.trainer import autocast_dtype, pick_device
+    from autoseg.device import autocast_dtype, pick_device
 
     if not torch.cuda.is_available():
         assert pick_device("auto") == torch.device("cpu")

@@ -28,6 +28,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from autoseg.checkpoint import check_identity, identity_of_configuration, load_checkpoint
+from autoseg.device import inference_autocast_dtype, pick_device
 from autoseg.errors import AutosegError, CheckpointError
 from autoseg.io import Geometry, SUPPORTED_ENDINGS, file_ending, read_image, write_segmentation
 
@@ -116,8 +118,6 @@ def fold_folders(configuration_folder: Path, folds: Sequence[str] | None, checkp
 
 def load_network(plans, configuration_name: str, checkpoint_path: Path, device):
     from autoseg.network import build_network
-    from autoseg.training.checkpoint import check_identity, load_checkpoint
-    from autoseg.training.trainer import identity_of_configuration
 
     state = load_checkpoint(checkpoint_path, map_location=device)
     check_identity(state, identity_of_configuration(plans, configuration_name), checkpoint_path)
@@ -134,8 +134,6 @@ def load_trained_model(configuration_folder: Path, plans, configuration_name: st
                        previous_stage_from_files: bool = False) -> TrainedModel:
     """The networks of a configuration's folds. A cascade stage needs its `previous_stage` model, unless
     `previous_stage_from_files`: the caller appends stored previous-stage segmentations (fold validation)."""
-    from autoseg.training.trainer import pick_device
-
     torch_device = pick_device(device)
     networks, chosen, precision = [], [], "fp32"
     for fold, path in fold_folders(Path(configuration_folder), folds, checkpoint):
@@ -152,17 +150,6 @@ def load_trained_model(configuration_folder: Path, plans, configuration_name: st
 
 
 # ------------------------------------------------------------------------------------------ one case
-
-
-def _autocast_dtype(model: TrainedModel, settings: PredictionSettings):
-    import torch
-
-    precision = settings.precision
-    if precision == "auto":
-        if model.device.type == "cuda":
-            return torch.float16
-        precision = model.trained_precision if model.trained_precision == "bf16" else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def _batch_windows(model: TrainedModel, settings: PredictionSettings) -> int:
@@ -201,11 +188,21 @@ def preprocess_for(model: TrainedModel, image: np.ndarray, geometry: Geometry, c
         intensity_stats={k: vars(v) for k, v in model.plans.intensity_per_channel.items()},
         is_2d_config=configuration.dimension == 2, case_id=case_id)
     if model.previous_stage is not None:
-        from autoseg.cascade import append_predicted_previous_stage
-
-        data = append_predicted_previous_stage(model, data, properties, image, geometry,
-                                               settings or PredictionSettings())
+        data = _append_previous_stage(model, data, properties, image, geometry, settings or PredictionSettings())
     return data, properties
+
+
+def _append_previous_stage(model: TrainedModel, data: np.ndarray, properties, image, geometry,
+                           settings: PredictionSettings) -> np.ndarray:
+    """Run the low-res model on the raw image and append its one-hot segmentation to `data`."""
+    from dataclasses import replace
+
+    from autoseg.cascade import foreground_labels_of, one_hot, segmentation_to_grid
+
+    low_res = predict_image(model.previous_stage, image, geometry,
+                            replace(settings, save_probabilities=False, postprocess=False))
+    previous = segmentation_to_grid(low_res.segmentation, properties)
+    return np.concatenate([data, one_hot(previous, foreground_labels_of(model.plans))])
 
 
 def predict_probabilities(model: TrainedModel, data: np.ndarray, settings: PredictionSettings,
@@ -220,7 +217,7 @@ def predict_probabilities(model: TrainedModel, data: np.ndarray, settings: Predi
     dimension = configuration.dimension
     options = dict(num_classes=configuration.architecture.num_classes, step_fraction=settings.step_fraction,
                    mirror_axes=None if settings.use_tta else (), batch_windows=_batch_windows(model, settings),
-                   device=model.device, autocast_dtype=_autocast_dtype(model, settings), progress=progress)
+                   device=model.device, autocast_dtype=inference_autocast_dtype(settings.precision, model.device, model.trained_precision), progress=progress)
     image = torch.from_numpy(np.ascontiguousarray(data))
     options.update(_accumulator_placement(model, image.shape[1:], configuration.architecture.num_classes))
     if dimension == 2:

@@ -22,6 +22,7 @@ from autoseg.errors import AutosegError, PlanError
 from autoseg.fingerprint import ChannelIntensity
 from autoseg.network.architecture import ARCHITECTURES, Architecture
 from autoseg.planning.rules import NORMALIZATION_SCHEMES
+from autoseg.planning.time_budget import BudgetDecision, OverBudget
 
 PLANS_SCHEMA_VERSION = 1
 
@@ -48,13 +49,11 @@ class Configuration:
     previous_stage: str | None = None
     next_stage: str | None = None
     inherits_from: str | None = None
-    # Set by compute-aware planning (`autoseg plan --time-budget`): the BudgetDecision as JSON, i.e.
-    # the schedule and precision to train with and the timings they were predicted from.
-    budget: dict | None = None
-    # Set instead of `budget` when not even this configuration's cheapest network trains one fold within
-    # the time budget: {"time_budget_seconds", "minimum_budget_seconds", "device", "precision"}. The entry
-    # keeps the unconstrained plan; `autoseg train` refuses it unless given an explicit schedule.
-    over_budget: dict | None = None
+    # Set by compute-aware planning (`autoseg plan --time-budget`): the schedule and precision to train
+    # with and the timings they were predicted from; or, when not even the cheapest network fits,
+    # `over_budget` instead (the entry keeps the unconstrained plan).
+    budget: BudgetDecision | None = None
+    over_budget: OverBudget | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -68,7 +67,9 @@ class Configuration:
         _check_fields(data, {f.name for f in fields(cls)}, where, optional)
         data = {**{name: None for name in optional}, **data}
         architecture = _architecture_from_json(data["architecture"], f"{where}: field 'architecture'")
-        configuration = cls(**{**data, "architecture": architecture})
+        budget = data["budget"] and BudgetDecision.from_json(data["budget"], f"{where}: field 'budget'")
+        over_budget = data["over_budget"] and OverBudget.from_json(data["over_budget"], f"{where}: field 'over_budget'")
+        configuration = cls(**{**data, "architecture": architecture, "budget": budget, "over_budget": over_budget})
         try:
             _validate_configuration(configuration, where, num_channels)
         except (TypeError, ValueError) as e:  # a field of the wrong JSON type
@@ -267,28 +268,10 @@ def _validate_configuration(configuration: Configuration, where: str, num_channe
                 raise PlanError(f"{where}: field '{name}' has {len(getattr(c, name))} entries for "
                                 f"{num_channels} channels")
     _validate_architecture(c.architecture, c.dimension, where)
-    if c.budget is not None:
-        from autoseg.planning.budget import BudgetDecision  # budget.py imports this module
-
-        BudgetDecision.from_json(c.budget, f"{where}: field 'budget'")
-    if c.over_budget is not None:
-        _validate_over_budget(c.over_budget, f"{where}: field 'over_budget'")
     divisor = c.architecture.total_downsampling()
     if any(p % d for p, d in zip(c.patch_size, divisor)):
         raise PlanError(f"{where}: field 'patch_size' {c.patch_size} is not divisible by the network's "
                         f"total downsampling {divisor}")
-
-
-OVER_BUDGET_FIELDS = {"time_budget_seconds": (int, float), "minimum_budget_seconds": (int, float),
-                      "device": str, "precision": str}
-
-
-def _validate_over_budget(data: Any, where: str) -> None:
-    if not isinstance(data, dict) or set(data) != set(OVER_BUDGET_FIELDS):
-        raise PlanError(f"{where}: expected an object with exactly the fields {', '.join(OVER_BUDGET_FIELDS)}")
-    for name, kind in OVER_BUDGET_FIELDS.items():
-        if not isinstance(data[name], kind) or isinstance(data[name], bool):
-            raise PlanError(f"{where}: field '{name}' is {data[name]!r}, of the wrong type")
 
 
 def _resolve_inheritance(entries: dict[str, dict], name: str, where: str) -> dict:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from autoseg.planning import rules
 from autoseg.planning.plans import Configuration, Plans
+from autoseg.planning.time_budget import BudgetDecision, OverBudget, format_duration
 
 
 def format_plan_summary(plans: Plans) -> str:
@@ -15,10 +16,8 @@ def format_plan_summary(plans: Plans) -> str:
     budgets = [c.budget for c in configurations.values() if c.budget is not None]
     sized_for = f"a {plans.gpu_memory_gb:g} GB GPU"
     if budgets:
-        from autoseg.planning.budget import format_duration
-
-        sized_for = (f"{format_duration(budgets[0]['time_budget_seconds'])} of training per fold on this machine's "
-                     f"{budgets[0]['device']} (within {sized_for})")
+        sized_for = (f"{format_duration(budgets[0].time_budget_seconds)} of training per fold on this machine's "
+                     f"{budgets[0].device} (within {sized_for})")
     lines = [
         f"{plans.dataset_name}: plans for {sized_for}",
         f"transpose: forward {plans.transpose_forward}, backward {plans.transpose_backward}",
@@ -100,36 +99,32 @@ def _configuration_table(configurations: dict[str, Configuration]) -> str:
     return _render(table)
 
 
-def _over_budget_line(name: str, over_budget: dict) -> str:
-    from autoseg.planning.budget import format_duration
-
-    return (f"{name} does not fit: one fold needs at least {format_duration(over_budget['minimum_budget_seconds'])} "
-            f"on {over_budget['device']} ({over_budget['precision']}), more than the "
-            f"{format_duration(over_budget['time_budget_seconds'])} budget; it keeps the unconstrained plan, and "
+def _over_budget_line(name: str, over_budget: OverBudget) -> str:
+    return (f"{name} does not fit: one fold needs at least {format_duration(over_budget.minimum_budget_seconds)} "
+            f"on {over_budget.device} ({over_budget.precision}), more than the "
+            f"{format_duration(over_budget.time_budget_seconds)} budget; it keeps the unconstrained plan, and "
             f"`autoseg train {name}` runs only with an explicit --epochs (or re-plan with a larger --time-budget)")
 
 
 def _budget_table(configurations: dict[str, Configuration]) -> str:
     """What compute-aware planning chose and the times its cost model predicts (one fold each)."""
-    from autoseg.planning.budget import format_duration
-
-    def seconds_per_iteration(b: dict) -> str:
-        others = [f"{p} {s:.3g}" for p, s in b["seconds_per_iteration_by_precision"].items() if p != b["precision"]]
-        return f"{b['seconds_per_iteration']:.3g}" + (f" ({', '.join(others)})" if others else "")
+    def seconds_per_iteration(b: BudgetDecision) -> str:
+        others = [f"{p} {s:.3g}" for p, s in b.seconds_per_iteration_by_precision.items() if p != b.precision]
+        return f"{b.seconds_per_iteration:.3g}" + (f" ({', '.join(others)})" if others else "")
 
     rows = {
-        "time budget per fold": lambda b: format_duration(b["time_budget_seconds"]),
-        "device, precision": lambda b: f"{b['device']}, {b['precision']}",
-        "epochs x iterations": lambda b: f"{b['epochs']} x {b['iterations_per_epoch']}",
-        "base features": lambda b: str(b["base_features"]),
-        "patch (planned)": lambda b: f"{_xs(b['patch_size'])} ({_xs(b['planned_patch_size'])})",
-        "batch (planned)": lambda b: f"{b['batch_size']} ({b['planned_batch_size']})",
+        "time budget per fold": lambda b: format_duration(b.time_budget_seconds),
+        "device, precision": lambda b: f"{b.device}, {b.precision}",
+        "epochs x iterations": lambda b: f"{b.epochs} x {b.iterations_per_epoch}",
+        "base features": lambda b: str(b.base_features),
+        "patch (planned)": lambda b: f"{_xs(b.patch_size)} ({_xs(b.planned_patch_size)})",
+        "batch (planned)": lambda b: f"{b.batch_size} ({b.planned_batch_size})",
         "predicted s / iteration": seconds_per_iteration,
-        "predicted time / epoch": lambda b: format_duration(b["seconds_per_epoch"]),
-        "final validation": lambda b: (format_duration(b["seconds_final_validation"])
-                                       + (", mirrored" if b.get("final_validation_mirroring", True) else ", no mirroring")),
-        "predicted time / fold": lambda b: format_duration(b["seconds_per_fold"]),
-        "minimum budget": lambda b: format_duration(b["minimum_budget_seconds"]),
+        "predicted time / epoch": lambda b: format_duration(b.seconds_per_epoch),
+        "final validation": lambda b: (format_duration(b.seconds_final_validation)
+                                       + (", mirrored" if b.final_validation_mirroring else ", no mirroring")),
+        "predicted time / fold": lambda b: format_duration(b.seconds_per_fold),
+        "minimum budget": lambda b: format_duration(b.minimum_budget_seconds),
     }
     header = ["compute-aware plan"] + list(configurations)
     table = [header] + [[label] + [cell(c.budget) for c in configurations.values()] for label, cell in rows.items()]

@@ -35,7 +35,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from autoseg.errors import AutosegError
+from autoseg.errors import BackgroundWorkerError
 
 # Batches buffered per worker: enough to hide jitter, small enough to bound memory (a 128^3 batch of 2 with
 # one channel is 16 MB of data + 8 MB of seg).
@@ -46,10 +46,6 @@ DEFAULT_POLL_INTERVAL_S = 0.5
 SHUTDOWN_GRACE_S = 3.0
 # How often a worker checks that the process that started it is still alive.
 PARENT_CHECK_INTERVAL_S = 1.0
-
-
-class BackgroundWorkerError(AutosegError):
-    """A data-loading worker raised or died; the message holds its own error and traceback."""
 
 
 class BatchProducer:

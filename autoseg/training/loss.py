@@ -144,7 +144,15 @@ class DeepSupervisionLoss(nn.Module):
         return sum(w * self.base_loss(out, t) for (w, out), t in zip(used, targets))
 
 
-def build_training_loss(batch_dice: bool, n_outputs: int) -> nn.Module:
+def deep_supervision_loss_weights(n_outputs: int, distributed: bool) -> list[float]:
+    """The deep supervision weights; under DDP every head must receive a gradient, however small."""
+    weights = deep_supervision_weights(n_outputs)
+    if distributed:
+        weights = [w if w > 0 else 1e-6 for w in weights]
+    return weights
+
+
+def build_training_loss(batch_dice: bool, n_outputs: int, distributed: bool = False) -> nn.Module:
     """nnU-Net's loss for a network with `n_outputs` outputs (1 = no deep supervision).
 
     With n_outputs > 1 call it as loss(list_of_logits, target); otherwise loss(logits, target).
@@ -152,4 +160,13 @@ def build_training_loss(batch_dice: bool, n_outputs: int) -> nn.Module:
     base = DiceCELoss(batch_dice)
     if n_outputs == 1:
         return base
-    return DeepSupervisionLoss(base, deep_supervision_weights(n_outputs))
+    return DeepSupervisionLoss(base, deep_supervision_loss_weights(n_outputs, distributed))
+
+
+def loss_for_architecture(architecture, batch_dice: bool, distributed: bool = False) -> nn.Module:
+    """The training loss of a network built from `architecture`: with deep supervision it returns a list of
+    one output per decoder stage (a list even for a single stage), scored by DeepSupervisionLoss."""
+    if not architecture.deep_supervision:
+        return DiceCELoss(batch_dice)
+    n_outputs = architecture.num_stages - 1
+    return DeepSupervisionLoss(DiceCELoss(batch_dice), deep_supervision_loss_weights(n_outputs, distributed))

@@ -20,15 +20,15 @@ from typing import Callable
 
 import numpy as np
 
+from autoseg.checkpoint import check_identity, identity_of_configuration, load_checkpoint, save_checkpoint
+from autoseg.device import autocast_dtype, dtype_of, pick_device, precision_of
 from autoseg.errors import AutosegError, CheckpointError
-from autoseg.training.checkpoint import check_identity, load_checkpoint, save_checkpoint
+from autoseg.planning.plans import Plans
+from autoseg.training.loss import loss_for_architecture
+from autoseg.training.step import INITIAL_LR, forward_with_loss, make_grad_scaler, make_optimizer, poly_lr, train_step
 
-# nnU-Net's optimisation constants (reference section 5.1).
-INITIAL_LR = 1e-2
-MOMENTUM = 0.99
-WEIGHT_DECAY = 3e-5
-POLY_EXPONENT = 0.9
-GRAD_CLIP_NORM = 12.0
+# nnU-Net's schedule: 1000 epochs of 250 training and 50 validation iterations.
+DEFAULT_EPOCHS, DEFAULT_ITERATIONS_PER_EPOCH, DEFAULT_VALIDATION_ITERATIONS = 1000, 250, 50
 EMA_DECAY = 0.9  # pseudo-Dice moving average for checkpoint_best
 # Saving checkpoint_latest may take at most this share of the training time (automatic interval).
 CHECKPOINT_TIME_SHARE = 0.03
@@ -38,9 +38,9 @@ TIMING_CHECK_EPOCHS = 3
 
 @dataclass
 class TrainingSettings:
-    epochs: int = 1000
-    iterations_per_epoch: int = 250
-    validation_iterations: int = 50
+    epochs: int = DEFAULT_EPOCHS
+    iterations_per_epoch: int = DEFAULT_ITERATIONS_PER_EPOCH
+    validation_iterations: int = DEFAULT_VALIDATION_ITERATIONS
     num_workers: int = 2
     device: str = "auto"  # auto | cuda | cpu | mps
     precision: str = "auto"  # auto (`autocast_dtype`: fp16 on CUDA, bf16 on hardware-bf16 CPUs) | fp32 | bf16 | fp16
@@ -60,7 +60,7 @@ class TrainingSettings:
 class TrainingJob:
     """What to train: one configuration of a plan on one fold."""
 
-    plans: object  # autoseg.planning.plans.Plans
+    plans: Plans
     configuration_name: str
     fold: int | str
     data_folder: Path  # preprocessed arrays of the configuration
@@ -94,52 +94,6 @@ class EpochLog:
     notes: list[list] = field(default_factory=list)
 
 
-def poly_lr(epoch: int, total_epochs: int, initial_lr: float) -> float:
-    return initial_lr * (1 - epoch / total_epochs) ** POLY_EXPONENT
-
-
-def pick_device(requested: str):
-    """torch.device for auto (CUDA when present, else CPU), cuda, cuda:N (one rank of a multi-GPU run),
-    cpu or mps; an AutosegError saying why when that device is not available."""
-    import torch
-
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    kind, _, index = requested.partition(":")
-    if kind not in ("cuda", "cpu", "mps") or (index and (kind != "cuda" or not index.isdigit())):
-        raise AutosegError(f"--device {requested!r}: expected auto, cuda, cuda:N, cpu or mps")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise AutosegError(f"--device {requested}: no CUDA GPU is visible to torch (this torch build may be CPU-only)")
-    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
-        raise AutosegError(f"--device {requested}: only {torch.cuda.device_count()} CUDA device(s) are visible")
-    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise AutosegError("--device mps: Apple MPS is not available here")
-    return torch.device(requested)
-
-
-def autocast_dtype(precision: str, device, cpu_bf16: bool | None = None) -> "torch.dtype | None":
-    """The autocast dtype of a precision; "auto" is the device's mixed precision (`choose_precision`: fp16 on
-    CUDA, bf16 on a CPU with hardware bf16, else none), which the trainer confirms on its first epochs.
-    `cpu_bf16` states whether the CPU has hardware bf16 (default: read from the machine)."""
-    import torch
-
-    if precision == "auto":
-        from autoseg.planning.device_speed import choose_precision, cpu_supports_bf16
-
-        if device.type == "cpu" and cpu_bf16 is None:
-            cpu_bf16 = cpu_supports_bf16()
-        precision = choose_precision(device.type, bool(cpu_bf16))
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def precision_name(amp_dtype) -> str:
-    import torch
-
-    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
-
-
 def foreground_counts(outputs, target) -> np.ndarray:
     """[tp, fp, fn] per foreground class (shape (classes - 1, 3)) of the argmax of the highest-resolution
     output against `target` (batch, 1, *spatial)."""
@@ -151,27 +105,6 @@ def foreground_counts(outputs, target) -> np.ndarray:
         p, t = predicted == label, labels == label
         counts.append([(p & t).sum().item(), (p & ~t).sum().item(), (~p & t).sum().item()])
     return np.asarray(counts, dtype=np.float64).reshape(-1, 3)
-
-
-def deep_supervision_loss_weights(n_outputs: int, distributed: bool) -> list[float]:
-    from autoseg.training.loss import deep_supervision_weights
-
-    weights = deep_supervision_weights(n_outputs)
-    if distributed:  # DDP needs every head to receive a gradient, however small
-        weights = [w if w > 0 else 1e-6 for w in weights]
-    return weights
-
-
-def identity_of_configuration(plans, configuration_name: str) -> dict:
-    """What a checkpoint must match to be used with a plan."""
-    configuration = plans.configuration(configuration_name)
-    return {
-        "dataset_name": plans.dataset_name,
-        "configuration": configuration_name,
-        "architecture": configuration.architecture.to_json(),
-        "patch_size": list(configuration.patch_size),
-        "fingerprint_signature": plans.fingerprint_signature,
-    }
 
 
 class _Distributed:
@@ -211,18 +144,17 @@ class Trainer:
         self.configuration = job.plans.configuration(job.configuration_name)
         self.device = pick_device(settings.device)
         self.amp_dtype = autocast_dtype(settings.precision, self.device)
-        self.precision = precision_name(self.amp_dtype)
+        self.precision = precision_of(self.amp_dtype)
         self.precision_checked = False
         if settings.seed is not None:
             torch.manual_seed(settings.seed + self.dist.rank)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         self.network = self._build_network()
-        self.optimizer = torch.optim.SGD(self.network.parameters(), lr=settings.initial_lr, momentum=MOMENTUM,
-                                         nesterov=True, weight_decay=WEIGHT_DECAY)
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 and self.device.type == "cuda" \
-            else None
-        self.loss = self._build_loss()
+        self.optimizer = make_optimizer(self.network.parameters(), settings.initial_lr)
+        self.scaler = make_grad_scaler(self.device, self.amp_dtype)
+        self.loss = loss_for_architecture(self.configuration.architecture, self.configuration.batch_dice,
+                                          self.dist.active)
         self.log = EpochLog()
         self.epoch = 0
         self.best_ema: float | None = None
@@ -244,15 +176,6 @@ class Trainer:
 
             return DistributedDataParallel(network, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         return network
-
-    def _build_loss(self):
-        from autoseg.training.loss import DeepSupervisionLoss, DiceCELoss
-
-        base = DiceCELoss(batch_dice=self.configuration.batch_dice)
-        if not self.configuration.architecture.deep_supervision:
-            return base
-        n_outputs = self.configuration.architecture.num_stages - 1
-        return DeepSupervisionLoss(base, deep_supervision_loss_weights(n_outputs, self.dist.active))
 
     def _batch_size_per_rank(self) -> int:
         return self._batch_slot()[1]
@@ -373,30 +296,9 @@ class Trainer:
         return time.perf_counter() - started
 
     # ------------------------------------------------------------------------------------ steps
-    def _forward_loss(self, data, target):
-        import torch
-
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            outputs = self.network(data)
-        return outputs, self.loss(outputs, target)
-
     def train_step(self, batch) -> float:
-        import torch
-
         data, target = self._to_device(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        _, loss = self._forward_loss(data, target)
-        if self.scaler:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), GRAD_CLIP_NORM)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.network.parameters(), GRAD_CLIP_NORM)
-            self.optimizer.step()
-        return float(loss.detach())
+        return train_step(self.network, self.loss, self.optimizer, self.scaler, data, target, self.amp_dtype)
 
     def validation_step(self, batch) -> tuple[float, np.ndarray]:
         """(loss, [tp, fp, fn] per foreground class) on the highest-resolution output."""
@@ -404,7 +306,7 @@ class Trainer:
 
         data, target = self._to_device(batch)
         with torch.no_grad():
-            outputs, loss = self._forward_loss(data, target)
+            outputs, loss = forward_with_loss(self.network, self.loss, data, target, self.amp_dtype)
         return float(loss), foreground_counts(outputs, target)
 
     def _to_device(self, batch):
@@ -479,7 +381,7 @@ class Trainer:
         """Rank 0: drop half-written checkpoints of a killed save; a run from scratch starts a new log."""
         if not self.dist.is_main:
             return
-        from autoseg.training.checkpoint import remove_partial_checkpoints
+        from autoseg.checkpoint import remove_partial_checkpoints
         from autoseg.training.progress import rewrite_log
 
         remove_partial_checkpoints(self.job.output_folder)
@@ -533,11 +435,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ checks
     def _set_precision(self, name: str) -> None:
-        import torch
-
-        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+        self.amp_dtype = dtype_of(name)
         self.precision = name
-        if self.amp_dtype != torch.float16:
+        if name != "fp16":
             self.scaler = None
 
     def _precision_check_due(self) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from autoseg.artifacts import write_atomic
 from autoseg.errors import CheckpointError
+from autoseg.planning.plans import Plans
 
 CHECKPOINT_FORMAT = 1
 
@@ -72,6 +73,18 @@ def resume_schedule(folder: Path) -> dict:
                 "validation_iterations": "validation_iterations"}
         return {ours: int(state[key]) for key, ours in keys.items() if isinstance(state, dict) and key in state}
     return {}
+
+
+def identity_of_configuration(plans: Plans, configuration_name: str) -> dict:
+    """What a checkpoint must match to be used with a plan."""
+    configuration = plans.configuration(configuration_name)
+    return {
+        "dataset_name": plans.dataset_name,
+        "configuration": configuration_name,
+        "architecture": configuration.architecture.to_json(),
+        "patch_size": list(configuration.patch_size),
+        "fingerprint_signature": plans.fingerprint_signature,
+    }
 
 
 def check_identity(state: dict, expected: dict, path: Path) -> None:

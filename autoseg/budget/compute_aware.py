@@ -3,7 +3,7 @@
     speeds = measure_speeds(plans, "cpu", workspace.device_speed_file)     # cached per machine
     budgeted, decisions = plan_within_budget(plans, 15 * 60, speeds, num_training_cases=20)
 
-`measure_speeds` times the probe networks of `autoseg.planning.budget.benchmark_probes` at fp32 and,
+`measure_speeds` times the probe networks of `autoseg.budget.candidates.benchmark_probes` at fp32 and,
 where the device offers one (`choose_precision`: bf16 on CPUs with hardware bf16, fp16 on CUDA),
 at a mixed precision; a measurement is reused from the cache whenever the machine's identity
 matches (host, CPU, torch, threads, GPU, precision, dimension), so only the first plan on a machine
@@ -22,18 +22,16 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from autoseg.planning.budget import (FULL_EPOCHS, FULL_ITERATIONS_PER_EPOCH, BudgetDecision, BudgetTooSmall,
-                                     apply_budget, benchmark_probes, decision_quality_loss, predicted_epoch_seconds,
-                                     solve_budget, validation_iterations)
-from autoseg.planning.device_speed import DeviceSpeed, choose_precision, cpu_supports_bf16, load_or_measure
+from autoseg.budget.candidates import benchmark_probes
+from autoseg.budget.measurement import load_or_measure
+from autoseg.budget.solver import apply_budget, decision_quality_loss, solve_budget
+from autoseg.budget.speed import DeviceSpeed
+from autoseg.budget.time_model import predicted_epoch_seconds, validation_iterations
+from autoseg.device import choose_precision, cpu_supports_bf16
+from autoseg.errors import BudgetTooSmall
 from autoseg.planning.plans import Plans
-
-
-def resolve_device(device: str) -> str:
-    """'auto' -> 'cuda' when torch sees a GPU, else 'cpu'; other names are checked (AutosegError)."""
-    from autoseg.training.trainer import pick_device
-
-    return pick_device(device).type
+from autoseg.planning.time_budget import BudgetDecision, OverBudget
+from autoseg.training.trainer import DEFAULT_EPOCHS, DEFAULT_ITERATIONS_PER_EPOCH
 
 
 def trainable_configurations(plans: Plans) -> list[str]:
@@ -119,9 +117,8 @@ def mark_over_budget(plans: Plans, time_budget_seconds: float, too_small: dict[s
     for name in entries:
         error = blocking(name)
         if error is not None:
-            entries[name]["over_budget"] = {"time_budget_seconds": float(time_budget_seconds),
-                                            "minimum_budget_seconds": float(error.minimum_seconds),
-                                            "device": error.device, "precision": error.precision}
+            entries[name]["over_budget"] = OverBudget(float(time_budget_seconds), float(error.minimum_seconds),
+                                                      error.device, error.precision).to_json()
     return replace(plans, configurations=entries)
 
 
@@ -158,23 +155,23 @@ class TrainingSchedule:
     final_validation_mirroring: bool = True  # the budget may drop mirroring from the fold's final validation
 
 
-def training_schedule(budget: dict | None, *, epochs: int | None = None, iterations: int | None = None,
+def training_schedule(budget: BudgetDecision | None, *, epochs: int | None = None, iterations: int | None = None,
                       validation_iterations_per_epoch: int | None = None, precision: str = "auto") -> TrainingSchedule:
     """The schedule of a configuration: what the user gave, else its budget decision's, else nnU-Net's
     (1000 epochs x 250 iterations, 50 validation iterations). With a budget, the expected epoch time is
     the cost model's for the iterations and precision actually used."""
     if budget is None:
-        iterations = iterations or FULL_ITERATIONS_PER_EPOCH
-        return TrainingSchedule(epochs or FULL_EPOCHS, iterations,
+        iterations = iterations or DEFAULT_ITERATIONS_PER_EPOCH
+        return TrainingSchedule(epochs or DEFAULT_EPOCHS, iterations,
                                 validation_iterations_per_epoch or validation_iterations(iterations),
                                 precision, confirm_precision=precision == "auto", expected_epoch_seconds=None)
-    iterations = iterations or budget["iterations_per_epoch"]
+    iterations = iterations or budget.iterations_per_epoch
     validation = validation_iterations_per_epoch or (
-        budget["validation_iterations_per_epoch"] if iterations == budget["iterations_per_epoch"]
+        budget.validation_iterations_per_epoch if iterations == budget.iterations_per_epoch
         else validation_iterations(iterations))
-    chosen = budget["precision"] if precision == "auto" else precision
-    per_iteration = budget["seconds_per_iteration_by_precision"].get(chosen, budget["seconds_per_iteration"])
-    return TrainingSchedule(epochs or budget["epochs"], iterations, validation, chosen,
+    chosen = budget.precision if precision == "auto" else precision
+    per_iteration = budget.seconds_per_iteration_by_precision.get(chosen, budget.seconds_per_iteration)
+    return TrainingSchedule(epochs or budget.epochs, iterations, validation, chosen,
                             confirm_precision=precision == "auto" and chosen != "fp32",
                             expected_epoch_seconds=predicted_epoch_seconds(per_iteration, iterations, validation),
-                            final_validation_mirroring=budget.get("final_validation_mirroring", True))
+                            final_validation_mirroring=budget.final_validation_mirroring)
