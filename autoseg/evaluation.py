@@ -43,7 +43,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from autoseg.artifacts import read_json, write_atomic, write_json
+from autoseg.artifacts import build_versioned, load_artifact, read_json, write_atomic, write_json
 from autoseg.errors import AutosegError
 from autoseg.io import SUPPORTED_ENDINGS, file_ending
 
@@ -379,18 +379,16 @@ class EvaluationSummary:
 
     @classmethod
     def from_json(cls, data: dict, where: str = "evaluation summary") -> "EvaluationSummary":
-        version = data.get("schema_version")
-        if version != EVALUATION_SCHEMA_VERSION:
-            raise AutosegError(f"{where}: schema_version {version!r}, expected {EVALUATION_SCHEMA_VERSION}; "
-                               "re-run the evaluation")
-        try:
-            per_case = [CaseEvaluation(c["case_id"], c["prediction_file"], c["reference_file"],
-                                       _numbers_from_json(c["metrics"])) for c in data["per_case"]]
-            return cls(dict(data["label_names"]), per_case, _numbers_from_json(data["mean"]),
-                       dict(data["excluded_cases"]), _numbers_from_json(data["foreground_mean"]),
-                       schema_version=version, foreground_labels=list(data.get("foreground_labels", [])))
-        except (KeyError, TypeError) as e:
-            raise AutosegError(f"{where}: malformed evaluation summary ({e})") from None
+        return build_versioned(data, cls._from_fields, expected_version=EVALUATION_SCHEMA_VERSION, where=where,
+                               what="evaluation summary", what_to_do="re-run the evaluation")
+
+    @classmethod
+    def _from_fields(cls, data: dict) -> "EvaluationSummary":
+        per_case = [CaseEvaluation(c["case_id"], c["prediction_file"], c["reference_file"],
+                                   _numbers_from_json(c["metrics"])) for c in data["per_case"]]
+        return cls(dict(data["label_names"]), per_case, _numbers_from_json(data["mean"]),
+                   dict(data["excluded_cases"]), _numbers_from_json(data["foreground_mean"]),
+                   schema_version=data["schema_version"], foreground_labels=list(data.get("foreground_labels", [])))
 
     def save(self, folder: str | Path) -> tuple[Path, Path]:
         """Write `summary.json` and `summary.csv` (one row per case and label) into `folder`, atomically."""
@@ -410,9 +408,7 @@ class EvaluationSummary:
     @classmethod
     def load(cls, path: str | Path) -> "EvaluationSummary":
         """Read a summary.json (or the folder holding one)."""
-        path = Path(path)
-        path = path / SUMMARY_JSON if path.is_dir() else path
-        return cls.from_json(read_json(path), where=str(path))
+        return load_artifact(path, cls.from_json, SUMMARY_JSON)
 
     def format_table(self) -> str:
         """The mean metrics as a fixed-width text table, one row per label plus the foreground mean."""

@@ -28,7 +28,7 @@ from itertools import combinations
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
-from autoseg.artifacts import read_json, write_atomic, write_json
+from autoseg.artifacts import build_versioned, load_artifact, read_json, write_atomic, write_json
 from autoseg.errors import AutosegError, WorkspaceError
 from autoseg.evaluation import EvaluationSummary, evaluate_folder, find_segmentations
 
@@ -342,19 +342,17 @@ class SelectionResult:
 
     @classmethod
     def from_json(cls, data: dict, where: str = "model selection") -> "SelectionResult":
-        version = data.get("schema_version")
-        if version != SELECTION_SCHEMA_VERSION:
-            raise AutosegError(f"{where}: schema_version {version!r}, expected {SELECTION_SCHEMA_VERSION}; "
-                               "re-run `autoseg find-best`")
-        try:
-            result = cls(chosen=[str(c) for c in data["chosen"]],
-                         candidates=[Candidate.from_json(c) for c in data["candidates"]],
-                         folds=[str(f) for f in data["folds"]], skipped=dict(data.get("skipped", {})))
-        except (KeyError, TypeError, ValueError) as e:
-            raise AutosegError(f"{where}: malformed model selection ({e})") from None
+        result = build_versioned(data, cls._from_fields, expected_version=SELECTION_SCHEMA_VERSION, where=where,
+                                 what="model selection", what_to_do="re-run `autoseg find-best`")
         if not 1 <= len(result.chosen) <= ENSEMBLE_SIZE:
             raise AutosegError(f"{where}: field 'chosen' must name 1 or {ENSEMBLE_SIZE} configurations")
         return result
+
+    @classmethod
+    def _from_fields(cls, data: dict) -> "SelectionResult":
+        return cls(chosen=[str(c) for c in data["chosen"]],
+                   candidates=[Candidate.from_json(c) for c in data["candidates"]],
+                   folds=[str(f) for f in data["folds"]], skipped=dict(data.get("skipped", {})))
 
     def save(self, results_folder: str | Path) -> Path:
         """Write `find_best.json` and the readable `find_best.txt` (`format_table`) into `results_folder`
@@ -369,9 +367,7 @@ class SelectionResult:
     @classmethod
     def load(cls, path: str | Path) -> "SelectionResult":
         """Read a find_best.json, or the one inside the folder `path`."""
-        path = Path(path)
-        path = path / FIND_BEST_JSON if path.is_dir() else path
-        return cls.from_json(read_json(path), where=str(path))
+        return load_artifact(path, cls.from_json, FIND_BEST_JSON)
 
     def format_table(self) -> str:
         """The candidates, best first, with foreground-mean and per-label Dice; the chosen one marked."""
