@@ -12,7 +12,7 @@ The decision (`determine_postprocessing`, same rule as nnU-Net) compares mean Di
           label into background, so no other label's mask (or Dice) can change: the "no other
           label gets worse" condition holds by construction, and the labels can be decided
           independently of each other.
-Dice uses the conventions of `autoseg.evaluation` (both masks empty -> 1).
+Dice uses the conventions of `autoseg.metrics` (both masks empty -> 1).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ import numpy as np
 
 from autoseg.artifacts import build_versioned, load_artifact, write_json
 from autoseg.errors import AutosegError
-from autoseg.evaluation import find_segmentations, map_cases, overlap_metrics, pair_segmentations, read_pair
+from autoseg.evaluation import find_segmentations, map_cases, pair_segmentations, read_pair
+from autoseg.metrics import overlap_metrics
 
 POSTPROCESSING_SCHEMA_VERSION = 1
 POSTPROCESSING_JSON = "postprocessing.json"

@@ -72,7 +72,8 @@ def _artifacts():
 def test_every_versioned_artifact_rejects_another_version_naming_its_file(tmp_path, cls, file_name, current, advice):
     path = tmp_path / (file_name or "fingerprint.json")
     path.write_text(json.dumps({"schema_version": 99}))
-    with pytest.raises(AutosegError, match=rf"^{re.escape(str(path))}: schema_version 99, expected \d+; {re.escape(advice)}$"):
+    stale = rf"^{re.escape(str(path))}: schema_version 99, expected \d+; {re.escape(advice)}$"
+    with pytest.raises(AutosegError, match=stale):
         cls.load(path)
     if current is not None:
         write_json(path, current)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from autoseg.errors import AutosegError
-from autoseg.evaluation import EvaluationSummary, case_metrics, evaluate_folder
+from autoseg.evaluation import EvaluationSummary, evaluate_folder
+from autoseg.metrics import case_metrics
 from autoseg.io import Geometry, write_segmentation
 
 
