@@ -10,6 +10,10 @@ Only foreground labels are evaluated; `foreground_mean` is the mean over the for
 Regions: a dataset.json may name unions of labels to be scored as one mask, e.g. BraTS's
     "regions": {"whole tumour": [1, 2, 3], "tumour core": [2, 3]}
 (`regions_of_dataset`); they are reported under the key "1+2+3" next to the labels.
+
+Which labels: the caller names them; `autoseg evaluate` told neither labels nor task scores the labels
+found in the files (`labels_found`), named by the planned task when they are all its labels
+(`labels_to_score`).
 """
 
 from __future__ import annotations
@@ -166,6 +170,52 @@ def evaluate_folder(prediction_folder: str | Path, reference_folder: str | Path,
             for c, p, r in pair_segmentations(prediction_folder, reference_folder, case_ids)]
     per_case = map_cases(_evaluate_pair, jobs, workers)
     return EvaluationSummary.from_cases(per_case, names, [str(v) for v in foreground])
+
+
+# ---------------------------------------------------------------------------------------------- which labels
+
+
+def labels_found(prediction_folder: str | Path, reference_folder: str | Path, workers: int = 1) -> list[int]:
+    """The label values other than background (0) in any prediction or reference, sorted.
+
+    Reads every paired file once (`workers` processes at a time); unpaired files are an error, as in
+    `evaluate_folder`.
+    """
+    pairs = pair_segmentations(prediction_folder, reference_folder)
+    files = [path for _, prediction_file, reference_file in pairs for path in (prediction_file, reference_file)]
+    return sorted(set().union(*map_cases(_labels_in_file, files, workers)))
+
+
+def _labels_in_file(path: Path) -> set[int]:
+    from autoseg.io import read_segmentation
+
+    segmentation, _ = read_segmentation(path)
+    return {int(v) for v in np.unique(segmentation) if v != 0}
+
+
+@dataclass(frozen=True)
+class LabelsToScore:
+    labels: dict[int, str]  # label value -> name
+    from_task: bool  # the task's labels, so its dataset.json regions and pixel spacing apply as well
+
+
+def labels_to_score(found: Sequence[int], task_labels: Mapping[int, str] | None, where: str) -> LabelsToScore:
+    """The labels to score when neither a task nor labels were named.
+
+    found: the labels in the files (`labels_found`); task_labels: {value: name} of the task planned in
+    the workspace, or None. The task's labels (all of them, named) when every label found is one of
+    them; otherwise the labels found, named by their values: a task planned for other data must not
+    decide what is scored in unrelated folders. where: the folders, for the error when no label
+    is found and no task applies.
+    """
+    if task_labels is not None:
+        task_foreground = {int(v) for v in task_labels if int(v) != 0}
+        if set(found) <= task_foreground:
+            return LabelsToScore({int(v): name for v, name in task_labels.items()}, from_task=True)
+    if not found:
+        raise AutosegError(f"{where}: no label other than background (0) in any file; name the labels to score "
+                           "(--labels 1,2)")
+    return LabelsToScore({int(v): str(v) for v in found}, from_task=False)
 
 
 # ---------------------------------------------------------------------------------------------- summary
