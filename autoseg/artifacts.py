@@ -1,6 +1,11 @@
-"""Atomic writing of artifacts: write to a temporary name in the same folder, then rename.
+"""Writing and reading artifacts.
 
-A crash or kill at any moment leaves either the old file or the new one, never half of one.
+Writing is atomic: write to a temporary name in the same folder, then rename. A crash or kill at any
+moment leaves either the old file or the new one, never half of one.
+
+Reading a versioned artifact (a JSON object with "schema_version") checks the version before building
+anything from it, so a file of another version fails with one line saying which file, the version
+expected and what to re-run, instead of a confusing missing field later on.
 """
 
 from __future__ import annotations
@@ -9,7 +14,11 @@ import json
 import os
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
+
+from autoseg.errors import AutosegError
+
+Artifact = TypeVar("Artifact")
 
 
 def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
@@ -40,8 +49,6 @@ def write_json(path: str | Path, data: Any) -> Path:
 
 
 def read_json(path: str | Path) -> Any:
-    from autoseg.errors import AutosegError
-
     path = Path(path)
     try:
         with open(path) as f:
@@ -50,6 +57,42 @@ def read_json(path: str | Path) -> Any:
         raise AutosegError(f"{path}: file not found") from None
     except json.JSONDecodeError as e:
         raise AutosegError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+
+
+def check_schema(data: Any, expected_version: int, where: str, what_to_do: str) -> None:
+    """Raise an AutosegError unless `data` is a JSON object whose "schema_version" is `expected_version`.
+
+    where: the file (or the artifact's name when it came from elsewhere); what_to_do: how to make a
+    current one, e.g. "re-run `autoseg find-best`".
+    """
+    if not isinstance(data, dict):
+        raise AutosegError(f"{where}: expected a JSON object, got {type(data).__name__}; {what_to_do}")
+    version = data.get("schema_version")
+    if version != expected_version:
+        raise AutosegError(f"{where}: schema_version {version!r}, expected {expected_version}; {what_to_do}")
+
+
+def build_versioned(data: Any, build: Callable[[dict], Artifact], *, expected_version: int, where: str,
+                    what: str, what_to_do: str) -> Artifact:
+    """`build(data)` once `check_schema` passed; a missing or mistyped field becomes an AutosegError
+    "WHERE: malformed WHAT (the field)"."""
+    check_schema(data, expected_version, where, what_to_do)
+    try:
+        return build(data)
+    except (KeyError, TypeError, ValueError) as e:
+        raise AutosegError(f"{where}: malformed {what} ({e})") from None
+
+
+def load_artifact(path: str | Path, from_json: Callable[[Any, str], Artifact],
+                  file_name_in_folder: str | None = None) -> Artifact:
+    """`from_json(data, where)` of the JSON file `path`; where is the file's path.
+
+    file_name_in_folder: the artifact's standard file name, read when `path` is a folder holding it.
+    """
+    path = Path(path)
+    if file_name_in_folder is not None and path.is_dir():
+        path = path / file_name_in_folder
+    return from_json(read_json(path), str(path))
 
 
 def save_npy(path: str | Path, array) -> Path:

@@ -159,46 +159,73 @@ def fingerprint(
 # -------------------------------------------------------------------------------- model selection
 
 
-def _labels_for(labels: Optional[str], task: Optional[str]) -> dict[int, str]:
-    """Label values from --labels "1,2", else from the task's dataset.json."""
-    if labels:
-        try:
-            return {int(v): str(v) for v in labels.split(",")}
-        except ValueError:
-            fail(f"--labels: expected comma-separated label numbers, got {labels!r}")
+def _labels_for(labels: Optional[str], task: Optional[str], predictions: Path, references: Path,
+                workers: int) -> tuple[dict[int, str], Path | None]:
+    """The labels to score and the dataset folder whose dataset.json (pixel spacing, regions) applies, or None.
+
+    --labels "1,2": those (with --task, that task's dataset folder); --task: the task's labels; neither:
+    the labels found in the files, or the planned task's when they are all its own.
+    """
     from autoseg.dataset import load_dataset
 
-    name, folder = resolve_task(task)
-    if folder is None:
-        fail(f"task {name}: dataset folder unknown; pass --labels 1,2")
-    return load_dataset(folder).labels
+    if labels:
+        try:
+            parsed = {int(v): str(v) for v in labels.split(",")}
+        except ValueError:
+            fail(f"--labels: expected comma-separated label numbers, got {labels!r}")
+        return parsed, resolve_task(task)[1] if task is not None else None
+    if task is not None:
+        _, folder = resolve_task(task)
+        return load_dataset(folder).labels, folder
+    return _labels_found_or_planned(predictions, references, workers)
 
 
-def _regions_for(regions: Optional[str], labels: Optional[str], task: Optional[str],
+def _labels_found_or_planned(predictions: Path, references: Path, workers: int) -> tuple[dict[int, str], Path | None]:
+    """The labels found in the files, or the planned task's (and its dataset folder) when they are all its own."""
+    from autoseg.dataset import load_dataset
+    from autoseg.errors import WorkspaceError
+    from autoseg.evaluation import labels_found, labels_to_score
+
+    found = labels_found(predictions, references, workers)
+    try:
+        planned_task, planned_folder = resolve_task(None)
+    except WorkspaceError:  # no task planned in this workspace
+        planned_task, planned_folder = None, None
+    task_labels = load_dataset(planned_folder).labels if planned_folder is not None else None
+    choice = labels_to_score(found, task_labels, where=f"{predictions} and {references}")
+    found_text = ", ".join(str(v) for v in found) or "none"
+    if not choice.from_task:
+        typer.echo(f"scoring labels found in the files: {found_text}")
+        return choice.labels, None
+    typer.echo(f"scoring the labels of the planned task {planned_task} (labels found in the files: {found_text})")
+    return choice.labels, planned_folder
+
+
+def _regions_for(regions: Optional[str], labels: Optional[str], dataset_folder: Path | None,
                  label_names: dict[int, str]) -> dict[str, tuple[int, ...]]:
-    """Regions from --regions "1+2+3,2+3"; else, unless --labels was given, the task's dataset.json "regions"."""
+    """Regions from --regions "1+2+3,2+3"; else, unless --labels was given, the dataset.json "regions"."""
     if regions:
         try:
             parsed = [tuple(int(v) for v in region.split("+")) for region in regions.split(",")]
         except ValueError:
             fail(f"--regions: expected regions like 1+2+3,2+3, got {regions!r}")
         return {"+".join(label_names.get(v, str(v)) for v in region): region for region in parsed}
-    if labels:
+    if labels or dataset_folder is None:
         return {}
     from autoseg.evaluation import regions_of_dataset
 
-    _, folder = resolve_task(task)
-    return regions_of_dataset(folder, label_names) if folder is not None else {}
+    return regions_of_dataset(dataset_folder, label_names)
 
 
 @command("evaluate")
 def evaluate(
     predictions: Path = typer.Argument(..., help="Folder of predicted segmentations."),
     references: Path = typer.Argument(..., help="Folder of reference segmentations (same file names)."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels; default: the task's."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels; default: --task's, else "
+                                         "those found in the files (named by the planned task when all are its)."),
     regions: Optional[str] = typer.Option(None, "--regions", help="Unions of labels to score as one mask, e.g. "
                                           "1+2+3,2+3; default: the task's dataset.json \"regions\"."),
-    task: Optional[str] = typer.Option(None, "--task"),
+    task: Optional[str] = typer.Option(None, "--task", help="Score this task's labels; default: see --labels."),
     workers: int = typer.Option(2, "-j", "--workers", min=1),
     pixel_spacing: Optional[str] = typer.Option(None, "--pixel-spacing", help="Pixel size in mm of picture files "
                                                 "(.png, ...): Y,X or one number; default: the task's dataset.json "
@@ -209,14 +236,15 @@ def evaluate(
     Distances are in mm (the reference's spacing; pictures hold none: --pixel-spacing, or pixels).
     Both masks empty: Dice 1, distances 0. One empty: Dice 0, distances NaN (null in summary.json),
     left out of the means and counted as excluded. Writes summary.json and summary.csv into the
-    prediction folder.
+    prediction folder. Without --task and --labels: the labels found in the files, named (with the
+    task's regions and pixel spacing) by the planned task only when they are all its labels.
     """
     import math
 
     from autoseg.dataset import load_dataset
     from autoseg.evaluation import evaluate_folder
 
-    label_names = _labels_for(labels, task)
+    label_names, dataset_folder = _labels_for(labels, task, predictions, references, workers)
     spacing = None
     if pixel_spacing is not None:
         try:
@@ -226,11 +254,10 @@ def evaluate(
         if len(values) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in values):
             fail(f"--pixel-spacing: expected Y,X or one number, positive mm, got {pixel_spacing!r}")
         spacing = (values[0], values[-1])
-    elif labels is None or task is not None:  # the task's dataset.json is read, as for its labels
-        _, folder = resolve_task(task)
-        spacing = load_dataset(folder).pixel_spacing if folder is not None else None
+    elif dataset_folder is not None:
+        spacing = load_dataset(dataset_folder).pixel_spacing
     summary = evaluate_folder(predictions, references, label_names,
-                              regions=_regions_for(regions, labels, task, label_names), workers=workers,
+                              regions=_regions_for(regions, labels, dataset_folder, label_names), workers=workers,
                               pixel_spacing=spacing)
     json_path, csv_path = summary.save(predictions)
     if spacing is not None:

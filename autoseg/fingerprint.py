@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from autoseg.artifacts import read_json, write_json
+from autoseg.artifacts import build_versioned, load_artifact, write_json
 from autoseg.dataset import Case, Dataset
 from autoseg.errors import AutosegError
 
@@ -101,24 +101,22 @@ class Fingerprint:
 
     @classmethod
     def from_json(cls, data: dict, where: str = "fingerprint") -> "Fingerprint":
-        version = data.get("schema_version")
-        if version != FINGERPRINT_SCHEMA_VERSION:
-            raise AutosegError(f"{where}: schema_version {version!r}, expected {FINGERPRINT_SCHEMA_VERSION}; "
-                               "re-run `autoseg fingerprint`")
-        try:
-            data = dict(data)
-            data["intensity_per_channel"] = {k: ChannelIntensity(**v) for k, v in data["intensity_per_channel"].items()}
-            data["cases"] = [CaseFingerprint(**c) for c in data.get("cases", [])]
-            return cls(**data)
-        except (KeyError, TypeError) as e:
-            raise AutosegError(f"{where}: malformed fingerprint ({e})") from None
+        return build_versioned(data, cls._from_fields, expected_version=FINGERPRINT_SCHEMA_VERSION, where=where,
+                               what="fingerprint", what_to_do="re-run `autoseg fingerprint`")
+
+    @classmethod
+    def _from_fields(cls, data: dict) -> "Fingerprint":
+        data = dict(data)
+        data["intensity_per_channel"] = {k: ChannelIntensity(**v) for k, v in data["intensity_per_channel"].items()}
+        data["cases"] = [CaseFingerprint(**c) for c in data.get("cases", [])]
+        return cls(**data)
 
     def save(self, path: str | Path) -> Path:
         return write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> "Fingerprint":
-        return cls.from_json(read_json(path), where=str(path))
+        return load_artifact(path, cls.from_json)
 
 
 def dataset_signature(dataset: Dataset) -> str:

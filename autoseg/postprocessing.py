@@ -12,7 +12,7 @@ The decision (`determine_postprocessing`, same rule as nnU-Net) compares mean Di
           label into background, so no other label's mask (or Dice) can change: the "no other
           label gets worse" condition holds by construction, and the labels can be decided
           independently of each other.
-Dice uses the conventions of `autoseg.evaluation` (both masks empty -> 1).
+Dice uses the conventions of `autoseg.metrics` (both masks empty -> 1).
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from autoseg.artifacts import read_json, write_json
+from autoseg.artifacts import build_versioned, load_artifact, write_json
 from autoseg.errors import AutosegError
-from autoseg.evaluation import find_segmentations, map_cases, overlap_metrics, pair_segmentations, read_pair
+from autoseg.evaluation import find_segmentations, map_cases, pair_segmentations, read_pair
+from autoseg.metrics import overlap_metrics
 
 POSTPROCESSING_SCHEMA_VERSION = 1
 POSTPROCESSING_JSON = "postprocessing.json"
@@ -93,19 +94,17 @@ class PostprocessingDecision:
 
     @classmethod
     def from_json(cls, data: dict, where: str = "postprocessing decision") -> "PostprocessingDecision":
-        version = data.get("schema_version")
-        if version != POSTPROCESSING_SCHEMA_VERSION:
-            raise AutosegError(f"{where}: schema_version {version!r}, expected {POSTPROCESSING_SCHEMA_VERSION}; "
-                               "re-run the postprocessing decision")
-        try:
-            return cls(whole_foreground=bool(data["whole_foreground"]),
-                       per_label=[int(v) for v in data["per_label"]],
-                       foreground_dice_before=data.get("foreground_dice_before"),
-                       foreground_dice_after=data.get("foreground_dice_after"),
-                       label_dice_before=dict(data.get("label_dice_before", {})),
-                       label_dice_after=dict(data.get("label_dice_after", {})))
-        except (KeyError, TypeError, ValueError) as e:
-            raise AutosegError(f"{where}: malformed postprocessing decision ({e})") from None
+        return build_versioned(data, cls._from_fields, expected_version=POSTPROCESSING_SCHEMA_VERSION, where=where,
+                               what="postprocessing decision", what_to_do="re-run the postprocessing decision")
+
+    @classmethod
+    def _from_fields(cls, data: dict) -> "PostprocessingDecision":
+        return cls(whole_foreground=bool(data["whole_foreground"]),
+                   per_label=[int(v) for v in data["per_label"]],
+                   foreground_dice_before=data.get("foreground_dice_before"),
+                   foreground_dice_after=data.get("foreground_dice_after"),
+                   label_dice_before=dict(data.get("label_dice_before", {})),
+                   label_dice_after=dict(data.get("label_dice_after", {})))
 
     def save(self, folder: str | Path) -> Path:
         """Write `postprocessing.json` into `folder` (atomically)."""
@@ -114,9 +113,7 @@ class PostprocessingDecision:
     @classmethod
     def load(cls, path: str | Path) -> "PostprocessingDecision":
         """Read a postprocessing.json, or the one inside the folder `path`."""
-        path = Path(path)
-        path = path / POSTPROCESSING_JSON if path.is_dir() else path
-        return cls.from_json(read_json(path), where=str(path))
+        return load_artifact(path, cls.from_json, POSTPROCESSING_JSON)
 
 
 def apply_postprocessing(segmentation: np.ndarray, decision: PostprocessingDecision) -> np.ndarray:

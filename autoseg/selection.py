@@ -1,17 +1,9 @@
 """Model selection from cross-validation (`autoseg find-best`), after nnU-Net's find_best_configuration.
 
-Inputs, as training leaves them (per task, `results_folder` = HOME/results/TASK):
-    splits.json                                the folds: [{"train": [...], "val": [...]}, ...]
-    CONFIG/fold_F/validation/CASE<ending>      segmentation of each validation case, original geometry
-    CONFIG/fold_F/validation/CASE.npz + .json  its probabilities (`autoseg.ensembling` format)
-Steps:
-    1. every configuration whose requested folds all have their validation cases is "trained";
-       the others are skipped, with the reason kept in the result;
-    2. each trained configuration's fold validations are gathered into CONFIG/crossval/ and scored;
-    3. every pair of trained configurations is ensembled (mean of probabilities) into
-       ensembles/CONFIG_A+CONFIG_B/ and scored (nnU-Net ensembles pairs only);
-    4. the best candidate by foreground-mean Dice wins (ties: single models before ensembles, then
-       name order), and the largest-component postprocessing is decided on its predictions.
+Every trained configuration's cross-validation predictions, and every pair of them ensembled, are
+gathered and scored by `autoseg.cross_validation` (inputs and folders described there). Then the
+best candidate by foreground-mean Dice wins (ties: single models before ensembles, then name
+order), and the largest-component postprocessing is decided on its predictions.
 Outputs: find_best.json (`SelectionResult`), find_best.txt (its table) and postprocessing.json
 (`PostprocessingDecision`).
 """
@@ -20,254 +12,35 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
-from autoseg.artifacts import read_json, write_atomic, write_json
+from autoseg.artifacts import build_versioned, load_artifact, write_atomic, write_json
+from autoseg.cross_validation import (
+    CROSSVAL_FOLDER,
+    ENSEMBLES_FOLDER,
+    TrainedConfigurations,
+    cases_lacking_probabilities,
+    collect_cross_validation,
+    ensemble_cross_validations,
+    format_folds,
+    link_or_copy,
+    trained_configurations,
+)
 from autoseg.errors import AutosegError, WorkspaceError
-from autoseg.evaluation import EvaluationSummary, evaluate_folder, find_segmentations
+from autoseg.evaluation import EvaluationSummary, find_segmentations
 
 SELECTION_SCHEMA_VERSION = 1
 FIND_BEST_JSON = "find_best.json"
 FIND_BEST_TABLE = "find_best.txt"
-SPLITS_JSON = "splits.json"
-CROSSVAL_FOLDER = "crossval"
-ENSEMBLES_FOLDER = "ensembles"
-CROSSVAL_INFO_JSON = "crossval_info.json"
 # Members of an ensemble candidate are joined with this in its name and folder name.
 ENSEMBLE_SEPARATOR = "+"
 # nnU-Net only tries ensembles of two configurations.
 ENSEMBLE_SIZE = 2
-
-
-# ---------------------------------------------------------------------------------------------- inventory
-
-
-@dataclass
-class TrainedConfigurations:
-    """Which configurations have validation predictions for every requested fold.
-
-    complete: {configuration: folds}; skipped: {configuration: why it cannot be used}.
-    """
-
-    folds: list[str]
-    complete: dict[str, list[str]] = field(default_factory=dict)
-    skipped: dict[str, str] = field(default_factory=dict)
-
-
-def format_folds(folds: Sequence[str]) -> str:
-    """"0-4" for consecutive fold numbers, else "0, 2, 3"."""
-    numbers = [int(f) for f in folds] if all(str(f).isdigit() for f in folds) else None
-    if numbers and len(numbers) > 1 and numbers == list(range(numbers[0], numbers[0] + len(numbers))):
-        return f"{numbers[0]}-{numbers[-1]}"
-    return ", ".join(str(f) for f in folds)
-
-
-def load_splits(results_folder: str | Path) -> list[dict]:
-    """The folds of `results_folder/splits.json` (written by the first training run)."""
-    path = Path(results_folder) / SPLITS_JSON
-    if not path.is_file():
-        raise WorkspaceError(f"{path}: not found, so no fold was trained; train first: "
-                             "`autoseg train CONFIG --fold N`")
-    splits = read_json(path)
-    if not isinstance(splits, list) or not all(isinstance(s, dict) and "val" in s for s in splits):
-        raise AutosegError(f"{path}: expected a list of {{\"train\": [...], \"val\": [...]}}")
-    return splits
-
-
-def _requested_folds(splits: list[dict], folds: Sequence[int | str] | None, where: Path) -> list[str]:
-    if folds is None:
-        return [str(i) for i in range(len(splits))]
-    requested = [str(f) for f in folds]
-    unknown = [f for f in requested if not (f.isdigit() and int(f) < len(splits))]
-    if unknown:
-        raise AutosegError(f"{where / SPLITS_JSON}: no fold {', '.join(unknown)} (folds are 0-{len(splits) - 1})")
-    if not requested:
-        raise AutosegError("model selection needs at least one fold")
-    return requested
-
-
-def _configuration_folders(results_folder: Path) -> list[str]:
-    """Names of the folders under `results_folder` holding at least one fold_* folder."""
-    return sorted(p.name for p in results_folder.iterdir()
-                  if p.is_dir() and p.name != ENSEMBLES_FOLDER and any(p.glob("fold_*")))
-
-
-def _missing_fold_reason(configuration_folder: Path, fold: str, val_cases: Sequence[str]) -> str | None:
-    """Why fold `fold` of a configuration cannot be used (None when its validation is complete)."""
-    validation = configuration_folder / f"fold_{fold}" / "validation"
-    if not validation.is_dir():
-        return f"fold {fold} has no {validation} (train it: `autoseg train {configuration_folder.name} --fold {fold}`)"
-    missing = sorted(set(val_cases) - set(find_segmentations(validation)))
-    if missing:
-        return (f"fold {fold}: {validation} lacks {len(missing)} of {len(val_cases)} validation cases "
-                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); re-run its validation")
-    return None
-
-
-def trained_configurations(results_folder: str | Path, configurations: Sequence[str] | None = None,
-                           folds: Sequence[int | str] | None = None) -> TrainedConfigurations:
-    """Configurations whose requested folds all hold a complete `validation/` folder.
-
-    configurations: default every folder of `results_folder` with a fold_* folder in it.
-    folds: default every fold of splits.json (full cross-validation).
-    A configuration lacking a fold (or some of a fold's validation cases) lands in `skipped`.
-    """
-    results_folder = Path(results_folder)
-    if not results_folder.is_dir():
-        raise WorkspaceError(f"{results_folder}: no results folder; train first: `autoseg train CONFIG --fold N`")
-    splits = load_splits(results_folder)
-    inventory = TrainedConfigurations(folds=_requested_folds(splits, folds, results_folder))
-    for name in configurations if configurations is not None else _configuration_folders(results_folder):
-        folder = results_folder / name
-        if not folder.is_dir():
-            inventory.skipped[name] = f"no folder {folder} (train it: `autoseg train {name} --fold N`)"
-            continue
-        reasons = [r for f in inventory.folds if (r := _missing_fold_reason(folder, f, splits[int(f)]["val"]))]
-        if reasons:
-            inventory.skipped[name] = "; ".join(reasons)
-        else:
-            inventory.complete[name] = list(inventory.folds)
-    return inventory
-
-
-# ---------------------------------------------------------------------------------------------- folders
-
-
-def _link_or_copy(source: Path, target: Path) -> None:
-    """Hard link (no copy of the data) where the file system allows it, else copy."""
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
-def _replace_folder(target: Path, build: Callable[[Path], None]) -> None:
-    """Fill a fresh temporary sibling of `target` with `build(tmp)`, then swap it in by renaming.
-
-    A crash while building leaves the old `target` untouched; readers see either the old or the new
-    folder except during the two renames.
-    """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fresh = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=target.parent))
-    try:
-        build(fresh)
-    except BaseException:
-        shutil.rmtree(fresh, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old / target.name)
-    os.replace(fresh, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _gather_fold_files(validation: Path, case_ids: Sequence[str], target: Path) -> None:
-    segmentations = find_segmentations(validation)
-    for case_id in case_ids:
-        _link_or_copy(segmentations[case_id], target / segmentations[case_id].name)
-        for ending in (".npz", ".json"):  # probabilities, when the fold saved them
-            source = validation / f"{case_id}{ending}"
-            if source.is_file():
-                _link_or_copy(source, target / source.name)
-
-
-def collect_cross_validation(results_folder: str | Path, configuration: str, folds: Sequence[int | str],
-                             target_folder: str | Path | None = None, *, reference_folder: str | Path,
-                             labels: Mapping[int, str], workers: int = 1,
-                             pixel_spacing: Sequence[float] | None = None) -> EvaluationSummary:
-    """Gather every fold's validation cases of `configuration` into one folder and score it
-    (`pixel_spacing`: of picture references, as in `evaluate_folder`).
-
-    target_folder: default `results_folder/CONFIG/crossval/`; it is replaced as a whole (built aside,
-    then renamed), holding CASE<ending>, CASE.npz, CASE.json per case (hard links where possible),
-    crossval_info.json ({"configuration", "folds", "cases"}) and the evaluation's summary.json/csv.
-    reference_folder: the reference segmentations (HOME/preprocessed/TASK/gt_segmentations).
-    Returns the EvaluationSummary (Dice etc. over all gathered cases).
-    """
-    results_folder = Path(results_folder)
-    summaries: list[EvaluationSummary] = []
-    splits = load_splits(results_folder)
-    folds = _requested_folds(splits, folds, results_folder)
-    target = Path(target_folder) if target_folder is not None else results_folder / configuration / CROSSVAL_FOLDER
-    cases_of_fold = {f: list(splits[int(f)]["val"]) for f in folds}
-    _check_disjoint(cases_of_fold, results_folder / SPLITS_JSON)
-    case_ids = sorted(c for cases in cases_of_fold.values() for c in cases)
-
-    def build(folder: Path) -> None:
-        for fold, cases in cases_of_fold.items():
-            validation = results_folder / configuration / f"fold_{fold}" / "validation"
-            reason = _missing_fold_reason(results_folder / configuration, fold, cases)
-            if reason:
-                raise WorkspaceError(f"{configuration}: {reason}")
-            _gather_fold_files(validation, cases, folder)
-        write_json(folder / CROSSVAL_INFO_JSON, {"configuration": configuration, "folds": folds, "cases": case_ids})
-        summary = evaluate_folder(folder, reference_folder, labels, workers=workers, case_ids=case_ids,
-                                  pixel_spacing=pixel_spacing)
-        summaries.append(_as_if_in(summary, target))
-        summaries[0].save(folder)
-
-    _replace_folder(target, build)
-    return summaries[0]
-
-
-def _as_if_in(summary: EvaluationSummary, folder: Path) -> EvaluationSummary:
-    """The summary with its prediction files named in `folder` (it was computed in the folder built aside)."""
-    for case in summary.per_case:
-        case.prediction_file = str(folder / Path(case.prediction_file).name)
-    return summary
-
-
-def _check_disjoint(cases_of_fold: dict[str, list[str]], splits_file: Path) -> None:
-    """A case validated in two folds would be gathered twice: splits.json must not do that."""
-    seen: dict[str, str] = {}
-    for fold, cases in cases_of_fold.items():
-        for case_id in cases:
-            if case_id in seen:
-                raise AutosegError(f"{splits_file}: case {case_id!r} is a validation case of folds {seen[case_id]} "
-                                   f"and {fold}; cross-validation needs each case in one fold")
-            seen[case_id] = fold
-
-
-def _has_probabilities(folder: Path, case_ids: Sequence[str]) -> list[str]:
-    """The cases of `folder` lacking a probability file (CASE.npz)."""
-    return [c for c in case_ids if not (folder / f"{c}.npz").is_file()]
-
-
-def ensemble_cross_validations(crossval_folders: Sequence[str | Path], target_folder: str | Path, *,
-                               reference_folder: str | Path, labels: Mapping[int, str], workers: int = 1,
-                               pixel_spacing: Sequence[float] | None = None) -> EvaluationSummary:
-    """Average the probabilities of several crossval/ folders case by case into `target_folder` and score it.
-
-    The folder is replaced as a whole; segmentations take the ending of the first member's files.
-    Returns the EvaluationSummary.
-    """
-    from autoseg.ensembling import ensemble_folders
-    from autoseg.io import file_ending
-
-    crossval_folders = [Path(f) for f in crossval_folders]
-    first_member_files = find_segmentations(crossval_folders[0])
-    ending = file_ending(next(iter(first_member_files.values()))) if first_member_files else ".nii.gz"
-
-    summaries: list[EvaluationSummary] = []
-
-    def build(folder: Path) -> None:
-        ensemble_folders(crossval_folders, folder, output_ending=ending)
-        summary = evaluate_folder(folder, reference_folder, labels, workers=workers,
-                                  case_ids=sorted(find_segmentations(folder)), pixel_spacing=pixel_spacing)
-        summaries.append(_as_if_in(summary, target))
-        summaries[0].save(folder)
-
-    target = Path(target_folder)
-    _replace_folder(target, build)
-    return summaries[0]
 
 
 # ---------------------------------------------------------------------------------------------- result
@@ -342,19 +115,17 @@ class SelectionResult:
 
     @classmethod
     def from_json(cls, data: dict, where: str = "model selection") -> "SelectionResult":
-        version = data.get("schema_version")
-        if version != SELECTION_SCHEMA_VERSION:
-            raise AutosegError(f"{where}: schema_version {version!r}, expected {SELECTION_SCHEMA_VERSION}; "
-                               "re-run `autoseg find-best`")
-        try:
-            result = cls(chosen=[str(c) for c in data["chosen"]],
-                         candidates=[Candidate.from_json(c) for c in data["candidates"]],
-                         folds=[str(f) for f in data["folds"]], skipped=dict(data.get("skipped", {})))
-        except (KeyError, TypeError, ValueError) as e:
-            raise AutosegError(f"{where}: malformed model selection ({e})") from None
+        result = build_versioned(data, cls._from_fields, expected_version=SELECTION_SCHEMA_VERSION, where=where,
+                                 what="model selection", what_to_do="re-run `autoseg find-best`")
         if not 1 <= len(result.chosen) <= ENSEMBLE_SIZE:
             raise AutosegError(f"{where}: field 'chosen' must name 1 or {ENSEMBLE_SIZE} configurations")
         return result
+
+    @classmethod
+    def _from_fields(cls, data: dict) -> "SelectionResult":
+        return cls(chosen=[str(c) for c in data["chosen"]],
+                   candidates=[Candidate.from_json(c) for c in data["candidates"]],
+                   folds=[str(f) for f in data["folds"]], skipped=dict(data.get("skipped", {})))
 
     def save(self, results_folder: str | Path) -> Path:
         """Write `find_best.json` and the readable `find_best.txt` (`format_table`) into `results_folder`
@@ -369,9 +140,7 @@ class SelectionResult:
     @classmethod
     def load(cls, path: str | Path) -> "SelectionResult":
         """Read a find_best.json, or the one inside the folder `path`."""
-        path = Path(path)
-        path = path / FIND_BEST_JSON if path.is_dir() else path
-        return cls.from_json(read_json(path), where=str(path))
+        return load_artifact(path, cls.from_json, FIND_BEST_JSON)
 
     def format_table(self) -> str:
         """The candidates, best first, with foreground-mean and per-label Dice; the chosen one marked."""
@@ -420,7 +189,7 @@ def _score_ensembles(results_folder: Path, single: dict[str, Candidate], referen
     for members in combinations(sorted(single), ENSEMBLE_SIZE):
         folders = [results_folder / single[m].folder for m in members]
         name = ENSEMBLE_SEPARATOR.join(members)
-        lacking = {m: missing for m, f in zip(members, folders) if (missing := _has_probabilities(f, _cases_of(f)))}
+        lacking = {m: missing for m, f in zip(members, folders) if (missing := cases_lacking_probabilities(f))}
         if lacking:
             skipped[name] = "; ".join(f"{m} saved no probabilities for {len(c)} case(s) ({', '.join(c[:3])})"
                                       for m, c in lacking.items())
@@ -430,10 +199,6 @@ def _score_ensembles(results_folder: Path, single: dict[str, Candidate], referen
                                              workers=workers, pixel_spacing=pixel_spacing)
         scored.append(_candidate(list(members), summary, target, results_folder))
     return scored
-
-
-def _cases_of(crossval_folder: Path) -> list[str]:
-    return list(read_json(crossval_folder / CROSSVAL_INFO_JSON)["cases"])
 
 
 def find_best(results_folder: str | Path, reference_folder: str | Path, labels: Mapping[int, str],
@@ -491,5 +256,5 @@ def _references_of(prediction_folder: Path, reference_folder: Path) -> Iterator[
         return
     with tempfile.TemporaryDirectory(prefix=".references-", dir=prediction_folder.parent) as temporary:
         for case_id in sorted(predicted & set(references)):
-            _link_or_copy(references[case_id], Path(temporary) / references[case_id].name)
+            link_or_copy(references[case_id], Path(temporary) / references[case_id].name)
         yield Path(temporary)

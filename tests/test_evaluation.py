@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from autoseg.errors import AutosegError
-from autoseg.evaluation import EvaluationSummary, case_metrics, evaluate_folder
+from autoseg.evaluation import EvaluationSummary, evaluate_folder
+from autoseg.metrics import case_metrics
 from autoseg.io import Geometry, write_segmentation
 
 
@@ -228,3 +229,130 @@ def test_region_naming_an_unknown_label_is_an_error(tmp_path):
     with pytest.raises(AutosegError, match=r"dataset\.json: region 'core' names label\(s\) \[7\]"):
         regions_of_dataset(dataset, {0: "background", 1: "a", 2: "b", 3: "c"})
     assert regions_of_dataset(region_dataset(tmp_path / "none", None)) == {}
+
+
+# ---------------------------------------------------------------------- which labels `autoseg evaluate` scores
+
+
+def labels_1_and_3(tmp_path):
+    """Prediction and reference folders whose masks hold labels 1 and 3 between them (never 2)."""
+    organ, spot = np.zeros(GEOMETRY.shape, np.int16), np.zeros(GEOMETRY.shape, np.int16)
+    organ[2:6, 2:6, 2:6] = 1
+    spot[6:8, 6:8, 6:8] = 3
+    write_cases(tmp_path / "ref", {"a": organ, "b": spot})
+    write_cases(tmp_path / "pred", {"a": organ + spot, "b": np.zeros_like(spot)})  # 3 only in a's prediction
+    return tmp_path / "pred", tmp_path / "ref"
+
+
+def evaluate_cli(home, predictions, references, *options):
+    from typer.testing import CliRunner
+
+    from autoseg.cli import app
+
+    return CliRunner().invoke(app, ["--home", str(home), "evaluate", str(predictions), str(references), "-j", "1",
+                                    *options])
+
+
+def plan_task(home, dataset):
+    """What `autoseg plan` leaves for the later stages: the workspace's current task."""
+    from autoseg.workspace import Workspace
+
+    Workspace(home).remember_task(dataset.name, dataset)
+
+
+def test_labels_found_are_the_union_over_predictions_and_references(tmp_path):
+    from autoseg.evaluation import labels_found
+
+    predictions, references = labels_1_and_3(tmp_path)
+    assert labels_found(predictions, references) == [1, 3]
+    assert labels_found(predictions, references, workers=2) == [1, 3]
+    (references / "b.nii.gz").unlink()
+    with pytest.raises(AutosegError, match=r"no reference segmentation for case\(s\) b"):
+        labels_found(predictions, references)
+
+
+def test_the_task_labels_are_scored_only_when_they_hold_every_label_found():
+    from autoseg.evaluation import labels_to_score
+
+    task = {0: "background", 1: "edema", 2: "necrosis", 3: "enhancing"}
+    assert labels_to_score([1, 3], None, "p and r").labels == {1: "1", 3: "3"}
+    assert labels_to_score([1, 3], None, "p and r").from_task is False
+    assert labels_to_score([1, 3], task, "p and r").labels == task  # absent label 2 scored too, as the task's
+    assert labels_to_score([1, 3], task, "p and r").from_task is True
+    assert labels_to_score([], task, "p and r").labels == task  # empty masks of the task's cases
+    unrelated = labels_to_score([1, 4], task, "p and r")
+    assert unrelated.labels == {1: "1", 4: "4"} and unrelated.from_task is False
+    with pytest.raises(AutosegError, match=r"^p and r: no label other than background \(0\) in any file"):
+        labels_to_score([], None, "p and r")
+
+
+def test_evaluate_without_a_plan_scores_the_labels_found(tmp_path):
+    predictions, references = labels_1_and_3(tmp_path)
+    result = evaluate_cli(tmp_path / "empty_home", predictions, references)
+    assert result.exit_code == 0, result.output
+    assert "scoring labels found in the files: 1, 3" in result.output
+    summary = json.loads((predictions / "summary.json").read_text())
+    assert summary["label_names"] == {"1": "1", "3": "3"}
+    assert summary["mean"]["1"]["Dice"] == 1.0 and summary["mean"]["3"]["Dice"] == 0.0  # 3 missed in b, invented in a
+
+
+def test_evaluate_ignores_a_planned_task_whose_labels_do_not_cover_the_files(tmp_path):
+    predictions, references = labels_1_and_3(tmp_path)
+    home = tmp_path / "home"
+    dataset = region_dataset(tmp_path / "Task951_Organ", None)
+    meta = json.loads((dataset / "dataset.json").read_text())
+    (dataset / "dataset.json").write_text(json.dumps({**meta, "labels": {"0": "background", "1": "organ"}}))
+    plan_task(home, dataset)
+    result = evaluate_cli(home, predictions, references)
+    assert result.exit_code == 0, result.output
+    assert "scoring labels found in the files: 1, 3" in result.output and "Task951_Organ" not in result.output
+    assert json.loads((predictions / "summary.json").read_text())["label_names"] == {"1": "1", "3": "3"}
+
+
+def test_evaluate_names_the_labels_by_the_planned_task_when_it_covers_the_files(tmp_path):
+    predictions, references = labels_1_and_3(tmp_path)
+    home = tmp_path / "home"
+    plan_task(home, region_dataset(tmp_path / "Task950_Regions", {"tumour core": [2, 3]}))
+    result = evaluate_cli(home, predictions, references)
+    assert result.exit_code == 0, result.output
+    assert "scoring the labels of the planned task Task950_Regions (labels found in the files: 1, 3)" in result.output
+    summary = json.loads((predictions / "summary.json").read_text())
+    assert summary["label_names"] == {"1": "edema", "2": "necrosis", "3": "enhancing", "2+3": "tumour core"}
+    assert "enhancing" in result.output
+
+    explicit = evaluate_cli(home, predictions, references, "--labels", "1")  # --labels still wins
+    assert explicit.exit_code == 0, explicit.output
+    assert json.loads((predictions / "summary.json").read_text())["label_names"] == {"1": "1"}
+
+
+def test_evaluate_of_background_only_files_without_a_task_is_an_error(tmp_path):
+    empty = np.zeros(GEOMETRY.shape, np.int16)
+    write_cases(tmp_path / "ref", {"a": empty})
+    write_cases(tmp_path / "pred", {"a": empty})
+    result = evaluate_cli(tmp_path / "home", tmp_path / "pred", tmp_path / "ref")
+    assert result.exit_code == 1 and "no label other than background (0)" in result.output
+
+
+def test_the_planned_task_pixel_spacing_applies_only_with_its_labels(tmp_path):
+    import SimpleITK as sitk
+
+    dataset = tmp_path / "Task952_Pictures"
+    dataset.mkdir()
+    (dataset / "dataset.json").write_text(json.dumps({
+        "name": "Task952_Pictures", "modality": {"0": "R", "1": "G", "2": "B"}, "pixel_spacing": 0.5,
+        "labels": {"0": "background", "1": "square"},
+        "training": [{"image": "./imagesTr/sq.png", "label": "./labelsTr/sq.png"}]}))
+    home = tmp_path / "home"
+    plan_task(home, dataset)
+    for value, expected_hd95 in ((1, 2.0), (2, 4.0)):  # the task's label: mm at 0.5 mm; another: pixels
+        predictions, references = tmp_path / f"pred{value}", tmp_path / f"ref{value}"
+        predictions.mkdir(), references.mkdir()
+        square = np.zeros((30, 30), np.uint8)
+        square[10:20, 8:18] = value
+        sitk.WriteImage(sitk.GetImageFromArray(square), str(references / "sq.png"))
+        sitk.WriteImage(sitk.GetImageFromArray(np.roll(square, 4, axis=1)), str(predictions / "sq.png"))
+        result = evaluate_cli(home, predictions, references)
+        assert result.exit_code == 0, result.output
+        assert ("0.5 x 0.5 mm" in result.output) == (value == 1)
+        hd95 = json.loads((predictions / "summary.json").read_text())["mean"][str(value)]["HD95_mm"]
+        assert hd95 == pytest.approx(expected_hd95)

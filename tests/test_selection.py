@@ -9,16 +9,12 @@ import json
 import numpy as np
 import pytest
 
+from autoseg.cross_validation import trained_configurations
 from autoseg.ensembling import save_probabilities
 from autoseg.errors import AutosegError, WorkspaceError
 from autoseg.io import Geometry, read_segmentation, write_segmentation
 from autoseg.postprocessing import PostprocessingDecision
-from autoseg.selection import (
-    SelectionResult,
-    find_best,
-    load_choice,
-    trained_configurations,
-)
+from autoseg.selection import SelectionResult, find_best, load_choice
 
 GEOMETRY = Geometry(shape=(1, 1, 8), spacing_zyx=(1.0, 1.0, 1.0))
 REFERENCE = np.array([1, 1, 1, 1, 0, 0, 0, 0], dtype=np.int16)
