@@ -34,13 +34,11 @@ def trained_configurations(results_folder: Path, checkpoint: str = "final") -> l
 
 def default_configurations(results_folder: Path, plans, checkpoint: str) -> list[str]:
     """find-best's choice; else the only trained configuration; else 3d_fullres, then 2d, if trained."""
-    choice_file = results_folder / "find_best.json"
-    if choice_file.is_file():
-        from autoseg.selection import load_choice
+    from autoseg.selection import load_choice
 
-        choice = load_choice(results_folder)
-        if choice is not None:
-            return list(choice.chosen)
+    choice = load_choice(results_folder)
+    if choice is not None:
+        return list(choice.chosen)
     trained = [c for c in trained_configurations(results_folder, checkpoint) if c in plans.configurations]
     if not trained:
         raise AutosegError(f"{results_folder}: no trained configuration with checkpoint_{checkpoint}.pt; "
@@ -56,14 +54,14 @@ def load_models(workspace: Workspace, task: str | None = None, configurations: S
                 postprocess: bool = True) -> list[TrainedModel]:
     """The models `predict` uses: one per configuration (two when find-best chose an ensemble)."""
     from autoseg.planning import Plans
-    from autoseg.postprocessing import PostprocessingDecision
+    from autoseg.postprocessing import POSTPROCESSING_JSON, PostprocessingDecision
 
     task_name = task if task is not None and not (Path(task) / "dataset.json").is_file() else None
     task_name = task_name or (workspace.task_name(task) if task else workspace.current_task())
     plans = Plans.load(workspace.plans_file(task_name))
     results = workspace.results(task_name)
     names = list(configurations) if configurations else default_configurations(results, plans, checkpoint)
-    decision_file = results / "postprocessing.json"
+    decision_file = results / POSTPROCESSING_JSON
     decision = PostprocessingDecision.load(decision_file) if postprocess and decision_file.is_file() else None
     models = []
     for name in names:

@@ -147,6 +147,15 @@ def test_store_skips_finished_cases_and_redoes_modified_ones(tmp_path, preproces
     assert preprocess_dataset(cases[:1], other_settings, out, workers=0).written == ["a"]
 
 
+def test_preprocessor_applies_its_settings_to_arrays_already_read(preprocessor):
+    image, seg, geometry = anisotropic_case()
+    data, stored_seg, properties = preprocessor.preprocess(image, seg, geometry, "case_a")
+    expected_data, expected_seg, expected_properties = preprocess_anisotropic()
+    np.testing.assert_array_equal(data, expected_data)
+    np.testing.assert_array_equal(stored_seg, expected_seg)
+    assert properties == expected_properties
+
+
 def test_store_reports_a_failing_case_and_writes_the_others_in_workers(tmp_path, preprocessor):
     cases = [write_case(tmp_path, "good1"), write_case(tmp_path, "bad"), write_case(tmp_path, "good2")]
     cases[1].image_files[0].write_bytes(b"not an image")

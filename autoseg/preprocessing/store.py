@@ -30,6 +30,7 @@ import numpy as np
 from autoseg.artifacts import read_json, save_npy, write_json
 from autoseg.dataset import Case
 from autoseg.errors import AutosegError, DatasetError, WorkspaceError
+from autoseg.io import Geometry
 from autoseg.preprocessing.pipeline import CaseProperties, preprocess_case, target_spacing_for
 
 # Bump when the preprocessing code changes what it writes: every stored case is then redone.
@@ -92,10 +93,16 @@ class CasePreprocessor:
             segmentation, label_geometry = read_segmentation(case.label_file, case.pixel_spacing)
             if difference := geometry.agrees_with(label_geometry):
                 raise DatasetError(f"{case.label_file}: label grid differs from its image: {difference}")
+        return self.preprocess(image, segmentation, geometry, case.case_id)
+
+    def preprocess(self, image: np.ndarray, segmentation: np.ndarray | None, geometry: Geometry,
+                   case_id: str = "") -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
+        """`preprocess_case` of arrays already read (image (C, z, y, x), segmentation or None) with
+        these settings."""
         return preprocess_case(image, segmentation, geometry, transpose_forward=self.transpose_forward,
                                target_spacing=self.target_spacing, normalization=self.normalization,
                                use_mask_for_norm=self.use_mask_for_norm, intensity_stats=self.intensity_stats,
-                               is_2d_config=self.is_2d_config, case_id=case.case_id)
+                               is_2d_config=self.is_2d_config, case_id=case_id)
 
     def estimated_peak_bytes(self, case: Case) -> int:
         """Peak memory to preprocess `case`, from its first image file's header (bytes)."""
