@@ -185,7 +185,8 @@ def test_peak_memory_estimate_reads_the_header_and_follows_the_target_spacing(tm
     assert coarser.estimated_peak_bytes(case) == bytes_per_voxel * 24 * 10 * 32  # the original is larger
     finer = CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[1.5, 0.8, 0.8], **ZSCORE)
     assert finer.estimated_peak_bytes(case) == bytes_per_voxel * 24 * 10 * 32 * 2
-    in_plane = CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[1.5, 0.8, 0.8], is_2d_config=True, **ZSCORE)
+    in_plane = CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[1.5, 0.8, 0.8], is_2d_config=True,
+                                **ZSCORE)
     assert in_plane.estimated_peak_bytes(case) == bytes_per_voxel * 24 * 10 * 32  # 2d keeps axis 0
 
 

@@ -82,7 +82,8 @@ def median_resampled_shape(fingerprint: Fingerprint, target_spacing: list[float]
     if fingerprint.cases:
         shapes = [new_shape_for(c.cropped_shape, c.spacing, target_spacing) for c in fingerprint.cases]
         return [float(v) for v in np.median(np.asarray(shapes, dtype=np.float64), axis=0)]
-    return [float(v) for v in new_shape_for(fingerprint.median_cropped_shape, fingerprint.median_spacing, target_spacing)]
+    median_shape = new_shape_for(fingerprint.median_cropped_shape, fingerprint.median_spacing, target_spacing)
+    return [float(v) for v in median_shape]
 
 
 def plan_configuration(spacing: list[float], median_shape: list[float], dimension: int, inputs: PlanningInputs,
