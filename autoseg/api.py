@@ -23,7 +23,7 @@ import numpy as np
 from autoseg.errors import AutosegError
 from autoseg.inference.predictor import (FolderSummary, Prediction, PredictionSettings, TrainedModel,
                                          load_trained_model, predict_folder, predict_image)
-from autoseg.io import Geometry, read_image
+from autoseg.io import Geometry, image_from_sitk, is_sitk_image, read_image, segmentation_to_sitk
 from autoseg.workspace import Workspace
 
 
@@ -34,13 +34,11 @@ def trained_configurations(results_folder: Path, checkpoint: str = "final") -> l
 
 def default_configurations(results_folder: Path, plans, checkpoint: str) -> list[str]:
     """find-best's choice; else the only trained configuration; else 3d_fullres, then 2d, if trained."""
-    choice_file = results_folder / "find_best.json"
-    if choice_file.is_file():
-        from autoseg.selection import load_choice
+    from autoseg.selection import load_choice
 
-        choice = load_choice(results_folder)
-        if choice is not None:
-            return list(choice.chosen)
+    choice = load_choice(results_folder)
+    if choice is not None:
+        return list(choice.chosen)
     trained = [c for c in trained_configurations(results_folder, checkpoint) if c in plans.configurations]
     if not trained:
         raise AutosegError(f"{results_folder}: no trained configuration with checkpoint_{checkpoint}.pt; "
@@ -56,14 +54,14 @@ def load_models(workspace: Workspace, task: str | None = None, configurations: S
                 postprocess: bool = True) -> list[TrainedModel]:
     """The models `predict` uses: one per configuration (two when find-best chose an ensemble)."""
     from autoseg.planning import Plans
-    from autoseg.postprocessing import PostprocessingDecision
+    from autoseg.postprocessing import POSTPROCESSING_JSON, PostprocessingDecision
 
     task_name = task if task is not None and not (Path(task) / "dataset.json").is_file() else None
     task_name = task_name or (workspace.task_name(task) if task else workspace.current_task())
     plans = Plans.load(workspace.plans_file(task_name))
     results = workspace.results(task_name)
     names = list(configurations) if configurations else default_configurations(results, plans, checkpoint)
-    decision_file = results / "postprocessing.json"
+    decision_file = results / POSTPROCESSING_JSON
     decision = PostprocessingDecision.load(decision_file) if postprocess and decision_file.is_file() else None
     models = []
     for name in names:
@@ -149,13 +147,13 @@ class Segmenter:
         - a numpy array (C, z, y, x) or (z, y, x) with spacing=(z, y, x) in mm: returns the int16
           (z, y, x) segmentation.
         progress(windows_done, windows_total) is called as the sliding window advances."""
-        import SimpleITK as sitk
-
         if isinstance(image, (str, Path, list, tuple)):
             array, geometry = read_image(image, self.model.pixel_spacing)
             return predict_image(self.model, array, geometry, self.settings, progress)
-        if isinstance(image, sitk.Image):
-            return self._predict_sitk(image, progress)
+        if is_sitk_image(image):
+            array, geometry = image_from_sitk(image)
+            segmentation = predict_image(self.model, array, geometry, self.settings, progress).segmentation
+            return segmentation_to_sitk(segmentation, geometry)
         if isinstance(image, np.ndarray):
             if spacing is None or len(spacing) != 3:
                 raise AutosegError("predict(array): pass spacing=(z, y, x) in mm")
@@ -167,36 +165,6 @@ class Segmenter:
                                  progress).segmentation
         raise AutosegError(f"predict: unsupported input type {type(image).__name__}")
 
-    def _predict_sitk(self, image, progress=None):
-        import SimpleITK as sitk
-
-        array, geometry = _sitk_to_array(image)
-        segmentation = predict_image(self.model, array, geometry, self.settings, progress).segmentation
-        fits_uint8 = segmentation.size == 0 or (segmentation.min() >= 0 and segmentation.max() < 256)
-        result = sitk.GetImageFromArray(segmentation.astype(np.uint8 if fits_uint8 else np.int16))
-        result.SetSpacing(tuple(reversed(geometry.spacing_zyx)))
-        result.SetOrigin(geometry.origin_xyz)
-        result.SetDirection(geometry.direction)
-        return result
-
     def predict_folder(self, input_folder, output_folder, **options) -> FolderSummary:
         return predict_with_models(self.models, Path(input_folder), Path(output_folder), self.settings, **options)
 
-
-def _sitk_to_array(image) -> tuple[np.ndarray, Geometry]:
-    """float32 (C, z, y, x) and the geometry of a SimpleITK image: 3D scalar (one channel), 3D vector
-    (components = channels) or 4D (channels along the 4th ITK axis, as MSD files)."""
-    import SimpleITK as sitk
-
-    array = np.asarray(sitk.GetArrayFromImage(image), dtype=np.float32)
-    dimension, components = image.GetDimension(), image.GetNumberOfComponentsPerPixel()
-    if dimension == 3:
-        array = np.moveaxis(array, -1, 0) if components > 1 else array[None]
-    elif dimension != 4 or components > 1:
-        raise AutosegError(f"predict(SimpleITK image): {dimension}D image with {components} component(s); "
-                           "expected 3D (scalar or vector) or 4D scalar")
-    spacing, origin = image.GetSpacing()[:3], image.GetOrigin()[:3]
-    direction = np.asarray(image.GetDirection()).reshape(dimension, dimension)[:3, :3].ravel()
-    geometry = Geometry(shape=tuple(int(n) for n in array.shape[1:]), spacing_zyx=tuple(reversed(spacing)),
-                        origin_xyz=tuple(float(v) for v in origin), direction=tuple(float(v) for v in direction))
-    return array, geometry

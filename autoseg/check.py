@@ -12,8 +12,6 @@ from autoseg.dataset import Case, Dataset
 from autoseg.errors import ImageReadError
 from autoseg.io import read_image, read_segmentation
 
-GEOMETRY_TOLERANCE = 1e-3  # relative, for spacing / origin / direction between image and label
-
 
 @dataclass(frozen=True)
 class Problem:
@@ -59,7 +57,7 @@ def check_case(case: Case, dataset: Dataset) -> list[Problem]:
     unknown = sorted(set(np.unique(label).tolist()) - set(dataset.labels))
     if unknown:
         add(case.label_file, f"label values {unknown} not in dataset.json labels {sorted(dataset.labels)}")
-    if geometry is not None and (difference := label_geometry.agrees_with(geometry, GEOMETRY_TOLERANCE)):
+    if geometry is not None and (difference := label_geometry.agrees_with(geometry)):
         add(case.label_file, f"label does not match its image (label's != image's): {difference}")
     return problems
 

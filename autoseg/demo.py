@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from autoseg.io import Geometry, picture_geometry, write_image_channels, write_segmentation
+
 CT_HU = {"air": -1000.0, "body": 40.0, "organ": 90.0, "lesion": 20.0, "noise": 15.0}
 MRI_LEVELS = {"body": 300.0, "organ": 650.0, "lesion": 950.0, "noise": 40.0}
 
@@ -80,33 +82,6 @@ def _case_picture(spec: DemoSpec, rng: np.random.Generator) -> tuple[np.ndarray,
     return np.clip(image, 0, 255).astype(np.uint8), blob.astype(np.uint8)
 
 
-def _write_volume(array_czyx: np.ndarray, spacing, path: Path) -> None:
-    import SimpleITK as sitk
-
-    def to_image(array):
-        image = sitk.GetImageFromArray(array)
-        image.SetSpacing(tuple(float(s) for s in reversed(spacing)))
-        return image
-
-    if array_czyx.ndim == 3:
-        image = to_image(array_czyx)
-    elif array_czyx.shape[0] == 1:
-        image = to_image(array_czyx[0])
-    else:  # MSD multi-channel: channels stacked along a 4th dimension
-        image = sitk.JoinSeries([to_image(c) for c in array_czyx])
-    sitk.WriteImage(image, str(path), useCompression=True)
-
-
-def _write_picture(array, path: Path) -> None:
-    import SimpleITK as sitk
-
-    if array.ndim == 3:  # (3, y, x) -> RGB vector image
-        image = sitk.GetImageFromArray(np.moveaxis(array, 0, -1), isVector=True)
-    else:
-        image = sitk.GetImageFromArray(array)
-    sitk.WriteImage(image, str(path))
-
-
 def make_demo_dataset(output_folder: str | Path, task_name: str = "Task900_Demo", spec: DemoSpec = DemoSpec()) -> Path:
     """Write `output_folder/task_name/` with imagesTr, labelsTr, imagesTs and dataset.json."""
     root = Path(output_folder) / task_name
@@ -122,14 +97,14 @@ def make_demo_dataset(output_folder: str | Path, task_name: str = "Task900_Demo"
         label_path = root / "labelsTr" / f"{case_id}{ending}"
         if spec.two_d:
             image, label = _case_picture(spec, rng)
-            _write_picture(image, image_path)
-            if not is_test:
-                _write_picture(label, label_path)
+            image, label = image[:, None], label[None]  # pictures are one-slice volumes
+            geometry = picture_geometry(*label.shape[1:])
         else:
             image, label, spacing = _case_volume(spec, rng)
-            _write_volume(image, spacing, image_path)
-            if not is_test:
-                _write_volume(label, spacing, label_path)
+            geometry = Geometry(shape=label.shape, spacing_zyx=tuple(float(s) for s in spacing))
+        write_image_channels(image, geometry, image_path)
+        if not is_test:
+            write_segmentation(label, geometry, label_path)
         if is_test:
             test.append(f"./imagesTs/{image_path.name}")
         else:

@@ -5,10 +5,14 @@ Every reader returns arrays in (channel, z, y, x) order (segmentations (z, y, x)
 Volumes (.nii.gz, .nii, .mhd/.raw, .nrrd, .mha) go through SimpleITK; 2D natural images
 (.png, .jpg, .bmp, .tif) become pseudo-3D arrays with a single z slice, whose pixels are 1 x 1 mm
 unless the caller states their size (`pixel_spacing`, from dataset.json or the plan).
+
+This is the only module that imports SimpleITK: in-memory SimpleITK images (the Python API) are
+converted here too (`image_from_sitk`, `segmentation_to_sitk`).
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +36,8 @@ NATURAL_IMAGE_PIXEL_SPACING = 1.0  # in-plane spacing (mm) of a picture whose pi
 LOSSY_ENDINGS = (".jpg", ".jpeg")
 # Binary masks drawn in image editors are often stored as 0 (background) / 255 (foreground).
 BINARY_MASK_FOREGROUND = 255
+# Two grids agree when spacing, origin and direction differ by at most this, relative (absolute below 1).
+GEOMETRY_TOLERANCE = 1e-3
 
 
 class MaskValuesRemappedWarning(UserWarning):
@@ -65,7 +71,7 @@ class Geometry:
             is_natural_2d=bool(data.get("is_natural_2d", False)),
         )
 
-    def agrees_with(self, other: "Geometry", tolerance: float = 1e-3) -> str | None:
+    def agrees_with(self, other: "Geometry", tolerance: float = GEOMETRY_TOLERANCE) -> str | None:
         """None when both describe the same grid, else a description of the first difference."""
         if self.shape != other.shape:
             return f"shape {list(self.shape)} != {list(other.shape)}"
@@ -85,6 +91,29 @@ def file_ending(path: str | Path) -> str:
     return Path(name).suffix
 
 
+def _check_readable(path: Path) -> None:
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    if file_ending(path) not in SUPPORTED_ENDINGS:
+        raise ImageReadError(f"{path}: unsupported file type (supported: {', '.join(SUPPORTED_ENDINGS)})")
+
+
+def _unreadable(path: Path, error: Exception) -> ImageReadError:
+    lines = str(error).strip().splitlines()
+    reason = lines[-1][:200] if lines else type(error).__name__
+    return ImageReadError(f"{path}: cannot be read ({reason})")
+
+
+def _header_reader(path: Path):
+    """A SimpleITK ImageFileReader that has read the file's header (no voxels)."""
+    import SimpleITK as sitk
+
+    header = sitk.ImageFileReader()
+    header.SetFileName(str(path))
+    header.ReadImageInformation()
+    return header
+
+
 def _read_voxels(path: Path):
     """(array in SimpleITK's numpy order, header) of one file.
 
@@ -94,53 +123,71 @@ def _read_voxels(path: Path):
     """
     import SimpleITK as sitk
 
-    if not path.is_file():
-        raise ImageReadError(f"{path}: file not found")
-    if file_ending(path) not in SUPPORTED_ENDINGS:
-        raise ImageReadError(f"{path}: unsupported file type (supported: {', '.join(SUPPORTED_ENDINGS)})")
+    _check_readable(path)
     try:
         if file_ending(path) in (".nii.gz", ".nii"):
             import nibabel
 
-            header = sitk.ImageFileReader()
-            header.SetFileName(str(path))
-            header.ReadImageInformation()
+            header = _header_reader(path)
             voxels = np.asanyarray(nibabel.load(str(path)).dataobj)
             if voxels.ndim <= 4 and header.GetNumberOfComponents() == 1:
                 return voxels.transpose(), header
         image = sitk.ReadImage(str(path))
         return sitk.GetArrayFromImage(image), image
     except (RuntimeError, OSError, EOFError, ValueError) as e:
-        lines = str(e).strip().splitlines()
-        reason = lines[-1][:200] if lines else type(e).__name__
-        raise ImageReadError(f"{path}: cannot be read ({reason})") from None
+        raise _unreadable(path, e) from None
 
 
-def _geometry_of(image, path: Path, pixel_spacing: Sequence[float] | None = None) -> Geometry:
-    # `image` is a SimpleITK Image or ImageFileReader: both answer the same header questions.
-    """Geometry of the first three dimensions (4D MSD files stack channels in the 4th).
+def read_header(path: str | Path, pixel_spacing: Sequence[float] | None = None) -> tuple[Geometry, int]:
+    """(geometry, values per voxel) of one file from its header alone, without reading the voxels.
 
-    pixel_spacing: (y, x) mm of a picture's pixels; ignored for volumes, whose files hold their spacing.
+    Values per voxel are the file's channels (4D MSD files, vector and colour pixels), a picture's
+    alpha included. pixel_spacing: as for `read_image`.
     """
+    path = Path(path)
+    _check_readable(path)
+    try:
+        header = _header_reader(path)
+    except (RuntimeError, OSError) as e:
+        raise _unreadable(path, e) from None
+    geometry = _geometry_of(header, path, pixel_spacing)
+    size = header.GetSize()
+    return geometry, _components(header) * (int(size[3]) if len(size) == 4 else 1)
+
+
+def _components(image) -> int:
+    """Values per pixel of a SimpleITK Image or ImageFileReader (they name the method differently)."""
+    if hasattr(image, "GetNumberOfComponents"):
+        return image.GetNumberOfComponents()
+    return image.GetNumberOfComponentsPerPixel()
+
+
+def _is_picture(image, ending: str) -> bool:
+    """True for 2D images and natural-image files (`ending`: the file's, "" for an in-memory image)."""
+    return image.GetDimension() == 2 or ending in NATURAL_IMAGE_ENDINGS
+
+
+def picture_geometry(height: int, width: int, pixel_spacing: Sequence[float] | None = None) -> Geometry:
+    """Geometry of a 2D natural image of height x width pixels: one pseudo-3D slice.
+
+    A picture's dpi is a print size, not a pixel size, and tools write it inconsistently (ITK turns
+    72 dpi in a JPEG or TIFF into 0.35 mm but ignores it in a PNG): a JPEG photo and its PNG mask
+    would disagree. Pixels of natural images are therefore 1 x 1, as in nnU-Net, unless the caller
+    states their (y, x) size in mm (`pixel_spacing`).
+    """
+    y_mm, x_mm = pixel_spacing if pixel_spacing is not None else (NATURAL_IMAGE_PIXEL_SPACING,) * 2
+    return Geometry(shape=(1, int(height), int(width)), spacing_zyx=(PSEUDO_3D_Z_SPACING, float(y_mm), float(x_mm)),
+                    is_natural_2d=True)
+
+
+def _volume_geometry(image) -> Geometry:
+    """Geometry of the first three dimensions of a 3D or 4D SimpleITK Image or ImageFileReader (4D
+    MSD files stack channels in the 4th)."""
     dim = image.GetDimension()
     size = image.GetSize()
-    if dim == 2 or file_ending(path) in NATURAL_IMAGE_ENDINGS:
-        # A picture's dpi is a print size, not a pixel size, and tools write it inconsistently (ITK
-        # turns 72 dpi in a JPEG or TIFF into 0.35 mm but ignores it in a PNG): a JPEG photo and its PNG
-        # mask would disagree. Pixels of natural images are therefore 1 x 1, as in nnU-Net, unless the
-        # caller states their size.
-        y_mm, x_mm = pixel_spacing if pixel_spacing is not None else (NATURAL_IMAGE_PIXEL_SPACING,) * 2
-        return Geometry(
-            shape=(1, int(size[1]), int(size[0])),
-            spacing_zyx=(PSEUDO_3D_Z_SPACING, float(y_mm), float(x_mm)),
-            is_natural_2d=True,
-        )
-    if dim not in (3, 4):
-        raise ImageReadError(f"{path}: {dim}D image; expected 2D, 3D or 4D (channels last)")
     spacing = image.GetSpacing()[:3]
     origin = image.GetOrigin()[:3]
-    full_direction = np.asarray(image.GetDirection()).reshape(dim, dim)
-    direction = full_direction[:3, :3].ravel()
+    direction = np.asarray(image.GetDirection()).reshape(dim, dim)[:3, :3].ravel()
     return Geometry(
         shape=(int(size[2]), int(size[1]), int(size[0])),
         spacing_zyx=(float(spacing[2]), float(spacing[1]), float(spacing[0])),
@@ -149,13 +196,24 @@ def _geometry_of(image, path: Path, pixel_spacing: Sequence[float] | None = None
     )
 
 
-def _channels_first(array: np.ndarray, image, path: Path) -> np.ndarray:
-    """Array of one file as (C, z, y, x)."""
-    components = image.GetNumberOfComponents() if hasattr(image, "GetNumberOfComponents") \
-        else image.GetNumberOfComponentsPerPixel()
-    if file_ending(path) in NATURAL_IMAGE_ENDINGS or image.GetDimension() == 2:
+def _geometry_of(image, path: Path, pixel_spacing: Sequence[float] | None = None) -> Geometry:
+    """Geometry of one file's SimpleITK Image or ImageFileReader (see `picture_geometry`,
+    `_volume_geometry`). pixel_spacing: (y, x) mm of a picture's pixels; ignored for volumes."""
+    if _is_picture(image, file_ending(path)):
+        size = image.GetSize()
+        return picture_geometry(size[1], size[0], pixel_spacing)
+    if image.GetDimension() not in (3, 4):
+        raise ImageReadError(f"{path}: {image.GetDimension()}D image; expected 2D, 3D or 4D (channels last)")
+    return _volume_geometry(image)
+
+
+def _channels_first(array: np.ndarray, image, ending: str) -> np.ndarray:
+    """Array of one SimpleITK Image or file (`image` is its Image or header) as (C, z, y, x).
+    ending: the file's (see `file_ending`), "" for an in-memory image."""
+    components = _components(image)
+    if _is_picture(image, ending):
         if components > 1:  # (y, x, colour) -> (colour, 1, y, x)
-            has_alpha = components in (2, 4) and file_ending(path) in NATURAL_IMAGE_ENDINGS  # gray+A, RGBA
+            has_alpha = components in (2, 4) and ending in NATURAL_IMAGE_ENDINGS  # gray + alpha, RGBA
             colour = array[..., :-1] if has_alpha else array
             return np.moveaxis(colour, -1, 0)[:, None]
         return array.reshape(1, 1, *array.shape[-2:])
@@ -180,7 +238,7 @@ def read_image(paths: str | Path | Sequence[str | Path],
     for path in map(Path, paths):
         voxels, header = _read_voxels(path)
         this_geometry = _geometry_of(header, path, pixel_spacing)
-        array = _channels_first(voxels, header, path).astype(np.float32, copy=False)
+        array = _channels_first(voxels, header, file_ending(path)).astype(np.float32, copy=False)
         if geometry is not None and (difference := geometry.agrees_with(this_geometry)):
             raise ImageReadError(f"{path}: channel geometry differs from {paths[0]}: {difference}")
         geometry = geometry or this_geometry
@@ -210,7 +268,7 @@ def read_segmentation(path: str | Path, pixel_spacing: Sequence[float] | None = 
     path = Path(path)
     voxels, header = _read_voxels(path)
     geometry = _geometry_of(header, path, pixel_spacing)
-    array = _channels_first(np.asarray(voxels), header, path)
+    array = _channels_first(np.asarray(voxels), header, file_ending(path))
     if geometry.is_natural_2d:
         array = _picture_mask_as_labels(array, path)
     if array.shape[0] != 1:
@@ -226,47 +284,61 @@ def read_segmentation(path: str | Path, pixel_spacing: Sequence[float] | None = 
     return array.astype(np.int16), geometry
 
 
-def _to_sitk(array_zyx: np.ndarray, geometry: Geometry):
+def _to_sitk(array_czyx: np.ndarray, geometry: Geometry):
+    """A SimpleITK image of (C, z, y, x) values on `geometry`: one channel gives a scalar image,
+    several a colour picture (vector pixels) or a 4D MSD volume (channels along the 4th axis)."""
     import SimpleITK as sitk
 
     if geometry.is_natural_2d:
-        return sitk.GetImageFromArray(array_zyx[0])
-    image = sitk.GetImageFromArray(array_zyx)
-    image.SetSpacing(tuple(reversed(geometry.spacing_zyx)))
-    image.SetOrigin(geometry.origin_xyz)
-    image.SetDirection(geometry.direction)
-    return image
+        if array_czyx.shape[0] == 1:
+            return sitk.GetImageFromArray(array_czyx[0, 0])
+        return sitk.GetImageFromArray(np.moveaxis(array_czyx[:, 0], 0, -1), isVector=True)
+    channels = []
+    for channel in array_czyx:
+        image = sitk.GetImageFromArray(channel)
+        image.SetSpacing(tuple(reversed(geometry.spacing_zyx)))
+        image.SetOrigin(geometry.origin_xyz)
+        image.SetDirection(geometry.direction)
+        channels.append(image)
+    return channels[0] if len(channels) == 1 else sitk.JoinSeries(channels)
 
 
-def write_image(array_zyx: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
-    """Write a (z, y, x) array (segmentation or one channel) with the given geometry, atomically."""
+def _write_sitk(image, path: Path) -> Path:
+    """Write a SimpleITK image, atomically except for header/data file pairs."""
     import SimpleITK as sitk
 
-    if tuple(array_zyx.shape) != tuple(geometry.shape):
-        raise ValueError(f"array shape {array_zyx.shape} does not match geometry shape {geometry.shape}")
-    image = _to_sitk(array_zyx, geometry)
-    path = Path(path)
     ending = file_ending(path)
+    if ending in (".mhd", ".nhdr"):  # header + data file pair: cannot be renamed as one unit
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(path))
+        return path
 
     def write(tmp: str) -> None:
         # SimpleITK picks the writer from the file name, so the temporary keeps the real ending.
         real_tmp = tmp + ending
         try:
             sitk.WriteImage(image, real_tmp, useCompression=ending in (".nii.gz", ".nrrd", ".mha"))
-            import os
-
             os.replace(real_tmp, tmp)
         finally:
-            import os
-
             if os.path.exists(real_tmp):
                 os.unlink(real_tmp)
 
-    if ending in (".mhd", ".nhdr"):  # header + data file pair: cannot be renamed as one unit
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(image, str(path))
-        return path
     return write_atomic(path, write)
+
+
+def write_image(array_zyx: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
+    """Write a (z, y, x) array (segmentation or one channel) with the given geometry, atomically."""
+    if tuple(array_zyx.shape) != tuple(geometry.shape):
+        raise ValueError(f"array shape {array_zyx.shape} does not match geometry shape {geometry.shape}")
+    return _write_sitk(_to_sitk(array_zyx[None], geometry), Path(path))
+
+
+def write_image_channels(array_czyx: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
+    """Write a whole (C, z, y, x) image as `read_image` reads it back from one file: a scalar
+    image for one channel, else an RGB picture (C = 3) or a 4D MSD volume."""
+    if tuple(array_czyx.shape[1:]) != tuple(geometry.shape):
+        raise ValueError(f"array shape {array_czyx.shape} does not match (C, *{geometry.shape})")
+    return _write_sitk(_to_sitk(array_czyx, geometry), Path(path))
 
 
 def segmentation_ending_for(image_ending: str) -> str:
@@ -284,6 +356,39 @@ def write_segmentation(segmentation: np.ndarray, geometry: Geometry, path: str |
     if file_ending(path) in LOSSY_ENDINGS:
         raise ValueError(f"{path}: JPEG is lossy and would change label values at edges; write the "
                          f"segmentation as {segmentation_ending_for(file_ending(path))}")
+    return write_image(_as_smallest_label_type(segmentation, geometry), geometry, path)
+
+
+def _as_smallest_label_type(segmentation: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """uint8 when the labels fit, else int16, or uint16 for pictures (PNG has no signed pixels)."""
     fits_uint8 = segmentation.size == 0 or (segmentation.min() >= 0 and segmentation.max() < 256)
     dtype = np.uint8 if fits_uint8 else (np.uint16 if geometry.is_natural_2d else np.int16)
-    return write_image(segmentation.astype(dtype, copy=False), geometry, path)
+    return segmentation.astype(dtype, copy=False)
+
+
+# ------------------------------------------------------------------- in-memory SimpleITK images
+
+
+def is_sitk_image(value: object) -> bool:
+    import SimpleITK as sitk
+
+    return isinstance(value, sitk.Image)
+
+
+def image_from_sitk(image) -> tuple[np.ndarray, Geometry]:
+    """float32 (C, z, y, x) and the geometry of an in-memory SimpleITK image: 3D scalar (one channel),
+    3D vector (components = channels) or 4D scalar (channels along the 4th ITK axis, as MSD files)."""
+    import SimpleITK as sitk
+
+    dimension, components = image.GetDimension(), _components(image)
+    if dimension not in (3, 4) or (dimension == 4 and components > 1):
+        raise ImageReadError(f"SimpleITK image: {dimension}D image with {components} component(s); "
+                             "expected 3D (scalar or vector) or 4D scalar")
+    array = np.asarray(sitk.GetArrayFromImage(image), dtype=np.float32)
+    return _channels_first(array, image, ending=""), _volume_geometry(image)
+
+
+def segmentation_to_sitk(segmentation: np.ndarray, geometry: Geometry):
+    """A SimpleITK label image of a (z, y, x) segmentation on `geometry`, in the smallest integer
+    type that holds it (as `write_segmentation` writes it)."""
+    return _to_sitk(_as_smallest_label_type(segmentation, geometry)[None], geometry)

@@ -391,7 +391,7 @@ def normalized(plans, image: np.ndarray, spacing) -> np.ndarray:
 def precision_part(args) -> None:
     import torch
 
-    from autoseg.inference.sliding_window import predict_sliding_window
+    from autoseg.inference.stitching import predict_sliding_window
 
     torch.set_num_threads(args.threads)
     patch = args.precision_patch

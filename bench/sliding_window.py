@@ -69,13 +69,13 @@ def naive_sliding_window(network, image, patch_size, mirror: bool):
     """The straightforward version: one window per call, plain mean, per-class count map."""
     import torch
 
-    from autoseg.inference.sliding_window import mirror_axes_combinations, window_starts
+    from autoseg.inference.sliding_window import DEFAULT_STEP_FRACTION, mirror_axes_combinations, window_starts
 
     spatial = image.shape[1:]
     summed = torch.zeros((NUM_CLASSES, *spatial))
     counts = torch.zeros((NUM_CLASSES, *spatial))
     flips = mirror_axes_combinations(range(len(patch_size)) if mirror else ())
-    for corner in itertools.product(*window_starts(spatial, patch_size, 0.5)):
+    for corner in itertools.product(*window_starts(spatial, patch_size, DEFAULT_STEP_FRACTION)):
         window = (slice(None), *(slice(s, s + p) for s, p in zip(corner, patch_size)))
         with torch.no_grad():
             # contiguous: conv3d on a strided view of the volume is several times slower on CPU
@@ -96,7 +96,7 @@ def run_variant(args) -> dict:
     """Runs inside the subprocess: one variant, measured."""
     import torch
 
-    from autoseg.inference.sliding_window import predict_sliding_window
+    from autoseg.inference.stitching import predict_sliding_window
 
     torch.set_num_threads(args.threads)
     network = build_network(args.features)

@@ -122,3 +122,58 @@ def test_a_segmentation_keeps_its_images_format_in_one_file(tmp_path):
     back, back_geometry = read_segmentation(path)
     assert np.array_equal(back, labels) and back_geometry.spacing_zyx == pytest.approx((2.5, 0.8, 0.7))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case.mha"]  # no .raw beside it
+
+
+def test_whole_images_are_written_as_read_image_reads_them(tmp_path):
+    from autoseg.io import picture_geometry, write_image_channels
+
+    channels = np.random.default_rng(0).normal(size=(2, *GEOMETRY.shape)).astype(np.float32)
+    msd, msd_geometry = read_image(write_image_channels(channels, GEOMETRY, tmp_path / "multi.nii.gz"))
+    np.testing.assert_array_equal(msd, channels)  # one 4D file, channels along the 4th axis
+    assert msd_geometry.agrees_with(GEOMETRY) is None
+    one, _ = read_image(write_image_channels(channels[:1], GEOMETRY, tmp_path / "one.nii.gz"))
+    np.testing.assert_array_equal(one, channels[:1])
+    rgb = np.random.default_rng(1).integers(0, 256, (3, 1, 6, 7)).astype(np.uint8)
+    picture, picture_geometry_read = read_image(write_image_channels(rgb, picture_geometry(6, 7), tmp_path / "rgb.png"))
+    np.testing.assert_array_equal(picture, rgb)
+    assert picture_geometry_read == picture_geometry(6, 7)
+    with pytest.raises(ValueError, match="does not match"):
+        write_image_channels(channels[:, :2], GEOMETRY, tmp_path / "wrong.nii.gz")
+
+
+def test_header_gives_the_geometry_and_channels_without_the_voxels(tmp_path):
+    from autoseg.io import picture_geometry, read_header, write_image_channels
+
+    path = write_image_channels(np.zeros((3, *GEOMETRY.shape), np.float32), GEOMETRY, tmp_path / "multi.nii.gz")
+    geometry, values_per_voxel = read_header(path)
+    assert geometry == read_image(path)[1] and values_per_voxel == 3
+    picture = write_image_channels(np.zeros((3, 1, 6, 7), np.uint8), picture_geometry(6, 7), tmp_path / "rgb.png")
+    assert read_header(picture, pixel_spacing=(0.5, 0.25)) == (picture_geometry(6, 7, (0.5, 0.25)), 3)
+    with pytest.raises(ImageReadError, match="not found"):
+        read_header(tmp_path / "missing.nii.gz")
+
+
+def test_in_memory_simpleitk_images_convert_with_their_geometry():
+    from autoseg.io import image_from_sitk, is_sitk_image, segmentation_to_sitk
+
+    array = np.random.default_rng(0).normal(size=GEOMETRY.shape).astype(np.float32)
+    scalar = sitk.GetImageFromArray(array)
+    scalar.SetSpacing(tuple(reversed(GEOMETRY.spacing_zyx)))
+    scalar.SetOrigin(GEOMETRY.origin_xyz)
+    scalar.SetDirection(GEOMETRY.direction)
+    for image, channels in ((scalar, 1), (sitk.Compose(scalar, scalar), 2), (sitk.JoinSeries([scalar, scalar]), 2)):
+        assert is_sitk_image(image)
+        data, geometry = image_from_sitk(image)
+        assert data.dtype == np.float32 and data.shape == (channels, *GEOMETRY.shape)
+        np.testing.assert_array_equal(data[-1], array)
+        assert geometry.agrees_with(GEOMETRY) is None
+    assert not is_sitk_image(array)
+    with pytest.raises(ImageReadError, match="2D image"):
+        image_from_sitk(sitk.GetImageFromArray(array[0]))
+    labels = np.zeros(GEOMETRY.shape, np.int16)
+    labels[1, 2, 3] = 300
+    for values, pixel_type in ((labels, sitk.sitkInt16), (labels.clip(0, 2), sitk.sitkUInt8)):
+        result = segmentation_to_sitk(values, GEOMETRY)
+        assert result.GetPixelID() == pixel_type  # the smallest type, as write_segmentation writes
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(result), values)
+        assert image_from_sitk(result)[1].agrees_with(GEOMETRY) is None

@@ -65,10 +65,6 @@ def test_not_anisotropic_keeps_the_median():
     assert rules.fullres_target_spacing([2.4, 0.8, 0.8], [1.0, 0.7, 0.7], [50, 512, 512]) == [2.4, 0.8, 0.8]
 
 
-def test_resampled_shape_rounds_physical_size_over_target_spacing():
-    assert rules.resampled_shape([50, 512, 512], [5.0, 0.8, 0.8], [2.5, 0.8, 1.6]) == [100, 512, 256]
-
-
 def test_median_resampled_shape_uses_cases_when_present():
     # Per case at 2.5 mm: 10@5 -> 20, 20@5 -> 40, 50@1 -> 20: median 20. From the dataset medians
     # (20 slices at 5 mm) it would be 40.
@@ -78,6 +74,16 @@ def test_median_resampled_shape_uses_cases_when_present():
     assert median_resampled_shape(with_cases, [2.5, 1.0, 1.0]) == [20.0, 64.0, 64.0]
     without_cases = make_fingerprint(spacing=(5.0, 1.0, 1.0), shape=(20, 64, 64))
     assert median_resampled_shape(without_cases, [2.5, 1.0, 1.0]) == [40.0, 64.0, 64.0]
+
+
+def test_median_resampled_shape_never_has_an_empty_axis():
+    # One 1 mm slice at a 5 mm target rounds to 0 slices; a resampled axis keeps at least one voxel,
+    # as preprocessing gives it (both use autoseg.preprocessing.resampling.new_shape_for).
+    cases = [CaseFingerprint("c0", [1.0, 1.0, 1.0], [1, 64, 64], [1, 64, 64], [[0, 1], [0, 64], [0, 64]], {})]
+    fingerprint = make_fingerprint(spacing=(1.0, 1.0, 1.0), shape=(1, 64, 64), cases=cases)
+    assert median_resampled_shape(fingerprint, [5.0, 1.0, 1.0]) == [1.0, 64.0, 64.0]
+    without_cases = make_fingerprint(spacing=(1.0, 1.0, 1.0), shape=(1, 64, 64))
+    assert median_resampled_shape(without_cases, [5.0, 1.0, 1.0]) == [1.0, 64.0, 64.0]
 
 
 # --- normalization ------------------------------------------------------------------------------

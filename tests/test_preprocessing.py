@@ -10,7 +10,7 @@ from autoseg.dataset import Case
 from autoseg.errors import WorkspaceError
 from autoseg.io import Geometry, write_image, write_segmentation
 from autoseg.preprocessing.pipeline import (CaseProperties, preprocess_case, restore_to_original,
-                                            sample_foreground_locations)
+                                            sample_foreground_locations, target_spacing_for)
 from autoseg.preprocessing.store import CasePreprocessor, load_case, preprocess_dataset, worker_count
 
 ZSCORE = dict(normalization=["zscore"], use_mask_for_norm=[True], intensity_stats={})
@@ -147,6 +147,15 @@ def test_store_skips_finished_cases_and_redoes_modified_ones(tmp_path, preproces
     assert preprocess_dataset(cases[:1], other_settings, out, workers=0).written == ["a"]
 
 
+def test_preprocessor_applies_its_settings_to_arrays_already_read(preprocessor):
+    image, seg, geometry = anisotropic_case()
+    data, stored_seg, properties = preprocessor.preprocess(image, seg, geometry, "case_a")
+    expected_data, expected_seg, expected_properties = preprocess_anisotropic()
+    np.testing.assert_array_equal(data, expected_data)
+    np.testing.assert_array_equal(stored_seg, expected_seg)
+    assert properties == expected_properties
+
+
 def test_store_reports_a_failing_case_and_writes_the_others_in_workers(tmp_path, preprocessor):
     cases = [write_case(tmp_path, "good1"), write_case(tmp_path, "bad"), write_case(tmp_path, "good2")]
     cases[1].image_files[0].write_bytes(b"not an image")
@@ -167,6 +176,23 @@ def test_worker_count_is_bounded_by_cpus_cases_and_memory():
     assert worker_count(8, peak_bytes_per_case=3 * gib, available_bytes=10 * gib, cpu_count=16, num_cases=10) == 3
     assert worker_count(8, peak_bytes_per_case=30 * gib, available_bytes=10 * gib, cpu_count=16, num_cases=10) == 1
     assert worker_count(0, peak_bytes_per_case=gib, available_bytes=100 * gib, cpu_count=16, num_cases=10) == 0
+
+
+def test_peak_memory_estimate_reads_the_header_and_follows_the_target_spacing(tmp_path):
+    case = write_case(tmp_path, "a")  # (24, 10, 32) at (0.8, 3.0, 0.8) mm: transposed (3.0, 0.8, 0.8)
+    bytes_per_voxel = 4 * 4  # PEAK_MEMORY_FACTOR x float32, one channel
+    coarser = CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[3.0, 1.6, 1.6], **ZSCORE)
+    assert coarser.estimated_peak_bytes(case) == bytes_per_voxel * 24 * 10 * 32  # the original is larger
+    finer = CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[1.5, 0.8, 0.8], **ZSCORE)
+    assert finer.estimated_peak_bytes(case) == bytes_per_voxel * 24 * 10 * 32 * 2
+    in_plane = CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[1.5, 0.8, 0.8], is_2d_config=True,
+                                **ZSCORE)
+    assert in_plane.estimated_peak_bytes(case) == bytes_per_voxel * 24 * 10 * 32  # 2d keeps axis 0
+
+
+def test_target_spacing_of_a_2d_configuration_keeps_the_cases_axis_0():
+    assert target_spacing_for([3.0, 0.8, 0.7], [99.0, 1.6, 1.6], is_2d_config=True) == [3.0, 1.6, 1.6]
+    assert target_spacing_for([3.0, 0.8, 0.7], [99.0, 1.6, 1.6], is_2d_config=False) == [99.0, 1.6, 1.6]
 
 
 def test_thick_slices_are_resampled_in_plane_then_nearest_along_the_coarse_axis():

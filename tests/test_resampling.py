@@ -11,6 +11,13 @@ from autoseg.preprocessing.resampling import (nearest_source_indices, new_shape_
 def test_new_shape_rounds_shape_times_spacing_over_target():
     assert new_shape_for((10, 100, 103), (5.0, 0.8, 0.8), (2.5, 1.6, 1.6)) == (20, 50, 52)  # 103 / 2 = 51.5 -> 52
     assert new_shape_for((1, 4, 4), (999.0, 1.0, 1.0), (999.0, 0.5, 0.5)) == (1, 8, 8)
+    assert new_shape_for([50, 512, 512], [5.0, 0.8, 0.8], [2.5, 0.8, 1.6]) == (100, 512, 256)
+
+
+def test_new_shape_keeps_at_least_one_voxel_per_axis():
+    # round(1 * 1 / 5) = 0 and round(2 * 0.5 / 4) = 0: a resampled axis never has 0 voxels.
+    assert new_shape_for((1, 2, 64), (1.0, 0.5, 1.0), (5.0, 4.0, 1.0)) == (1, 1, 64)
+    assert new_shape_for([0.4, 64.0], [1.0, 1.0], [1.0, 1.0]) == (1, 64)  # fractional median shapes too
 
 
 @pytest.mark.parametrize("current, target, expected", [

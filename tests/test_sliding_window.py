@@ -6,18 +6,15 @@ given back exactly; the default output (softmax averaged over passes and network
 values computed by hand from the logistic function."""
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
-from autoseg.inference.sliding_window import (
-    gaussian_importance_map,
-    mirror_axes_combinations,
-    predict_sliding_window,
-    predict_slices_2d,
-    window_starts,
-)
+from autoseg.inference.sliding_window import gaussian_importance_map, mirror_axes_combinations, window_starts
+from autoseg.inference.stitching import predict_sliding_window
 
 
 def times(factor: float, num_classes: int):
@@ -300,12 +297,12 @@ def test_network_output_is_checked():
         predict_sliding_window([times(1.0, 3)], image, (8, 8), num_classes=2)
 
 
-# --- predict_slices_2d -----------------------------------------------------------------------
+# --- a 2D patch on a volume: slice by slice --------------------------------------------------
 
 def test_slices_2d_per_pixel_function_on_every_slice():
     image = torch.randn(1, 3, 10, 7)
-    logits = predict_slices_2d([times(2.0, 2)], image, (8, 8), num_classes=2, batch_windows=3,
-                               softmax=False)
+    logits = predict_sliding_window([times(2.0, 2)], image, (8, 8), num_classes=2, batch_windows=3,
+                                    softmax=False)
     assert logits.shape == (2, 3, 10, 7)
     torch.testing.assert_close(logits, 2 * image.repeat(2, 1, 1, 1), atol=1e-5, rtol=1e-5)
 
@@ -313,7 +310,30 @@ def test_slices_2d_per_pixel_function_on_every_slice():
 def test_slices_2d_equals_2d_sliding_window_per_slice():
     image = torch.randn(1, 3, 12, 10)
     network = random_conv_network(2, num_classes=2)
-    volume = predict_slices_2d([network], image, (8, 8), num_classes=2, batch_windows=5)
+    volume = predict_sliding_window([network], image, (8, 8), num_classes=2, batch_windows=5)
     for z in range(3):
         single = predict_sliding_window([network], image[:, z], (8, 8), num_classes=2)
         torch.testing.assert_close(volume[:, z], single, atol=1e-5, rtol=1e-5)
+
+
+def test_slices_2d_mirror_axes_are_the_networks_axes():
+    # Mirroring x (network axis 1) of a per-voxel position ramp: the mean of r and 7 - r is 3.5.
+    image = torch.zeros(1, 2, 5, 8)
+    ramp = predict_sliding_window([position_along_last_axis], image, (5, 8), num_classes=1,
+                                  mirror_axes=(1,), softmax=False)
+    torch.testing.assert_close(ramp, torch.full((1, 2, 5, 8), 3.5))
+
+
+def test_image_axes_must_match_the_patch():
+    with pytest.raises(ValueError, match="3 spatial axes"):
+        predict_sliding_window([times(1.0, 1)], torch.zeros(1, 8, 8), (8, 8, 8), num_classes=1)
+    with pytest.raises(ValueError, match=r"2 spatial axes or a \(C, z, y, x\) volume"):
+        predict_sliding_window([times(1.0, 1)], torch.zeros(1, 1, 2, 8, 8), (8, 8), num_classes=1)
+
+
+def test_the_window_rules_and_their_defaults_import_without_torch():
+    # Planning (time budgets) and PredictionSettings use DEFAULT_STEP_FRACTION without loading torch.
+    code = ("import sys, autoseg.inference.sliding_window, autoseg.inference.predictor; "
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

@@ -1,6 +1,8 @@
-"""Prediction: from a preprocessed image to logits, and from logits to a segmentation.
+"""Prediction: from a preprocessed image to class probabilities, and from them to a segmentation.
 
-`autoseg.inference.sliding_window` holds the tiling core (`predict_sliding_window`,
-`predict_slices_2d`, `window_starts`, `gaussian_importance_map`, `mirror_axes_combinations`).
-Nothing is re-exported here so that importing the package does not import torch.
+`autoseg.inference.sliding_window` holds where the windows lie and how they are weighted
+(`window_starts`, `gaussian_importance_map`, `mirror_axes_combinations`, DEFAULT_STEP_FRACTION; numpy
+only), `autoseg.inference.stitching` the networks run over them (`predict_sliding_window`), and
+`autoseg.inference.predictor` whole cases and folders. Nothing is re-exported here so that importing
+the package does not import torch.
 """

@@ -31,6 +31,7 @@ import numpy as np
 from autoseg.checkpoint import check_identity, identity_of_configuration, load_checkpoint
 from autoseg.device import inference_autocast_dtype, pick_device
 from autoseg.errors import AutosegError, CheckpointError
+from autoseg.inference.sliding_window import DEFAULT_STEP_FRACTION
 from autoseg.io import Geometry, SUPPORTED_ENDINGS, file_ending, read_image, write_segmentation
 
 CHECKPOINT_NAMES = ("final", "best", "latest")
@@ -40,7 +41,7 @@ CHECKPOINT_NAMES = ("final", "best", "latest")
 class PredictionSettings:
     """How to predict: what `autoseg predict` options map onto (see its --help)."""
 
-    step_fraction: float = 0.5
+    step_fraction: float = DEFAULT_STEP_FRACTION
     use_tta: bool = True
     batch_windows: int | None = None  # None: chosen from the device
     device: str = "auto"
@@ -211,17 +212,15 @@ def predict_probabilities(model: TrainedModel, data: np.ndarray, settings: Predi
     softmax averaged over windows (Gaussian-weighted), mirror passes and the model's folds."""
     import torch
 
-    from autoseg.inference.sliding_window import predict_slices_2d, predict_sliding_window
+    from autoseg.inference.stitching import predict_sliding_window
 
     configuration = model.configuration
-    dimension = configuration.dimension
     options = dict(num_classes=configuration.architecture.num_classes, step_fraction=settings.step_fraction,
                    mirror_axes=None if settings.use_tta else (), batch_windows=_batch_windows(model, settings),
                    device=model.device, autocast_dtype=inference_autocast_dtype(settings.precision, model.device, model.trained_precision), progress=progress)
     image = torch.from_numpy(np.ascontiguousarray(data))
     options.update(_accumulator_placement(model, image.shape[1:], configuration.architecture.num_classes))
-    if dimension == 2:
-        return predict_slices_2d(model.networks, image, configuration.patch_size, **options)
+    # A 2d configuration's patch is (y, x): the volume is predicted slice by slice.
     return predict_sliding_window(model.networks, image, configuration.patch_size, **options)
 
 
@@ -309,12 +308,6 @@ def probabilities_to_prediction(model: TrainedModel, probabilities, properties, 
 
         segmentation = apply_postprocessing(segmentation, model.postprocessing)
     return Prediction(segmentation, restored, properties.original_geometry)
-
-
-# Names of the first version, still used by autoseg.training.validation: the sliding window now
-# returns probabilities (softmax averaged), and the conversion expects them.
-predict_logits = predict_probabilities
-logits_to_prediction = probabilities_to_prediction
 
 
 def predict_image(model: TrainedModel, image: np.ndarray, geometry: Geometry,

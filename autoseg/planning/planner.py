@@ -23,6 +23,7 @@ import numpy as np
 from autoseg.fingerprint import Fingerprint
 from autoseg.planning import rules
 from autoseg.planning.plans import Configuration, Plans
+from autoseg.preprocessing.resampling import new_shape_for
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,10 @@ def median_resampled_shape(fingerprint: Fingerprint, target_spacing: list[float]
     else from the dataset medians (reference fingerprints from published statistics).
     """
     if fingerprint.cases:
-        shapes = [rules.resampled_shape(c.cropped_shape, c.spacing, target_spacing) for c in fingerprint.cases]
+        shapes = [new_shape_for(c.cropped_shape, c.spacing, target_spacing) for c in fingerprint.cases]
         return [float(v) for v in np.median(np.asarray(shapes, dtype=np.float64), axis=0)]
-    return [float(v) for v in rules.resampled_shape(fingerprint.median_cropped_shape, fingerprint.median_spacing,
-                                                    target_spacing)]
+    median_shape = new_shape_for(fingerprint.median_cropped_shape, fingerprint.median_spacing, target_spacing)
+    return [float(v) for v in median_shape]
 
 
 def plan_configuration(spacing: list[float], median_shape: list[float], dimension: int, inputs: PlanningInputs,

@@ -18,11 +18,12 @@ import numpy as np
 
 from autoseg.errors import PlanError
 from autoseg.network.architecture import Architecture, feature_map_elements
+from autoseg.preprocessing.resampling import ANISOTROPY_THRESHOLD
 
 # --- transpose and target spacing ---------------------------------------------------------------
-# An axis is anisotropic when its spacing exceeds this many times the others' ...
-ANISOTROPY_SPACING_RATIO = 3.0
-# ... and its median size (voxels) is below 1 / this of every other axis' size.
+# An axis is anisotropic when its spacing exceeds ANISOTROPY_THRESHOLD times the others' (the same
+# threshold as resampling's, as in nnU-Net) and its median size (voxels) is below 1 / this of every
+# other axis' size.
 ANISOTROPY_SIZE_RATIO = 3.0
 # Added when the coarse axis' 10th percentile falls below the other axes' spacing, so it stays the coarsest.
 ANISOTROPIC_SPACING_MARGIN_MM = 1e-5
@@ -114,7 +115,7 @@ def is_anisotropic(median_spacing: list[float], median_shape: list[float]) -> bo
         return False
     coarse_spacing_ratio = median_spacing[coarse] / max(median_spacing[a] for a in others)
     coarse_is_short = median_shape[coarse] * ANISOTROPY_SIZE_RATIO < min(median_shape[a] for a in others)
-    return bool(coarse_spacing_ratio > ANISOTROPY_SPACING_RATIO and coarse_is_short)
+    return bool(coarse_spacing_ratio > ANISOTROPY_THRESHOLD and coarse_is_short)
 
 
 def fullres_target_spacing(median_spacing: list[float], spacing_percentile_10: list[float],
@@ -133,11 +134,6 @@ def fullres_target_spacing(median_spacing: list[float], spacing_percentile_10: l
         if target[coarse] < finest_other:
             target[coarse] = finest_other + ANISOTROPIC_SPACING_MARGIN_MM
     return target
-
-
-def resampled_shape(shape: list[float], spacing: list[float], target_spacing: list[float]) -> list[int]:
-    """Shape (voxels) of an image of `shape` at `spacing` after resampling to `target_spacing`."""
-    return [int(round(n * s / t)) for n, s, t in zip(shape, spacing, target_spacing)]
 
 
 # --- normalization ------------------------------------------------------------------------------

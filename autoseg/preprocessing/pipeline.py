@@ -77,6 +77,16 @@ def _check_permutation(transpose_forward: Sequence[int]) -> list[int]:
     return permutation
 
 
+def target_spacing_for(spacing_t: Sequence[float], target_spacing: Sequence[float], is_2d_config: bool) -> list[float]:
+    """The spacing (mm, transposed order) a case at `spacing_t` is resampled to: the configuration's
+    `target_spacing`, except that a 2d configuration keeps the case's own spacing along transposed
+    axis 0 (its slices are never resampled across)."""
+    target = [float(t) for t in target_spacing]
+    if is_2d_config:
+        target[0] = float(spacing_t[0])
+    return target
+
+
 def sample_foreground_locations(segmentation: np.ndarray, seed: int = FOREGROUND_SAMPLE_SEED,
                                 samples_per_label: int = FOREGROUND_SAMPLES_PER_LABEL) -> dict[str, list[list[int]]]:
     """Up to `samples_per_label` voxel indices per label > 0 present in segmentation (z, y, x),
@@ -102,8 +112,7 @@ def preprocess_case(image: np.ndarray, segmentation: np.ndarray | None, geometry
     """Bring one case into a configuration's grid.
 
     image: (C, z, y, x) as read; segmentation: (z, y, x) integer labels or None (inference).
-    target_spacing: (3,) mm in transposed order (plans.json `spacing`); a 2d configuration keeps the
-    case's own spacing along transposed axis 0 (its slices are never resampled across).
+    target_spacing: (3,) mm in transposed order (plans.json `spacing`), see `target_spacing_for`.
     Returns data float32 (C, z', y', x'), segmentation int16 (z', y', x') with -1 outside the nonzero
     region (None when none was given), and the CaseProperties (source_signature left empty).
     """
@@ -118,9 +127,7 @@ def preprocess_case(image: np.ndarray, segmentation: np.ndarray | None, geometry
     data = normalize(data, normalization, use_mask_for_norm, intensity_stats, mask, out=data)
     del mask
 
-    target = [float(t) for t in target_spacing]
-    if is_2d_config:
-        target[0] = spacing_t[0]
+    target = target_spacing_for(spacing_t, target_spacing, is_2d_config)
     new_shape = new_shape_for(data.shape[1:], spacing_t, target)
     separate_axis = separate_axis_for(spacing_t, target)
     cropped_shape_t = data.shape[1:]

@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
-# nnU-Net's anisotropy rule: spacing ratio max/min above this means "treat the coarse axis apart".
+# nnU-Net's anisotropy rule: spacing ratio max/min above this means "treat the coarse axis apart"
+# (the planner's target spacing uses the same threshold).
 ANISOTROPY_THRESHOLD = 3.0
 IMAGE_ORDER = 3  # cubic spline in-plane (or in 3D) for intensities
 SEGMENTATION_ORDER = 1  # linear interpolation of each label's one-hot mask
@@ -27,8 +28,10 @@ PROBABILITY_ORDER = 1  # linear for softmax probabilities / logits going back to
 # Along the separate axis every kind of array takes the nearest slice (order 0).
 
 
-def new_shape_for(shape: Sequence[int], spacing: Sequence[float], target_spacing: Sequence[float]) -> tuple[int, ...]:
-    """round(shape * spacing / target_spacing) per axis, at least one voxel (voxels)."""
+def new_shape_for(shape: Sequence[float], spacing: Sequence[float], target_spacing: Sequence[float]) -> tuple[int, ...]:
+    """Shape (voxels) of an image of `shape` at `spacing` after resampling to `target_spacing` (mm):
+    round(shape * spacing / target_spacing) per axis, at least one voxel. The planner applies it to
+    (median) shapes too, which may be fractional."""
     if not len(shape) == len(spacing) == len(target_spacing):
         raise ValueError(f"shape {list(shape)}, spacing {list(spacing)} and target {list(target_spacing)} "
                          "differ in length")

@@ -30,7 +30,8 @@ import numpy as np
 from autoseg.artifacts import read_json, save_npy, write_json
 from autoseg.dataset import Case
 from autoseg.errors import AutosegError, DatasetError, WorkspaceError
-from autoseg.preprocessing.pipeline import CaseProperties, preprocess_case
+from autoseg.io import Geometry
+from autoseg.preprocessing.pipeline import CaseProperties, preprocess_case, target_spacing_for
 
 # Bump when the preprocessing code changes what it writes: every stored case is then redone.
 PREPROCESSING_CODE_VERSION = 1
@@ -92,28 +93,27 @@ class CasePreprocessor:
             segmentation, label_geometry = read_segmentation(case.label_file, case.pixel_spacing)
             if difference := geometry.agrees_with(label_geometry):
                 raise DatasetError(f"{case.label_file}: label grid differs from its image: {difference}")
+        return self.preprocess(image, segmentation, geometry, case.case_id)
+
+    def preprocess(self, image: np.ndarray, segmentation: np.ndarray | None, geometry: Geometry,
+                   case_id: str = "") -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
+        """`preprocess_case` of arrays already read (image (C, z, y, x), segmentation or None) with
+        these settings."""
         return preprocess_case(image, segmentation, geometry, transpose_forward=self.transpose_forward,
                                target_spacing=self.target_spacing, normalization=self.normalization,
                                use_mask_for_norm=self.use_mask_for_norm, intensity_stats=self.intensity_stats,
-                               is_2d_config=self.is_2d_config, case_id=case.case_id)
+                               is_2d_config=self.is_2d_config, case_id=case_id)
 
     def estimated_peak_bytes(self, case: Case) -> int:
-        """Peak memory to preprocess `case`, from its file headers (bytes)."""
-        import SimpleITK as sitk
+        """Peak memory to preprocess `case`, from its first image file's header (bytes)."""
+        from autoseg.io import read_header
 
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(case.image_files[0]))
-        reader.ReadImageInformation()
-        size = reader.GetSize()
-        channels = len(case.image_files) * reader.GetNumberOfComponents() * (size[3] if len(size) == 4 else 1)
-        spacing_zyx = list(reversed(reader.GetSpacing()[:3])) if len(size) >= 3 else [1.0, 1.0, 1.0]
-        shape_zyx = list(reversed(size[:3])) if len(size) >= 3 else [1, size[1], size[0]]
-        original = float(np.prod(shape_zyx))
-        resampled = original
-        if len(size) >= 3:
-            spacing_t = [spacing_zyx[a] for a in self.transpose_forward]
-            target = [spacing_t[0], *self.target_spacing[1:]] if self.is_2d_config else self.target_spacing
-            resampled = float(np.prod([s / t for s, t in zip(spacing_t, target)])) * original
+        geometry, values_per_voxel = read_header(case.image_files[0], case.pixel_spacing)
+        channels = len(case.image_files) * values_per_voxel
+        original = float(np.prod(geometry.shape))
+        spacing_t = [geometry.spacing_zyx[a] for a in self.transpose_forward]
+        target = target_spacing_for(spacing_t, self.target_spacing, self.is_2d_config)
+        resampled = float(np.prod([s / t for s, t in zip(spacing_t, target)])) * original
         return int(PEAK_MEMORY_FACTOR * FLOAT32_BYTES * channels * max(original, resampled))
 
 

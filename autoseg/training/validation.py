@@ -37,8 +37,8 @@ def validate_fold(plans, configuration_name: str, configuration_folder: Path, fo
         save_for_next_stage
     from autoseg.ensembling import save_probabilities
     from autoseg.evaluation import evaluate_folder, find_segmentations
-    from autoseg.inference.predictor import (PredictionSettings, load_trained_model, logits_to_prediction,
-                                             predict_logits)
+    from autoseg.inference.predictor import (PredictionSettings, load_trained_model, predict_probabilities,
+                                             probabilities_to_prediction)
     from autoseg.io import write_segmentation
     from autoseg.preprocessing.store import load_case
 
@@ -58,8 +58,9 @@ def validate_fold(plans, configuration_name: str, configuration_folder: Path, fo
         data, _, properties = load_case(data_folder, case_id, mmap=False)
         if previous_stage_folder is not None:
             data = append_stored_previous_stage(data, previous_stage_folder, case_id, foreground_labels_of(plans))
-        logits = predict_logits(model, data, settings)
-        prediction = logits_to_prediction(model, logits, properties, keep_probabilities=True, postprocess=False)
+        probabilities = predict_probabilities(model, data, settings)
+        prediction = probabilities_to_prediction(model, probabilities, properties, keep_probabilities=True,
+                                                 postprocess=False)
         ending = references[case_id].name[len(case_id):] if case_id in references else ".nii.gz"
         write_segmentation(prediction.segmentation, prediction.geometry, output / f"{case_id}{ending}")
         save_probabilities(output / case_id, prediction.probabilities.astype("float16"), prediction.geometry,
