@@ -17,6 +17,7 @@ import numpy as np
 from autoseg.artifacts import build_versioned, load_artifact, write_json
 from autoseg.dataset import Case, Dataset
 from autoseg.errors import AutosegError
+from autoseg.io import is_picture_spacing
 
 # 2: dataset-level percentiles of spacings and cropped shapes (`spacing_percentiles`, `cropped_shape_percentiles`).
 FINGERPRINT_SCHEMA_VERSION = 2
@@ -92,9 +93,7 @@ class Fingerprint:
 
     @property
     def is_2d_images(self) -> bool:
-        from autoseg.io import PSEUDO_3D_Z_SPACING
-
-        return self.median_spacing[0] >= PSEUDO_3D_Z_SPACING and self.median_cropped_shape[0] == 1
+        return is_picture_spacing(self.median_spacing) and self.median_cropped_shape[0] == 1
 
     def to_json(self) -> dict:
         return asdict(self)

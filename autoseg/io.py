@@ -30,6 +30,11 @@ SUPPORTED_ENDINGS = VOLUME_ENDINGS + NATURAL_IMAGE_ENDINGS
 # Spacing given to the dummy z axis of 2D images: far coarser than any in-plane spacing, so the
 # planner never pools or resamples along it.
 PSEUDO_3D_Z_SPACING = 999.0
+
+
+def is_picture_spacing(spacing_zyx: Sequence[float]) -> bool:
+    """Whether a (z, y, x) spacing is that of pictures read as one slice (the dummy z spacing)."""
+    return spacing_zyx[0] >= PSEUDO_3D_Z_SPACING
 NATURAL_IMAGE_PIXEL_SPACING = 1.0  # in-plane spacing (mm) of a picture whose pixel size nobody states;
 # the dpi in its file is never used (see `_geometry_of`)
 # Lossy formats cannot hold a label map: predictions for such inputs are written as PNG.

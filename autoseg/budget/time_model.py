@@ -18,7 +18,7 @@ import numpy as np
 
 from autoseg.budget.candidates import Candidate, candidate_architecture
 from autoseg.budget.speed import DeviceSpeed
-from autoseg.inference.sliding_window import DEFAULT_STEP_FRACTION
+from autoseg.inference.sliding_window import padded_shape, window_starts
 from autoseg.planning.plans import Configuration
 from autoseg.training.splits import NUM_FOLDS
 from autoseg.training.trainer import DEFAULT_EPOCHS, DEFAULT_ITERATIONS_PER_EPOCH
@@ -64,11 +64,8 @@ def validation_iterations(iterations_per_epoch: int) -> int:
 
 def sliding_windows(image_shape: list[float], patch_size: list[int]) -> int:
     """Windows of a sliding-window prediction at the default step over an image (voxels)."""
-    count = 1
-    for size, patch in zip(image_shape, patch_size):
-        size = int(round(size))
-        count *= 1 if size <= patch else int(math.ceil((size - patch) / (patch * DEFAULT_STEP_FRACTION))) + 1
-    return count
+    padded = padded_shape([int(round(size)) for size in image_shape], patch_size)
+    return math.prod(len(starts) for starts in window_starts(padded, patch_size))
 
 
 @dataclass(frozen=True)

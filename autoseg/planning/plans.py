@@ -20,8 +20,9 @@ from typing import Any
 from autoseg.artifacts import read_json, write_json
 from autoseg.errors import AutosegError, PlanError
 from autoseg.fingerprint import ChannelIntensity
+from autoseg.io import is_picture_spacing
 from autoseg.network.architecture import ARCHITECTURES, Architecture
-from autoseg.planning.rules import NORMALIZATION_SCHEMES
+from autoseg.preprocessing.normalization import NORMALIZATION_SCHEMES
 from autoseg.planning.time_budget import BudgetDecision, OverBudget
 
 PLANS_SCHEMA_VERSION = 1
@@ -113,10 +114,8 @@ class Plans:
     def pixel_spacing(self) -> tuple[float, float] | None:
         """(y, x) mm of the pictures a plan for 2D pictures was made for (dataset.json `pixel_spacing`, else
         1 x 1): picture files hold no spacing, so they are read at it. None for volumes."""
-        from autoseg.io import PSEUDO_3D_Z_SPACING
-
         spacing_zyx = [self.original_median_spacing[axis] for axis in self.transpose_backward]
-        return (float(spacing_zyx[1]), float(spacing_zyx[2])) if spacing_zyx[0] >= PSEUDO_3D_Z_SPACING else None
+        return (float(spacing_zyx[1]), float(spacing_zyx[2])) if is_picture_spacing(spacing_zyx) else None
 
     @property
     def num_foreground_labels(self) -> int:

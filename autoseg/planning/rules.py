@@ -35,7 +35,6 @@ USE_MASK_MAX_RELATIVE_SIZE = 0.75
 CT_NAMES = ("ct",)
 NO_NORMALIZATION_NAMES = ("nonorm", "none")
 RGB_NAMES = ("r", "g", "b", "rgb", "rgb_to_0_1")
-NORMALIZATION_SCHEMES = ("ct", "zscore", "rgb_to_0_1", "none")
 
 # --- network topology ---------------------------------------------------------------------------
 # Smallest feature-map edge (voxels) at the bottleneck: an axis is pooled only while it is >= 2x this.
