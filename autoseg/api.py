@@ -10,7 +10,7 @@ as keyword arguments and typed results. `home` is the workspace folder (the CLI'
     api.ensemble(["a/", "b/"], "out/")                                    # -> written segmentations
     api.postprocess("pred/", "out/")                                      # -> PostprocessResult
     best = api.find_best()                                                # -> FindBestResult
-    summary = api.predict("imagesTs/", "out/", use_tta=False)            # -> FolderSummary
+    summary = api.predict("imagesTs/", "out/", use_tta=False)             # -> FolderSummary
 
 To segment images from Python, load a trained task once, then predict:
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import functools
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -82,23 +81,13 @@ def resolve_task(task: Optional[str]) -> tuple[str, Path | None]:
     return folder.name, folder
 
 
-@contextmanager
-def case_progress(description: str):
-    """A progress(done, total) callback for the API's stages: its first call, (0, total), makes the bar."""
-    bar = None
-
+def advance(bar):
+    """The API's progress(done, total) callback for a bar made without a total: its first call is (0, total)."""
     def update(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = progress_bar(total, "case", description)
-        else:
-            bar.update(1)
+        bar.total = total
+        bar.update(min(done, 1))
 
-    try:
-        yield update
-    finally:
-        if bar is not None:
-            bar.close()
+    return update
 
 
 def parse_numbers(text: str, kind: type, option: str, expected: str) -> list:
@@ -142,8 +131,8 @@ def check(
     """Validate a dataset: list every problem with its case and file."""
     from autoseg import api
 
-    with case_progress("check") as progress:
-        report = api.check(task, workers=workers, home=state.workspace.home, progress=progress)
+    with progress_bar(None, "case", "check") as bar:
+        report = api.check(task, workers=workers, home=state.workspace.home, progress=advance(bar))
     for problem in report.problems:
         typer.echo(str(problem))
     if report.problems:
@@ -159,8 +148,8 @@ def fingerprint(
     """Extract the dataset fingerprint (reused when the dataset has not changed)."""
     from autoseg import api
 
-    with case_progress("fingerprint") as progress:
-        result = api.fingerprint(task, workers=workers, home=state.workspace.home, progress=progress)
+    with progress_bar(None, "case", "fingerprint") as bar:
+        result = api.fingerprint(task, workers=workers, home=state.workspace.home, progress=advance(bar))
     typer.echo(f"{'reused' if result.reused else 'wrote'} {result.path}")
     typer.echo(f"  cases {result.fingerprint.num_cases}, median spacing "
                f"{[round(s, 3) for s in result.fingerprint.median_spacing]} mm, "
@@ -207,11 +196,8 @@ def evaluate(
         regions=_parse_regions(regions) if regions else None,
         pixel_spacing=None if pixel_spacing is None else
         parse_numbers(pixel_spacing, float, "--pixel-spacing", "Y,X or one number, positive mm"))
-    choice = run.label_choice
-    if choice.found is not None:
-        found = ", ".join(str(v) for v in choice.found) or "none"
-        typer.echo(f"scoring the labels of the planned task {choice.planned_task} (labels found in the files: {found})"
-                   if choice.planned_task else f"scoring labels found in the files: {found}")
+    if run.label_choice.found is not None:  # neither --labels nor --task: say which were scored
+        typer.echo(run.label_choice.describe())
     if run.pixel_spacing is not None:
         typer.echo(f"picture pixels taken as {run.pixel_spacing[0]:g} x {run.pixel_spacing[1]:g} mm (y x) for the "
                    "surface distances")
@@ -659,22 +645,19 @@ def _parse_part(part: str) -> tuple[int, int]:
 
 
 class _PredictionReport:
-    """What `autoseg predict` prints: the models, each case, the window rate every 30 s inside a long case
-    (a CT on a CPU: minutes), the totals."""
+    """What `autoseg predict` prints besides each case: the models, the window rate every 30 s inside a long
+    case (a CT on a CPU: minutes), the totals."""
 
     def __init__(self, use_tta: bool):
         self.use_tta = use_tta
-        self.started = self.shown_at = time.perf_counter()
-        self.first, self.last = (0, self.started), 0  # (windows, time) at a case's first batch; windows last seen
+        self.started = self.shown_at = 0.0  # from when the models are loaded: loading is not prediction time
+        self.first, self.last = (0, 0.0), 0  # (windows, time) at a case's first batch; windows last seen
 
     def on_models(self, models) -> None:
         names = " + ".join(f"{m.configuration_name} (folds {','.join(m.folds)})" for m in models)
         typer.echo(f"predicting with {names}, TTA {'on' if self.use_tta else 'off'}")
         self.started = self.shown_at = time.perf_counter()
         self.first = (0, self.started)
-
-    def on_case(self, case_id: str, status: str) -> None:
-        typer.echo(f"  {case_id}: {status}")
 
     def on_windows(self, done: int, total: int) -> None:
         now = time.perf_counter()
@@ -719,7 +702,8 @@ def predict(
                           use_tta=not no_tta, save_probabilities=save_probabilities, device=device,
                           precision=precision, batch_windows=batch_windows, overwrite=overwrite,
                           part=_parse_part(part), postprocess=postprocess, home=state.workspace.home,
-                          on_models=report.on_models, on_case=report.on_case, progress=report.on_windows)
+                          on_models=report.on_models, progress=report.on_windows,
+                          on_case=lambda case_id, status: typer.echo(f"  {case_id}: {status}"))
     report.finished(summary)
     if summary.failures:
         fail(f"{len(summary.failures)} case(s) failed: " + "; ".join(f"{c}: {e}" for c, e in summary.failures.items()))

@@ -28,6 +28,13 @@ class LabelChoice:
     found: list[int] | None = None  # the labels found in the files, when neither labels nor a task were named
     planned_task: str | None = None  # the task planned last, when its labels were taken for those found
 
+    def describe(self) -> str:
+        """Which labels are scored and why, when they were found in the files."""
+        found = ", ".join(str(v) for v in self.found or []) or "none"
+        if self.planned_task is None:
+            return f"scoring labels found in the files: {found}"
+        return f"scoring the labels of the planned task {self.planned_task} (labels found in the files: {found})"
+
 
 def choose_labels(workspace: Workspace, predictions: Path, references: Path, labels: Labels | None = None,
                   task: str | Path | None = None, workers: int = 1) -> LabelChoice:
