@@ -59,7 +59,7 @@ def choose_labels(workspace: Workspace, predictions: Path, references: Path, lab
     return LabelChoice(choice.labels, planned_folder, found, planned_task)
 
 
-def picture_spacing(pixel_spacing: float | Sequence[float]) -> tuple[float, float]:
+def _picture_spacing(pixel_spacing: float | Sequence[float]) -> tuple[float, float]:
     """(y, x) mm from one number or (y, x); positive."""
     values = [float(pixel_spacing)] if isinstance(pixel_spacing, (int, float)) else [float(v) for v in pixel_spacing]
     if len(values) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in values):
@@ -92,7 +92,7 @@ def evaluate(workspace: Workspace, predictions: Path, references: Path, *, label
         regions = {} if labels is not None or choice.dataset_folder is None else \
             regions_of_dataset(choice.dataset_folder, choice.labels)
     if pixel_spacing is not None:
-        spacing = picture_spacing(pixel_spacing)
+        spacing = _picture_spacing(pixel_spacing)
     else:
         spacing = load_dataset(choice.dataset_folder).pixel_spacing if choice.dataset_folder is not None else None
     summary = evaluate_folder(predictions, references, choice.labels, regions=regions, workers=workers,
