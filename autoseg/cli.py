@@ -1,4 +1,4 @@
-"""The `autoseg` command line: parse, call the stage's core function, print.
+"""The `autoseg` command line: parse, call the stage's function in autoseg.api (one way to run a stage), print.
 
 Heavy imports (torch, SimpleITK) happen inside the commands so `autoseg --help` is instant.
 Any AutosegError becomes one line on stderr and exit code 1; `--debug` shows the traceback.

@@ -127,7 +127,8 @@ def test_postprocess_applies_the_tasks_decision_or_a_given_file(tmp_path):
     assert result.decision.whole_foreground and result.written == [tmp_path / "out" / "a.nii.gz"]
     assert read_segmentation(result.written[0])[0][6, 6, 6] == 0
     PostprocessingDecision().save(tmp_path / "none")
-    kept = api.postprocess(tmp_path / "pred", tmp_path / "kept", decision_file=tmp_path / "none" / "postprocessing.json")
+    kept = api.postprocess(tmp_path / "pred", tmp_path / "kept",
+                           decision_file=tmp_path / "none" / "postprocessing.json")
     assert not kept.decision.whole_foreground and read_segmentation(kept.written[0])[0][6, 6, 6] == 1
 
 
