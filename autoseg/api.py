@@ -1,4 +1,18 @@
-"""Python API for prediction: load a trained task once, then segment images.
+"""The Python API: every stage of the `autoseg` command line, one function each, with the same options
+as keyword arguments and typed results. `home` is the workspace folder (the CLI's --home).
+
+    from autoseg import api
+    api.demo_data("autoseg_workspace/raw", cases=10)                      # -> the dataset folder
+    report = api.check("Task900_Demo")                                    # -> CheckReport (.problems)
+    api.fingerprint("Task900_Demo")                                       # -> FingerprintResult
+    api.preprocess()                                                      # the task planned last
+    run = api.evaluate("pred/", "labelsTr/", labels=[1, 2])               # -> EvaluationRun (.summary)
+    api.ensemble(["a/", "b/"], "out/")                                    # -> written segmentations
+    api.postprocess("pred/", "out/")                                      # -> PostprocessResult
+    best = api.find_best()                                                # -> FindBestResult
+    summary = api.predict("imagesTs/", "out/", use_tta=False)             # -> FolderSummary
+
+To segment images from Python, load a trained task once, then predict:
 
     from autoseg.api import Segmenter
     segmenter = Segmenter("autoseg_workspace")                  # task planned last, find-best's choice
@@ -8,23 +22,32 @@
     prediction = segmenter.predict(["case_0000.nii.gz", "case_0001.nii.gz"])   # one file per channel
     segmenter.predict_folder("in/", "out/")
 
-The networks are loaded once, in the constructor; every `predict` reuses them. The CLI's
-`autoseg predict` is a thin wrapper over `load_models` and `predict_with_models`; the constructor
-takes the same options (task, configuration, folds, checkpoint, device, PredictionSettings).
+The networks are loaded once, in the constructor (`load_models`, as `predict` does); every `predict`
+reuses them. The constructor takes the same options (task, configuration, folds, checkpoint, device,
+PredictionSettings).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from autoseg.demo import DemoSpec, make_demo_dataset
+from autoseg.device import check_precision
+from autoseg.ensembling import ensemble_folders
 from autoseg.errors import AutosegError
-from autoseg.inference.predictor import (FolderSummary, Prediction, PredictionSettings, TrainedModel,
-                                         load_trained_model, predict_folder, predict_image)
+from autoseg.inference.predictor import (FolderSummary, PredictionSettings, TrainedModel,
+                                         load_trained_model, predict_image)
 from autoseg.io import Geometry, image_from_sitk, is_sitk_image, read_image, segmentation_to_sitk
-from autoseg.workspace import Workspace
+from autoseg.preprocessing.store import PreprocessSummary
+from autoseg.stages import dataset as dataset_stages
+from autoseg.stages import evaluate as evaluate_stage
+from autoseg.stages import find_best as find_best_stage
+from autoseg.stages import postprocess as postprocess_stage
+from autoseg.stages.predict import predict_folder_with_models
+from autoseg.workspace import DEFAULT_HOME, Workspace
 
 
 def trained_configurations(results_folder: Path, checkpoint: str = "final") -> list[str]:
@@ -78,48 +101,102 @@ def load_models(workspace: Workspace, task: str | None = None, configurations: S
     return models
 
 
-def predict_with_models(models: list[TrainedModel], input_folder: Path, output_folder: Path,
-                        settings: PredictionSettings, *, overwrite: bool = False, part=(0, 1),
-                        on_case=None, progress=None) -> FolderSummary:
-    """One model: predict directly. Several (find-best chose an ensemble of configurations): each
-    predicts into OUTPUT/.members/CONFIG with its probabilities, then they are averaged per case and
-    the segmentations (and with `save_probabilities` the averaged probabilities) land in OUTPUT."""
-    if len(models) == 1:
-        return predict_folder(models[0], input_folder, output_folder, settings, overwrite=overwrite, part=part,
-                              on_case=on_case, progress=progress)
-    import shutil
-    from dataclasses import replace
+# ------------------------------------------------------------------------------- the CLI's stages
 
-    from autoseg.ensembling import ensemble_folders
-    from autoseg.inference.predictor import group_input_files
-    from autoseg.io import file_ending, segmentation_ending_for
-    from autoseg.postprocessing import postprocess_folder
 
-    members = []
-    summary = FolderSummary()
-    for model in models:
-        member_folder = Path(output_folder) / ".members" / model.configuration_name
-        member = predict_folder(model, input_folder, member_folder, replace(settings, save_probabilities=True),
-                                overwrite=overwrite, part=part, on_case=on_case, progress=progress)
-        summary.failures.update(member.failures)
-        summary.windows += member.windows
-        summary.network_seconds += member.network_seconds
-        members.append(member_folder)
-    cases = group_input_files(Path(input_folder), models[0].num_input_channels)
-    ending = segmentation_ending_for(file_ending(next(iter(cases.values()))[0]))  # the inputs' format
-    averaged = Path(output_folder) / ".ensembled"
-    written = ensemble_folders(members, averaged, output_ending=ending, save_probabilities=settings.save_probabilities)
-    decision = getattr(models[0], "ensemble_postprocessing", None)
-    if decision is not None and settings.postprocess:
-        summary.written = [str(p) for p in postprocess_folder(averaged, output_folder, decision)]
-    else:
-        for path in written:
-            shutil.move(path, Path(output_folder) / Path(path).name)
-            summary.written.append(str(Path(output_folder) / Path(path).name))
-    if settings.save_probabilities:
-        for path in [*averaged.glob("*.npz"), *averaged.glob("*.json")]:
-            shutil.move(str(path), Path(output_folder) / path.name)
-    return summary
+def demo_data(output_folder: str | Path, *, task_name: str = "Task900_Demo", cases: int = 20,
+              shape: Sequence[int] = (40, 64, 64), spacing: Sequence[float] = (2.0, 1.0, 1.0), modality: str = "CT",
+              channels: int = 1, seed: int = 0, two_d: bool = False) -> Path:
+    """`autoseg demo-data`: a deterministic synthetic dataset in MSD format; returns its folder.
+    shape: (z, y, x) voxels ((y, x) with two_d: RGB PNG pictures); spacing: (z, y, x) mm; CT or MRI."""
+    shape = (1, *shape) if two_d and len(shape) == 2 else tuple(shape)
+    if len(shape) != 3 or len(spacing) != 3:
+        raise AutosegError("--shape and --spacing take three values (z,y,x)")
+    if modality.upper() not in ("CT", "MRI"):
+        raise AutosegError(f"--modality: expected CT or MRI, got {modality!r}")
+    spec = DemoSpec(cases=cases, shape=shape, spacing=tuple(spacing), modality=modality.upper(),
+                    channels=3 if two_d else channels, seed=seed, two_d=two_d)
+    return make_demo_dataset(output_folder, task_name, spec)
+
+
+def check(task: str | Path, *, workers: int = 2, home: str | Path = DEFAULT_HOME,
+          progress: Callable[[int, int], None] | None = None) -> dataset_stages.CheckReport:
+    """`autoseg check`: every problem of a dataset, with its case and file. progress(done, total) per case."""
+    return dataset_stages.check(Workspace(Path(home)), task, workers=workers, progress=progress)
+
+
+def fingerprint(task: str | Path, *, workers: int = 2, home: str | Path = DEFAULT_HOME,
+                progress: Callable[[int, int], None] | None = None) -> dataset_stages.FingerprintResult:
+    """`autoseg fingerprint`: the dataset fingerprint (reused when the dataset has not changed)."""
+    return dataset_stages.fingerprint(Workspace(Path(home)), task, workers=workers, progress=progress)
+
+
+def preprocess(task: str | Path | None = None, *, configurations: Sequence[str] | None = None, workers: int = 2,
+               home: str | Path = DEFAULT_HOME, progress: Callable[[str, str, str], None] | None = None
+               ) -> dict[str, PreprocessSummary]:
+    """`autoseg preprocess`: the planned task's cases for its configurations (default all); a summary per
+    data folder. progress(data folder, case id, outcome) per case."""
+    return dataset_stages.preprocess(Workspace(Path(home)), task, configurations=configurations, workers=workers,
+                                     progress=progress)
+
+
+def evaluate(predictions: str | Path, references: str | Path, *, labels: evaluate_stage.Labels | None = None,
+             regions: evaluate_stage.Regions | None = None, task: str | Path | None = None, workers: int = 2,
+             pixel_spacing: float | Sequence[float] | None = None,
+             home: str | Path = DEFAULT_HOME) -> evaluate_stage.EvaluationRun:
+    """`autoseg evaluate`: scores per case and label, saved as summary.json/.csv in `predictions`.
+    labels: [1, 2] or {1: "organ"}; regions: [(1, 2)] or {"name": (1, 2)}; pixel_spacing: of pictures, mm."""
+    return evaluate_stage.evaluate(Workspace(Path(home)), Path(predictions), Path(references), labels=labels,
+                                   regions=regions, task=task, workers=workers, pixel_spacing=pixel_spacing)
+
+
+def ensemble(input_folders: Sequence[str | Path], output_folder: str | Path, *,
+             save_probabilities: bool = False) -> list[str]:
+    """`autoseg ensemble`: average the saved probabilities of several prediction folders; the written
+    segmentations."""
+    if len(input_folders) < 2:
+        raise AutosegError("ensemble needs at least two input folders and an output folder")
+    return ensemble_folders(input_folders, output_folder, save_probabilities=save_probabilities)
+
+
+def postprocess(input_folder: str | Path, output_folder: str | Path, *, decision_file: str | Path | None = None,
+                task: str | Path | None = None, workers: int = 2,
+                home: str | Path = DEFAULT_HOME) -> postprocess_stage.PostprocessResult:
+    """`autoseg postprocess`: apply `decision_file` (default: the task's postprocessing.json)."""
+    return postprocess_stage.postprocess(Workspace(Path(home)), Path(input_folder), Path(output_folder),
+                                         decision_file=Path(decision_file) if decision_file else None, task=task,
+                                         workers=workers)
+
+
+def find_best(*, task: str | None = None, configurations: Sequence[str] | None = None,
+              folds: Sequence[str] | None = None, allow_ensembles: bool = True, workers: int = 2,
+              home: str | Path = DEFAULT_HOME) -> find_best_stage.FindBestResult:
+    """`autoseg find-best`: the best configuration (or pair ensemble) by cross-validation, and its postprocessing."""
+    return find_best_stage.find_best(Workspace(Path(home)), task=task, configurations=configurations, folds=folds,
+                                     allow_ensembles=allow_ensembles, workers=workers)
+
+
+def predict(input_path: str | Path, output_folder: str | Path, *, task: str | None = None,
+            configuration: str | None = None, folds: Sequence[str] | None = None, checkpoint: str = "final",
+            step_size: float = 0.5, use_tta: bool = True, save_probabilities: bool = False, device: str = "auto",
+            precision: str = "auto", batch_windows: int | None = None, overwrite: bool = False,
+            part: tuple[int, int] = (0, 1), postprocess: bool = True, home: str | Path = DEFAULT_HOME,
+            on_models: Callable[[list[TrainedModel]], None] | None = None,
+            on_case: Callable[[str, str], None] | None = None,
+            progress: Callable[[int, int], None] | None = None) -> FolderSummary:
+    """`autoseg predict`: segment a folder of images (or one image file) with find-best's choice (or
+    `configuration`). on_models(models) once they are loaded; on_case(case id, status) per case;
+    progress(windows done, windows total) inside a case. Failed cases are in the summary's failures."""
+    check_precision(precision)
+    models = load_models(Workspace(Path(home)), task, [configuration] if configuration else None, folds=folds,
+                         checkpoint=checkpoint, device=device, postprocess=postprocess)
+    if on_models is not None:
+        on_models(models)
+    settings = PredictionSettings(step_fraction=step_size, use_tta=use_tta, batch_windows=batch_windows,
+                                  device=device, precision=precision, save_probabilities=save_probabilities,
+                                  postprocess=postprocess)
+    return predict_folder_with_models(models, Path(input_path), Path(output_folder), settings, overwrite=overwrite,
+                                      part=part, on_case=on_case, progress=progress)
 
 
 class Segmenter:
@@ -166,5 +243,6 @@ class Segmenter:
         raise AutosegError(f"predict: unsupported input type {type(image).__name__}")
 
     def predict_folder(self, input_folder, output_folder, **options) -> FolderSummary:
-        return predict_with_models(self.models, Path(input_folder), Path(output_folder), self.settings, **options)
+        return predict_folder_with_models(self.models, Path(input_folder), Path(output_folder), self.settings,
+                                          **options)
 

@@ -1,4 +1,4 @@
-"""The `autoseg` command line: parse, call the stage's core function, print.
+"""The `autoseg` command line: parse, call the stage's function in autoseg.api (one way to run a stage), print.
 
 Heavy imports (torch, SimpleITK) happen inside the commands so `autoseg --help` is instant.
 Any AutosegError becomes one line on stderr and exit code 1; `--debug` shows the traceback.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import time
 from pathlib import Path
 from typing import List, Optional
 
@@ -80,6 +81,23 @@ def resolve_task(task: Optional[str]) -> tuple[str, Path | None]:
     return folder.name, folder
 
 
+def advance(bar):
+    """The API's progress(done, total) callback for a bar made without a total: its first call is (0, total)."""
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(min(done, 1))
+
+    return update
+
+
+def parse_numbers(text: str, kind: type, option: str, expected: str) -> list:
+    """The comma-separated numbers of an option's value; an error naming the option otherwise."""
+    try:
+        return [kind(v) for v in text.split(",")]
+    except ValueError:
+        fail(f"{option}: expected {expected}, got {text!r}")
+
+
 # ----------------------------------------------------------------------------------------- dataset
 
 
@@ -96,26 +114,12 @@ def demo_data(
     two_d: bool = typer.Option(False, "--2d", help="RGB PNG pictures instead of volumes."),
 ) -> None:
     """Write a deterministic synthetic dataset in MSD format."""
-    from autoseg.demo import DemoSpec, make_demo_dataset
+    from autoseg import api
 
-    def numbers(text, kind, name):
-        try:
-            values = [kind(v) for v in text.split(",")]
-        except ValueError:
-            fail(f"--{name}: expected comma-separated numbers, got {text!r}")
-        return values
-
-    shape_values = numbers(shape, int, "shape")
-    if two_d and len(shape_values) == 2:
-        shape_values = [1, *shape_values]
-    spacing_values = numbers(spacing, float, "spacing")
-    if len(shape_values) != 3 or len(spacing_values) != 3:
-        fail("--shape and --spacing take three values (z,y,x)")
-    if modality.upper() not in ("CT", "MRI"):
-        fail(f"--modality: expected CT or MRI, got {modality!r}")
-    spec = DemoSpec(cases=cases, shape=tuple(shape_values), spacing=tuple(spacing_values),
-                    modality=modality.upper(), channels=3 if two_d else channels, seed=seed, two_d=two_d)
-    root = make_demo_dataset(output, task_name, spec)
+    root = api.demo_data(output, task_name=task_name, cases=cases,
+                         shape=parse_numbers(shape, int, "--shape", "comma-separated numbers"),
+                         spacing=parse_numbers(spacing, float, "--spacing", "comma-separated numbers"),
+                         modality=modality, channels=channels, seed=seed, two_d=two_d)
     typer.echo(f"wrote {cases} training cases to {root}")
 
 
@@ -125,17 +129,15 @@ def check(
     workers: int = typer.Option(2, "-j", "--workers", min=1),
 ) -> None:
     """Validate a dataset: list every problem with its case and file."""
-    from autoseg.check import check_dataset
-    from autoseg.dataset import load_dataset
+    from autoseg import api
 
-    dataset = load_dataset(state.workspace.dataset_folder(task), strict=False)  # bad entries become problems
-    with progress_bar(len(dataset.cases), "case", "check") as bar:
-        problems = check_dataset(dataset, workers, on_case_done=lambda: bar.update())
-    for problem in problems:
+    with progress_bar(None, "case", "check") as bar:
+        report = api.check(task, workers=workers, home=state.workspace.home, progress=advance(bar))
+    for problem in report.problems:
         typer.echo(str(problem))
-    if problems:
-        fail(f"{len(problems)} problem(s) in {dataset.root}")
-    typer.echo(f"{dataset.name}: {len(dataset.cases)} training cases, no problems found")
+    if report.problems:
+        fail(f"{len(report.problems)} problem(s) in {report.root}")
+    typer.echo(f"{report.dataset_name}: {report.num_cases} training cases, no problems found")
 
 
 @command("fingerprint")
@@ -144,77 +146,24 @@ def fingerprint(
     workers: int = typer.Option(2, "-j", "--workers", min=1),
 ) -> None:
     """Extract the dataset fingerprint (reused when the dataset has not changed)."""
-    from autoseg.dataset import load_dataset
-    from autoseg.fingerprint import load_or_extract
+    from autoseg import api
 
-    dataset = load_dataset(state.workspace.dataset_folder(task))
-    path = state.workspace.fingerprint_file(dataset.root.name)
-    with progress_bar(len(dataset.cases), "case", "fingerprint") as bar:
-        result, reused = load_or_extract(dataset, path, workers, on_case_done=lambda _: bar.update())
-    typer.echo(f"{'reused' if reused else 'wrote'} {path}")
-    typer.echo(f"  cases {result.num_cases}, median spacing {[round(s, 3) for s in result.median_spacing]} mm, "
-               f"median cropped shape {[int(s) for s in result.median_cropped_shape]}")
+    with progress_bar(None, "case", "fingerprint") as bar:
+        result = api.fingerprint(task, workers=workers, home=state.workspace.home, progress=advance(bar))
+    typer.echo(f"{'reused' if result.reused else 'wrote'} {result.path}")
+    typer.echo(f"  cases {result.fingerprint.num_cases}, median spacing "
+               f"{[round(s, 3) for s in result.fingerprint.median_spacing]} mm, "
+               f"median cropped shape {[int(s) for s in result.fingerprint.median_cropped_shape]}")
 
 
 # -------------------------------------------------------------------------------- model selection
 
 
-def _labels_for(labels: Optional[str], task: Optional[str], predictions: Path, references: Path,
-                workers: int) -> tuple[dict[int, str], Path | None]:
-    """The labels to score and the dataset folder whose dataset.json (pixel spacing, regions) applies, or None.
-
-    --labels "1,2": those (with --task, that task's dataset folder); --task: the task's labels; neither:
-    the labels found in the files, or the planned task's when they are all its own.
-    """
-    from autoseg.dataset import load_dataset
-
-    if labels:
-        try:
-            parsed = {int(v): str(v) for v in labels.split(",")}
-        except ValueError:
-            fail(f"--labels: expected comma-separated label numbers, got {labels!r}")
-        return parsed, resolve_task(task)[1] if task is not None else None
-    if task is not None:
-        _, folder = resolve_task(task)
-        return load_dataset(folder).labels, folder
-    return _labels_found_or_planned(predictions, references, workers)
-
-
-def _labels_found_or_planned(predictions: Path, references: Path, workers: int) -> tuple[dict[int, str], Path | None]:
-    """The labels found in the files, or the planned task's (and its dataset folder) when they are all its own."""
-    from autoseg.dataset import load_dataset
-    from autoseg.errors import WorkspaceError
-    from autoseg.evaluation import labels_found, labels_to_score
-
-    found = labels_found(predictions, references, workers)
+def _parse_regions(regions: str) -> list[tuple[int, ...]]:
     try:
-        planned_task, planned_folder = resolve_task(None)
-    except WorkspaceError:  # no task planned in this workspace
-        planned_task, planned_folder = None, None
-    task_labels = load_dataset(planned_folder).labels if planned_folder is not None else None
-    choice = labels_to_score(found, task_labels, where=f"{predictions} and {references}")
-    found_text = ", ".join(str(v) for v in found) or "none"
-    if not choice.from_task:
-        typer.echo(f"scoring labels found in the files: {found_text}")
-        return choice.labels, None
-    typer.echo(f"scoring the labels of the planned task {planned_task} (labels found in the files: {found_text})")
-    return choice.labels, planned_folder
-
-
-def _regions_for(regions: Optional[str], labels: Optional[str], dataset_folder: Path | None,
-                 label_names: dict[int, str]) -> dict[str, tuple[int, ...]]:
-    """Regions from --regions "1+2+3,2+3"; else, unless --labels was given, the dataset.json "regions"."""
-    if regions:
-        try:
-            parsed = [tuple(int(v) for v in region.split("+")) for region in regions.split(",")]
-        except ValueError:
-            fail(f"--regions: expected regions like 1+2+3,2+3, got {regions!r}")
-        return {"+".join(label_names.get(v, str(v)) for v in region): region for region in parsed}
-    if labels or dataset_folder is None:
-        return {}
-    from autoseg.evaluation import regions_of_dataset
-
-    return regions_of_dataset(dataset_folder, label_names)
+        return [tuple(int(v) for v in region.split("+")) for region in regions.split(",")]
+    except ValueError:
+        fail(f"--regions: expected regions like 1+2+3,2+3, got {regions!r}")
 
 
 @command("evaluate")
@@ -239,31 +188,21 @@ def evaluate(
     prediction folder. Without --task and --labels: the labels found in the files, named (with the
     task's regions and pixel spacing) by the planned task only when they are all its labels.
     """
-    import math
+    from autoseg import api
 
-    from autoseg.dataset import load_dataset
-    from autoseg.evaluation import evaluate_folder
-
-    label_names, dataset_folder = _labels_for(labels, task, predictions, references, workers)
-    spacing = None
-    if pixel_spacing is not None:
-        try:
-            values = [float(v) for v in pixel_spacing.split(",")]
-        except ValueError:
-            values = []
-        if len(values) not in (1, 2) or not all(math.isfinite(v) and v > 0 for v in values):
-            fail(f"--pixel-spacing: expected Y,X or one number, positive mm, got {pixel_spacing!r}")
-        spacing = (values[0], values[-1])
-    elif dataset_folder is not None:
-        spacing = load_dataset(dataset_folder).pixel_spacing
-    summary = evaluate_folder(predictions, references, label_names,
-                              regions=_regions_for(regions, labels, dataset_folder, label_names), workers=workers,
-                              pixel_spacing=spacing)
-    json_path, csv_path = summary.save(predictions)
-    if spacing is not None:
-        typer.echo(f"picture pixels taken as {spacing[0]:g} x {spacing[1]:g} mm (y x) for the surface distances")
-    typer.echo(summary.format_table())
-    typer.echo(f"wrote {json_path} and {csv_path}")
+    run = api.evaluate(
+        predictions, references, task=task, workers=workers, home=state.workspace.home,
+        labels=parse_numbers(labels, int, "--labels", "comma-separated label numbers") if labels else None,
+        regions=_parse_regions(regions) if regions else None,
+        pixel_spacing=None if pixel_spacing is None else
+        parse_numbers(pixel_spacing, float, "--pixel-spacing", "Y,X or one number, positive mm"))
+    if run.label_choice.found is not None:  # neither --labels nor --task: say which were scored
+        typer.echo(run.label_choice.describe())
+    if run.pixel_spacing is not None:
+        typer.echo(f"picture pixels taken as {run.pixel_spacing[0]:g} x {run.pixel_spacing[1]:g} mm (y x) for the "
+                   "surface distances")
+    typer.echo(run.summary.format_table())
+    typer.echo(f"wrote {run.summary_files[0]} and {run.summary_files[1]}")
 
 
 @command("ensemble")
@@ -272,11 +211,9 @@ def ensemble(
     save_probabilities: bool = typer.Option(False, "--save-probabilities"),
 ) -> None:
     """Average the saved probabilities of several prediction folders and write segmentations."""
-    from autoseg.ensembling import ensemble_folders
+    from autoseg import api
 
-    if len(folders) < 3:
-        fail("ensemble needs at least two input folders and an output folder")
-    written = ensemble_folders(folders[:-1], folders[-1], save_probabilities=save_probabilities)
+    written = api.ensemble(folders[:-1], folders[-1], save_probabilities=save_probabilities)
     typer.echo(f"wrote {len(written)} ensembled segmentations to {folders[-1]}")
 
 
@@ -289,15 +226,12 @@ def postprocess(
     workers: int = typer.Option(2, "-j", "--workers", min=1),
 ) -> None:
     """Apply the largest-connected-component postprocessing chosen by cross-validation."""
-    from autoseg.postprocessing import PostprocessingDecision, postprocess_folder
+    from autoseg import api
 
-    if decision_file is None:
-        name, _ = resolve_task(task)
-        decision_file = state.workspace.results(name) / "postprocessing.json"
-    decision = PostprocessingDecision.load(decision_file)
-    written = postprocess_folder(input_folder, output_folder, decision, workers)
-    typer.echo(f"postprocessed {len(written)} segmentations into {output_folder} "
-               f"(whole foreground: {decision.whole_foreground}, labels: {decision.per_label or 'none'})")
+    result = api.postprocess(input_folder, output_folder, decision_file=decision_file, task=task, workers=workers,
+                             home=state.workspace.home)
+    typer.echo(f"postprocessed {len(result.written)} segmentations into {output_folder} "
+               f"(whole foreground: {result.decision.whole_foreground}, labels: {result.decision.per_label or 'none'})")
 
 
 # ------------------------------------------------------------------------------------- planning
@@ -397,19 +331,11 @@ def preprocess(
                                 help="Worker processes (capped by free memory and case size); 0: in-process."),
 ) -> None:
     """Crop, normalize, resample and store every case for the planned configurations (resumable)."""
-    from autoseg.dataset import load_dataset
-    from autoseg.planning import Plans
-    from autoseg.preprocessing.task import preprocess_task
+    from autoseg import api
 
-    name, folder = resolve_task(task)
-    if folder is None:
-        fail(f"task {name}: no dataset folder known; pass the dataset folder as TASK")
-    dataset = load_dataset(folder)
-    plans = Plans.load(state.workspace.plans_file(name))
     with progress_bar(None, "case", "preprocess") as bar:
-        summaries = preprocess_task(dataset, plans, state.workspace.preprocessed(name),
-                                    configurations=configurations, workers=workers,
-                                    progress=lambda data_id, case_id, outcome: bar.update())
+        summaries = api.preprocess(task, configurations=configurations, workers=workers, home=state.workspace.home,
+                                   progress=lambda data_id, case_id, outcome: bar.update())
     failed = 0
     for data_identifier, summary in summaries.items():
         typer.echo(f"{data_identifier}: {len(summary.written)} written, {len(summary.skipped)} up to date, "
@@ -694,23 +620,17 @@ def find_best_command(
     workers: int = typer.Option(2, "-j", "--workers", min=1),
 ) -> None:
     """Pick the best configuration (or pair ensemble) by cross-validation Dice, then decide postprocessing."""
-    from autoseg.planning import Plans
-    from autoseg.postprocessing import PostprocessingDecision
-    from autoseg.selection import find_best
+    from autoseg import api
 
-    name, _ = resolve_task(task)
-    plans = Plans.load(state.workspace.plans_file(name))
-    results = state.workspace.results(name)
-    result = find_best(results, state.workspace.preprocessed(name) / "gt_segmentations",
-                       {int(v): n for v, n in plans.labels.items()}, configurations=configurations or None,
-                       folds=folds.split(",") if folds else None, allow_ensembles=not no_ensembles, workers=workers,
-                       pixel_spacing=plans.pixel_spacing)
-    typer.echo(result.format_table())
-    decision = PostprocessingDecision.load(results / "postprocessing.json")
+    result = api.find_best(task=task, configurations=configurations or None,
+                           folds=folds.split(",") if folds else None, allow_ensembles=not no_ensembles,
+                           workers=workers, home=state.workspace.home)
+    typer.echo(result.selection.format_table())
+    decision = result.postprocessing
     typer.echo(f"postprocessing: largest component of the whole foreground {decision.whole_foreground}, "
                f"of labels {decision.per_label or 'none'} (foreground Dice {decision.foreground_dice_before:.4f} -> "
                f"{decision.foreground_dice_after:.4f})")
-    typer.echo(f"`autoseg predict` now uses {' + '.join(result.chosen)}")
+    typer.echo(f"`autoseg predict` now uses {' + '.join(result.selection.chosen)}")
 
 
 # ------------------------------------------------------------------------------------ inference
@@ -722,6 +642,37 @@ def _parse_part(part: str) -> tuple[int, int]:
     except ValueError:
         fail(f"--part {part!r}: expected I/N, e.g. 0/4")
     return index, count
+
+
+class _PredictionReport:
+    """What `autoseg predict` prints besides each case: the models, the window rate every 30 s inside a long
+    case (a CT on a CPU: minutes), the totals."""
+
+    def __init__(self, use_tta: bool):
+        self.use_tta = use_tta
+        self.started = self.shown_at = 0.0  # from when the models are loaded: loading is not prediction time
+        self.first, self.last = (0, 0.0), 0  # (windows, time) at a case's first batch; windows last seen
+
+    def on_models(self, models) -> None:
+        names = " + ".join(f"{m.configuration_name} (folds {','.join(m.folds)})" for m in models)
+        typer.echo(f"predicting with {names}, TTA {'on' if self.use_tta else 'off'}")
+        self.started = self.shown_at = time.perf_counter()
+        self.first = (0, self.started)
+
+    def on_windows(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done <= self.last or self.first[0] == 0:  # a new case's first batch
+            self.first = (done, now)
+        self.last = done
+        if now - self.shown_at > 30 and self.first[0] < done < total:
+            self.shown_at = now
+            rate = (done - self.first[0]) / max(now - self.first[1], 1e-9)
+            typer.echo(f"    {done}/{total} windows ({rate:.3g} windows/s)")
+
+    def finished(self, summary) -> None:
+        typer.echo(f"{len(summary.written)} written, {len(summary.skipped)} skipped, {len(summary.failures)} failed "
+                   f"in {time.perf_counter() - self.started:.1f} s ({summary.windows} windows, "
+                   f"{summary.windows_per_second:.3g} windows/s)")
 
 
 @command("predict")
@@ -743,42 +694,17 @@ def predict(
     postprocess: bool = typer.Option(True, "--postprocess/--no-postprocess"),
 ) -> None:
     """Segment images: sliding window, Gaussian weighting, mirror TTA, fold ensemble, postprocessing."""
-    import time
+    from autoseg import api
 
-    from autoseg.api import load_models, predict_with_models
-    from autoseg.inference.predictor import PredictionSettings
-
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        fail(f"--precision {precision!r}: expected auto, fp32, bf16 or fp16")
-    models = load_models(state.workspace, task, [configuration] if configuration else None,
-                         folds=folds.split(",") if folds else None, checkpoint=checkpoint, device=device,
-                         postprocess=postprocess)
-    settings = PredictionSettings(step_fraction=step_size, use_tta=not no_tta, batch_windows=batch_windows,
-                                  device=device, precision=precision, save_probabilities=save_probabilities,
-                                  postprocess=postprocess)
-    names = " + ".join(f"{m.configuration_name} (folds {','.join(m.folds)})" for m in models)
-    typer.echo(f"predicting with {names}, TTA {'off' if no_tta else 'on'}")
-    started = time.perf_counter()
-    shown = {"at": started, "first": (0, started), "last": 0}
-
-    def on_windows(done, total):  # a line every 30 s inside a long case (a CT on a CPU: minutes)
-        now = time.perf_counter()
-        if done <= shown["last"] or shown["first"][0] == 0:  # a new case's first batch
-            shown["first"] = (done, now)
-        shown["last"] = done
-        if now - shown["at"] > 30 and shown["first"][0] < done < total:
-            shown["at"] = now
-            rate = (done - shown["first"][0]) / max(now - shown["first"][1], 1e-9)
-            typer.echo(f"    {done}/{total} windows ({rate:.3g} windows/s)")
-
-    def on_case(case_id, status):
-        typer.echo(f"  {case_id}: {status}")
-
-    summary = predict_with_models(models, input_path, output_folder, settings, overwrite=overwrite,
-                                  part=_parse_part(part), on_case=on_case, progress=on_windows)
-    seconds = time.perf_counter() - started
-    typer.echo(f"{len(summary.written)} written, {len(summary.skipped)} skipped, {len(summary.failures)} failed "
-               f"in {seconds:.1f} s ({summary.windows} windows, {summary.windows_per_second:.3g} windows/s)")
+    report = _PredictionReport(use_tta=not no_tta)
+    summary = api.predict(input_path, output_folder, task=task, configuration=configuration,
+                          folds=folds.split(",") if folds else None, checkpoint=checkpoint, step_size=step_size,
+                          use_tta=not no_tta, save_probabilities=save_probabilities, device=device,
+                          precision=precision, batch_windows=batch_windows, overwrite=overwrite,
+                          part=_parse_part(part), postprocess=postprocess, home=state.workspace.home,
+                          on_models=report.on_models, progress=report.on_windows,
+                          on_case=lambda case_id, status: typer.echo(f"  {case_id}: {status}"))
+    report.finished(summary)
     if summary.failures:
         fail(f"{len(summary.failures)} case(s) failed: " + "; ".join(f"{c}: {e}" for c, e in summary.failures.items()))
 

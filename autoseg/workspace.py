@@ -124,6 +124,15 @@ class Workspace:
             raise WorkspaceError(f"no task given and none planned yet in {self.home}; run `autoseg plan TASK` first")
         return read_json(path)["task"]
 
+    def resolve_task(self, task: str | Path | None) -> tuple[str, Path | None]:
+        """(task name, dataset folder) of an explicit task (a name under raw/ or a dataset folder), or of
+        the task planned last when `task` is None (its dataset folder None when no longer known)."""
+        if task is None:
+            name = self.current_task()
+            return name, self.current_dataset_folder(name)
+        folder = self.dataset_folder(task)
+        return folder.name, folder
+
     def current_dataset_folder(self, task_name: str) -> Path | None:
         path = self.home / "current_task.json"
         if path.is_file():

@@ -8,6 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from autoseg import api
 from autoseg.cli import app
 from autoseg.dataset import load_dataset
 from autoseg.fingerprint import extract_fingerprint
@@ -149,10 +150,10 @@ def test_folder_prediction_skips_existing_and_reports_broken_cases(trained_works
 
 
 def test_parts_split_a_batch_without_overlap(trained_workspace, tmp_path):
-    for part in ("0/2", "1/2"):
-        result = run(trained_workspace, str(trained_workspace / "in"), str(tmp_path / "out"), "--no-tta",
-                     "--part", part, "--folds", "0")
-        assert result.exit_code == 0, result.output
+    for part in ((0, 2), (1, 2)):
+        summary = api.predict(trained_workspace / "in", tmp_path / "out", use_tta=False, part=part, folds=["0"],
+                              home=trained_workspace)
+        assert not summary.failures, summary.failures
     assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["case0.nii.gz", "case1.nii.gz",
                                                                           "case2.nii.gz"]
 
@@ -181,8 +182,8 @@ def test_per_channel_files_and_saved_probabilities(trained_workspace, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "scan_0000.nii.gz").write_bytes((trained_workspace / "in" / "case0.nii.gz").read_bytes())
-    result = run(trained_workspace, str(inputs), str(tmp_path / "out"), "--no-tta", "--save-probabilities")
-    assert result.exit_code == 0, result.output
+    summary = api.predict(inputs, tmp_path / "out", use_tta=False, save_probabilities=True, home=trained_workspace)
+    assert not summary.failures, summary.failures
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scan.json", "scan.nii.gz", "scan.npz"]
     probabilities = np.load(tmp_path / "out" / "scan.npz")["probabilities"]
     segmentation, geometry = read_segmentation(tmp_path / "out" / "scan.nii.gz")

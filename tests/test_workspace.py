@@ -20,6 +20,17 @@ def test_task_by_name_under_raw_or_by_path(tmp_path, small_ct_dataset):
         workspace.dataset_folder("Task404_None")
 
 
+def test_resolve_task_by_name_path_or_the_task_planned_last(tmp_path, small_ct_dataset):
+    workspace = Workspace(tmp_path)
+    assert workspace.resolve_task(str(small_ct_dataset)) == ("Task900_Demo", small_ct_dataset.resolve())
+    with pytest.raises(WorkspaceError, match="run `autoseg plan TASK` first"):
+        workspace.resolve_task(None)
+    workspace.remember_task("Task900_Demo", small_ct_dataset)
+    assert workspace.resolve_task(None) == ("Task900_Demo", small_ct_dataset)
+    workspace.remember_task("Task901_Gone", None)  # planned from a fingerprint alone: no dataset folder
+    assert workspace.resolve_task(None) == ("Task901_Gone", None)
+
+
 def test_no_current_task_before_planning(tmp_path):
     with pytest.raises(WorkspaceError, match="run `autoseg plan TASK` first"):
         Workspace(tmp_path).current_task()
