@@ -21,10 +21,11 @@ from typing import Sequence
 import numpy as np
 
 from autoseg.errors import AutosegError
-from autoseg.inference.predictor import (FolderSummary, Prediction, PredictionSettings, TrainedModel,
-                                         load_trained_model, predict_folder, predict_image)
+from autoseg.inference.case import Prediction, PredictionSettings, predict_image
+from autoseg.inference.folder import FolderSummary, predict_folder
+from autoseg.inference.model import TrainedModel, load_trained_model
 from autoseg.io import Geometry, read_image
-from autoseg.workspace import Workspace
+from autoseg.workspace import TaskResults, Workspace
 
 
 def trained_configurations(results_folder: Path, checkpoint: str = "final") -> list[str]:
@@ -38,7 +39,7 @@ def default_configurations(results_folder: Path, plans, checkpoint: str) -> list
     if choice_file.is_file():
         from autoseg.selection import load_choice
 
-        choice = load_choice(results_folder)
+        choice = load_choice(TaskResults(results_folder))
         if choice is not None:
             return list(choice.chosen)
     trained = [c for c in trained_configurations(results_folder, checkpoint) if c in plans.configurations]
@@ -70,9 +71,9 @@ def load_models(workspace: Workspace, task: str | None = None, configurations: S
         configuration = plans.configuration(name)
         previous = None
         if configuration.previous_stage:
-            previous = load_trained_model(results / configuration.previous_stage, plans, configuration.previous_stage,
+            previous = load_trained_model(TaskResults(results), plans, configuration.previous_stage,
                                           folds=folds, checkpoint=checkpoint, device=device)
-        models.append(load_trained_model(results / name, plans, name, folds=folds, checkpoint=checkpoint,
+        models.append(load_trained_model(TaskResults(results), plans, name, folds=folds, checkpoint=checkpoint,
                                          device=device, postprocessing=decision if len(names) == 1 else None,
                                          previous_stage=previous))
     for model in models:
@@ -93,7 +94,7 @@ def predict_with_models(models: list[TrainedModel], input_folder: Path, output_f
     from dataclasses import replace
 
     from autoseg.ensembling import ensemble_folders
-    from autoseg.inference.predictor import group_input_files
+    from autoseg.inference.folder import group_input_files
     from autoseg.io import file_ending, segmentation_ending_for
     from autoseg.postprocessing import postprocess_folder
 
@@ -111,7 +112,7 @@ def predict_with_models(models: list[TrainedModel], input_folder: Path, output_f
     ending = segmentation_ending_for(file_ending(next(iter(cases.values()))[0]))  # the inputs' format
     averaged = Path(output_folder) / ".ensembled"
     written = ensemble_folders(members, averaged, output_ending=ending, save_probabilities=settings.save_probabilities)
-    decision = getattr(models[0], "ensemble_postprocessing", None)
+    decision = models[0].ensemble_postprocessing
     if decision is not None and settings.postprocess:
         summary.written = [str(p) for p in postprocess_folder(averaged, output_folder, decision)]
     else:

@@ -407,7 +407,7 @@ def preprocess(
     dataset = load_dataset(folder)
     plans = Plans.load(state.workspace.plans_file(name))
     with progress_bar(None, "case", "preprocess") as bar:
-        summaries = preprocess_task(dataset, plans, state.workspace.preprocessed(name),
+        summaries = preprocess_task(dataset, plans, state.workspace, name,
                                     configurations=configurations, workers=workers,
                                     progress=lambda data_id, case_id, outcome: bar.update())
     failed = 0
@@ -522,7 +522,8 @@ def train(
     from autoseg.planning import Plans
     from autoseg.budget.compute_aware import training_schedule
     from autoseg.training.splits import fold_cases, load_or_create_splits
-    from autoseg.training.trainer import TrainingEvents, TrainingJob, TrainingSettings, run_training
+    from autoseg.training.job import TrainingEvents, TrainingJob, TrainingSettings
+    from autoseg.training.trainer import run_training
     from autoseg.training.progress import format_epoch
 
     distributed_device = _init_distributed_from_torchrun(device)
@@ -551,7 +552,8 @@ def train(
     train_ids, val_ids = fold_cases(splits, fold, case_ids)
     configuration_folder = workspace.results(name) / configuration
     output = configuration_folder / f"fold_{fold}"
-    job = TrainingJob(plans, configuration, fold, data_folder, output, train_ids, val_ids, resume=resume)
+    job = TrainingJob(plans, configuration, fold, data_folder, workspace.task_results(name), train_ids, val_ids,
+                      resume=resume)
     settings = TrainingSettings(epochs=schedule.epochs, iterations_per_epoch=schedule.iterations_per_epoch,
                                 validation_iterations=schedule.validation_iterations,
                                 num_workers=_training_workers(workers, config, distributed_device or device),
@@ -598,7 +600,7 @@ def train(
         from autoseg.training.validation import validate_fold
 
         with progress_bar(len(val_ids), "case", "validation") as vbar:
-            summary = validate_fold(plans, configuration, configuration_folder, fold, data_folder,
+            summary = validate_fold(plans, configuration, workspace.task_results(name), fold, data_folder,
                                     workspace.preprocessed(name) / "gt_segmentations", val_ids,
                                     device=distributed_device or device, use_tta=schedule.final_validation_mirroring,
                                     on_case=lambda _: vbar.update())
@@ -701,7 +703,7 @@ def find_best_command(
     name, _ = resolve_task(task)
     plans = Plans.load(state.workspace.plans_file(name))
     results = state.workspace.results(name)
-    result = find_best(results, state.workspace.preprocessed(name) / "gt_segmentations",
+    result = find_best(state.workspace.task_results(name), state.workspace.preprocessed(name) / "gt_segmentations",
                        {int(v): n for v, n in plans.labels.items()}, configurations=configurations or None,
                        folds=folds.split(",") if folds else None, allow_ensembles=not no_ensembles, workers=workers,
                        pixel_spacing=plans.pixel_spacing)
@@ -746,7 +748,7 @@ def predict(
     import time
 
     from autoseg.api import load_models, predict_with_models
-    from autoseg.inference.predictor import PredictionSettings
+    from autoseg.inference.case import PredictionSettings
 
     if precision not in ("auto", "fp32", "bf16", "fp16"):
         fail(f"--precision {precision!r}: expected auto, fp32, bf16 or fp16")
