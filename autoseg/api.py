@@ -38,8 +38,9 @@ from autoseg.demo import DemoSpec, make_demo_dataset
 from autoseg.device import check_precision
 from autoseg.ensembling import ensemble_folders
 from autoseg.errors import AutosegError
-from autoseg.inference.predictor import (FolderSummary, PredictionSettings, TrainedModel,
-                                         load_trained_model, predict_image)
+from autoseg.inference.case import PredictionSettings, predict_image
+from autoseg.inference.folder import FolderSummary
+from autoseg.inference.model import TrainedModel, load_trained_model
 from autoseg.io import Geometry, image_from_sitk, is_sitk_image, read_image, segmentation_to_sitk
 from autoseg.preprocessing.store import PreprocessSummary
 from autoseg.stages import dataset as dataset_stages
@@ -47,24 +48,24 @@ from autoseg.stages import evaluate as evaluate_stage
 from autoseg.stages import find_best as find_best_stage
 from autoseg.stages import postprocess as postprocess_stage
 from autoseg.stages.predict import predict_folder_with_models
-from autoseg.workspace import DEFAULT_HOME, Workspace
+from autoseg.workspace import DEFAULT_HOME, TaskResults, Workspace
 
 
-def trained_configurations(results_folder: Path, checkpoint: str = "final") -> list[str]:
-    return sorted(p.name for p in results_folder.iterdir()
-                  if p.is_dir() and any(p.glob(f"fold_*/checkpoint_{checkpoint}.pt"))) if results_folder.is_dir() else []
+def trained_configurations(results: TaskResults, checkpoint: str = "final") -> list[str]:
+    """The configurations with at least one fold holding that checkpoint."""
+    return [c for c in results.configurations_with_folds() if results.trained_folds(c, checkpoint)]
 
 
-def default_configurations(results_folder: Path, plans, checkpoint: str) -> list[str]:
+def default_configurations(results: TaskResults, plans, checkpoint: str) -> list[str]:
     """find-best's choice; else the only trained configuration; else 3d_fullres, then 2d, if trained."""
     from autoseg.selection import load_choice
 
-    choice = load_choice(results_folder)
+    choice = load_choice(results)
     if choice is not None:
         return list(choice.chosen)
-    trained = [c for c in trained_configurations(results_folder, checkpoint) if c in plans.configurations]
+    trained = [c for c in trained_configurations(results, checkpoint) if c in plans.configurations]
     if not trained:
-        raise AutosegError(f"{results_folder}: no trained configuration with checkpoint_{checkpoint}.pt; "
+        raise AutosegError(f"{results.root}: no trained configuration with checkpoint_{checkpoint}.pt; "
                            "run `autoseg train` first")
     for preferred in ("3d_fullres", "3d_cascade_fullres", "2d"):
         if preferred in trained and len(trained) > 1:
@@ -77,23 +78,23 @@ def load_models(workspace: Workspace, task: str | None = None, configurations: S
                 postprocess: bool = True) -> list[TrainedModel]:
     """The models `predict` uses: one per configuration (two when find-best chose an ensemble)."""
     from autoseg.planning import Plans
-    from autoseg.postprocessing import POSTPROCESSING_JSON, PostprocessingDecision
+    from autoseg.postprocessing import PostprocessingDecision
 
     task_name = task if task is not None and not (Path(task) / "dataset.json").is_file() else None
     task_name = task_name or (workspace.task_name(task) if task else workspace.current_task())
     plans = Plans.load(workspace.plans_file(task_name))
-    results = workspace.results(task_name)
+    results = workspace.task_results(task_name)
     names = list(configurations) if configurations else default_configurations(results, plans, checkpoint)
-    decision_file = results / POSTPROCESSING_JSON
+    decision_file = results.postprocessing_file
     decision = PostprocessingDecision.load(decision_file) if postprocess and decision_file.is_file() else None
     models = []
     for name in names:
         configuration = plans.configuration(name)
         previous = None
         if configuration.previous_stage:
-            previous = load_trained_model(results / configuration.previous_stage, plans, configuration.previous_stage,
+            previous = load_trained_model(results, plans, configuration.previous_stage,
                                           folds=folds, checkpoint=checkpoint, device=device)
-        models.append(load_trained_model(results / name, plans, name, folds=folds, checkpoint=checkpoint,
+        models.append(load_trained_model(results, plans, name, folds=folds, checkpoint=checkpoint,
                                          device=device, postprocessing=decision if len(names) == 1 else None,
                                          previous_stage=previous))
     for model in models:

@@ -6,7 +6,7 @@ image as one one-hot channel per foreground label, so the cascade network reads
 
 Training: every case needs a low-res prediction made by a model that never saw it. The low-res
 fold validation (`autoseg train 3d_lowres --fold N`) writes one for each held-out case to
-`results/TASK/3d_lowres/predicted_next_stage/CASE.npy` (int16 label map, the next stage's
+`TaskResults.predicted_next_stage_folder("3d_lowres")`/CASE.npy (int16 label map, the next stage's
 preprocessed grid); after every fold all training cases have one. Cascade training refuses to
 start until they all exist, naming the low-res folds still to train. The cascade's own fold
 validation reads the same files.
@@ -20,10 +20,8 @@ from typing import Sequence
 
 import numpy as np
 
-from autoseg.errors import AutosegError, WorkspaceError
-
-PREDICTED_NEXT_STAGE = "predicted_next_stage"
-SPLITS_JSON = "splits.json"
+from autoseg.errors import WorkspaceError
+from autoseg.workspace import TaskResults
 
 
 def segmentation_to_grid(segmentation: np.ndarray, properties) -> np.ndarray:
@@ -49,11 +47,6 @@ def foreground_labels_of(plans) -> list[int]:
     return sorted(int(v) for v in plans.labels if int(v) != 0)
 
 
-def predictions_folder(results_folder: Path, previous_stage: str) -> Path:
-    """Where the fold validations of `previous_stage` leave their predictions for the next stage."""
-    return Path(results_folder) / previous_stage / PREDICTED_NEXT_STAGE
-
-
 def save_for_next_stage(segmentation: np.ndarray, next_stage_properties, folder: Path, case_id: str) -> Path:
     """Store a held-out case's low-res segmentation (original grid) on the next stage's grid.
 
@@ -65,8 +58,8 @@ def save_for_next_stage(segmentation: np.ndarray, next_stage_properties, folder:
     return save_npy(Path(folder) / f"{case_id}.npy", segmentation_to_grid(segmentation, next_stage_properties))
 
 
-def _read_splits(results_folder: Path) -> list[dict]:
-    path = Path(results_folder) / SPLITS_JSON
+def _read_splits(results: TaskResults) -> list[dict]:
+    path = results.splits_file
     if not path.is_file():
         return []
     from autoseg.artifacts import read_json
@@ -75,14 +68,16 @@ def _read_splits(results_folder: Path) -> list[dict]:
     return splits if isinstance(splits, list) else []
 
 
-def check_previous_stage_ready(folder: Path, case_ids: Sequence[str], splits: list[dict], previous_stage: str) -> None:
+def check_previous_stage_ready(results: TaskResults, previous_stage: str, case_ids: Sequence[str]) -> None:
     """Raise a WorkspaceError naming the `previous_stage` folds to train when a case lacks its prediction.
 
-    splits: the folds of splits.json; a missing case is attributed to the fold that validates it.
+    A missing case is attributed to the fold of the task's splits that validates it.
     """
-    missing = sorted(c for c in case_ids if not (Path(folder) / f"{c}.npy").is_file())
+    folder = results.predicted_next_stage_folder(previous_stage)
+    missing = sorted(c for c in case_ids if not (folder / f"{c}.npy").is_file())
     if not missing:
         return
+    splits = _read_splits(results)
     folds = sorted({index for index, split in enumerate(splits) for c in missing if c in split.get("val", [])})
     in_no_fold = [c for c in missing if not any(c in split.get("val", []) for split in splits)]
     examples = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
@@ -96,24 +91,24 @@ def check_previous_stage_ready(folder: Path, case_ids: Sequence[str], splits: li
     if folds:
         message += " (its fold validation writes them; for a fold trained with --no-validate, add --resume)."
     if in_no_fold:
-        message += (f" Case(s) {', '.join(in_no_fold[:3])} are in no fold's validation set of {SPLITS_JSON}, so no "
-                    f"{previous_stage} model left them out: add them to a fold.")
+        message += (f" Case(s) {', '.join(in_no_fold[:3])} are in no fold's validation set of "
+                    f"{results.splits_file}, so no {previous_stage} model left them out: add them to a fold.")
     raise WorkspaceError(message)
 
 
-def previous_stage_inputs(plans, configuration_name: str, results_folder: Path, case_ids: Sequence[str]) -> dict:
+def previous_stage_inputs(plans, configuration_name: str, results: TaskResults, case_ids: Sequence[str]) -> dict:
     """Keyword arguments of `make_training_loaders` for `configuration_name`.
 
     {} for a configuration without previous stage; for a cascade stage, the folder of the previous
     stage's predictions and the foreground labels, after checking (`check_previous_stage_ready`) that
-    every case of `case_ids` has one. results_folder: HOME/results/TASK (holding splits.json).
+    every case of `case_ids` has one.
     """
     configuration = plans.configuration(configuration_name)
     if not configuration.previous_stage:
         return {}
-    folder = predictions_folder(results_folder, configuration.previous_stage)
-    check_previous_stage_ready(folder, case_ids, _read_splits(results_folder), configuration.previous_stage)
-    return {"previous_stage_predictions": folder, "foreground_labels": foreground_labels_of(plans)}
+    check_previous_stage_ready(results, configuration.previous_stage, case_ids)
+    return {"previous_stage_predictions": results.predicted_next_stage_folder(configuration.previous_stage),
+            "foreground_labels": foreground_labels_of(plans)}
 
 
 def _load_stored(folder: Path, case_id: str, spatial_shape: Sequence[int], mmap: bool) -> np.ndarray:

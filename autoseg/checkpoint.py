@@ -13,6 +13,7 @@ from pathlib import Path
 from autoseg.artifacts import write_atomic
 from autoseg.errors import CheckpointError
 from autoseg.planning.plans import Plans
+from autoseg.workspace import CHECKPOINT_NAMES, checkpoint_file_name
 
 CHECKPOINT_FORMAT = 1
 
@@ -27,10 +28,11 @@ def remove_partial_checkpoints(folder: Path) -> list[Path]:
     """Delete the temporary files of checkpoint saves that were killed before their rename
     (`autoseg.artifacts.write_atomic` names them .NAME.XXXX.tmp); returns what was removed."""
     removed = []
-    for path in sorted(Path(folder).glob(".checkpoint_*.pt.*.tmp")):
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
+    for which in CHECKPOINT_NAMES:
+        for path in sorted(Path(folder).glob(f".{checkpoint_file_name(which)}.*.tmp")):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return sorted(removed)
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
@@ -55,14 +57,14 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 
 
 def resume_schedule(folder: Path) -> dict:
-    """The schedule the run in `folder` was training with ({"epochs", "iterations_per_epoch",
-    "validation_iterations"}, those its checkpoint records), from checkpoint_latest.pt else
-    checkpoint_final.pt; {} without a readable checkpoint (the trainer then says what is wrong).
+    """The schedule the run in the fold folder `folder` was training with ({"epochs", "iterations_per_epoch",
+    "validation_iterations"}, those its checkpoint records), from its latest checkpoint else its final
+    one; {} without a readable checkpoint (the trainer then says what is wrong).
     Memory-mapped: the weights are not read."""
     import torch
 
-    for name in ("checkpoint_latest.pt", "checkpoint_final.pt"):
-        path = Path(folder) / name
+    for which in ("latest", "final"):
+        path = Path(folder) / checkpoint_file_name(which)
         if not path.is_file():
             continue
         try:

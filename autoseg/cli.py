@@ -448,7 +448,8 @@ def train(
     from autoseg.planning import Plans
     from autoseg.budget.compute_aware import training_schedule
     from autoseg.training.splits import fold_cases, load_or_create_splits
-    from autoseg.training.trainer import TrainingEvents, TrainingJob, TrainingSettings, run_training
+    from autoseg.training.job import TrainingEvents, TrainingJob, TrainingSettings
+    from autoseg.training.trainer import run_training
     from autoseg.training.progress import format_epoch
 
     distributed_device = _init_distributed_from_torchrun(device)
@@ -477,7 +478,8 @@ def train(
     train_ids, val_ids = fold_cases(splits, fold, case_ids)
     configuration_folder = workspace.results(name) / configuration
     output = configuration_folder / f"fold_{fold}"
-    job = TrainingJob(plans, configuration, fold, data_folder, output, train_ids, val_ids, resume=resume)
+    job = TrainingJob(plans, configuration, fold, data_folder, workspace.task_results(name), train_ids, val_ids,
+                      resume=resume)
     settings = TrainingSettings(epochs=schedule.epochs, iterations_per_epoch=schedule.iterations_per_epoch,
                                 validation_iterations=schedule.validation_iterations,
                                 num_workers=_training_workers(workers, config, distributed_device or device),
@@ -524,7 +526,7 @@ def train(
         from autoseg.training.validation import validate_fold
 
         with progress_bar(len(val_ids), "case", "validation") as vbar:
-            summary = validate_fold(plans, configuration, configuration_folder, fold, data_folder,
+            summary = validate_fold(plans, configuration, workspace.task_results(name), fold, data_folder,
                                     workspace.preprocessed(name) / "gt_segmentations", val_ids,
                                     device=distributed_device or device, use_tta=schedule.final_validation_mirroring,
                                     on_case=lambda _: vbar.update())

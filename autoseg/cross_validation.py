@@ -1,16 +1,16 @@
 """Cross-validation predictions of a task's configurations: which are complete, gathered and scored.
 
-Inputs, as training leaves them (per task, `results_folder` = HOME/results/TASK):
-    splits.json                                the folds: [{"train": [...], "val": [...]}, ...]
-    CONFIG/fold_F/validation/CASE<ending>      segmentation of each validation case, original geometry
-    CONFIG/fold_F/validation/CASE.npz + .json  its probabilities (`autoseg.ensembling` format)
+Inputs, as training leaves them in a task's results (`autoseg.workspace.TaskResults`):
+    splits_file                                the folds: [{"train": [...], "val": [...]}, ...]
+    validation_folder(CONFIG, F)/CASE<ending>  segmentation of each validation case, original geometry
+    validation_folder(CONFIG, F)/CASE.npz, .json  its probabilities (`autoseg.ensembling` format)
 Steps (the first three of model selection, `autoseg.selection.find_best`):
     1. every configuration whose requested folds all have their validation cases is "trained"
        (`trained_configurations`); the others are skipped, with the reason kept;
-    2. each trained configuration's fold validations are gathered into CONFIG/crossval/ and scored
+    2. each trained configuration's fold validations are gathered into its crossval_folder and scored
        (`collect_cross_validation`);
-    3. pairs of gathered configurations are ensembled (mean of probabilities) into
-       ensembles/CONFIG_A+CONFIG_B/ and scored (`ensemble_cross_validations`).
+    3. pairs of gathered configurations are ensembled (mean of probabilities) into a folder of
+       ensembles_folder and scored (`ensemble_cross_validations`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,8 @@ from typing import Callable, Mapping, Sequence
 from autoseg.artifacts import read_json, write_json
 from autoseg.errors import AutosegError, WorkspaceError
 from autoseg.evaluation import EvaluationSummary, evaluate_folder, find_segmentations
+from autoseg.workspace import TaskResults
 
-SPLITS_JSON = "splits.json"
-CROSSVAL_FOLDER = "crossval"
-ENSEMBLES_FOLDER = "ensembles"
 CROSSVAL_INFO_JSON = "crossval_info.json"
 
 
@@ -55,9 +53,9 @@ def format_folds(folds: Sequence[str]) -> str:
     return ", ".join(str(f) for f in folds)
 
 
-def load_splits(results_folder: str | Path) -> list[dict]:
-    """The folds of `results_folder/splits.json` (written by the first training run)."""
-    path = Path(results_folder) / SPLITS_JSON
+def load_splits(results: TaskResults) -> list[dict]:
+    """The folds of the task's splits file (written by the first training run)."""
+    path = results.splits_file
     if not path.is_file():
         raise WorkspaceError(f"{path}: not found, so no fold was trained; train first: "
                              "`autoseg train CONFIG --fold N`")
@@ -67,29 +65,23 @@ def load_splits(results_folder: str | Path) -> list[dict]:
     return splits
 
 
-def _requested_folds(splits: list[dict], folds: Sequence[int | str] | None, where: Path) -> list[str]:
+def _requested_folds(splits: list[dict], folds: Sequence[int | str] | None, splits_file: Path) -> list[str]:
     if folds is None:
         return [str(i) for i in range(len(splits))]
     requested = [str(f) for f in folds]
     unknown = [f for f in requested if not (f.isdigit() and int(f) < len(splits))]
     if unknown:
-        raise AutosegError(f"{where / SPLITS_JSON}: no fold {', '.join(unknown)} (folds are 0-{len(splits) - 1})")
+        raise AutosegError(f"{splits_file}: no fold {', '.join(unknown)} (folds are 0-{len(splits) - 1})")
     if not requested:
         raise AutosegError("model selection needs at least one fold")
     return requested
 
 
-def _configuration_folders(results_folder: Path) -> list[str]:
-    """Names of the folders under `results_folder` holding at least one fold_* folder."""
-    return sorted(p.name for p in results_folder.iterdir()
-                  if p.is_dir() and p.name != ENSEMBLES_FOLDER and any(p.glob("fold_*")))
-
-
-def _missing_fold_reason(configuration_folder: Path, fold: str, val_cases: Sequence[str]) -> str | None:
+def _missing_fold_reason(results: TaskResults, configuration: str, fold: str, val_cases: Sequence[str]) -> str | None:
     """Why fold `fold` of a configuration cannot be used (None when its validation is complete)."""
-    validation = configuration_folder / f"fold_{fold}" / "validation"
+    validation = results.validation_folder(configuration, fold)
     if not validation.is_dir():
-        return f"fold {fold} has no {validation} (train it: `autoseg train {configuration_folder.name} --fold {fold}`)"
+        return f"fold {fold} has no {validation} (train it: `autoseg train {configuration} --fold {fold}`)"
     missing = sorted(set(val_cases) - set(find_segmentations(validation)))
     if missing:
         return (f"fold {fold}: {validation} lacks {len(missing)} of {len(val_cases)} validation cases "
@@ -97,25 +89,25 @@ def _missing_fold_reason(configuration_folder: Path, fold: str, val_cases: Seque
     return None
 
 
-def trained_configurations(results_folder: str | Path, configurations: Sequence[str] | None = None,
+def trained_configurations(results: TaskResults, configurations: Sequence[str] | None = None,
                            folds: Sequence[int | str] | None = None) -> TrainedConfigurations:
-    """Configurations whose requested folds all hold a complete `validation/` folder.
+    """Configurations whose requested folds all hold a complete validation folder.
 
-    configurations: default every folder of `results_folder` with a fold_* folder in it.
-    folds: default every fold of splits.json (full cross-validation).
+    configurations: default every configuration folder of the task with a fold folder in it.
+    folds: default every fold of the splits file (full cross-validation).
     A configuration lacking a fold (or some of a fold's validation cases) lands in `skipped`.
     """
-    results_folder = Path(results_folder)
-    if not results_folder.is_dir():
-        raise WorkspaceError(f"{results_folder}: no results folder; train first: `autoseg train CONFIG --fold N`")
-    splits = load_splits(results_folder)
-    inventory = TrainedConfigurations(folds=_requested_folds(splits, folds, results_folder))
-    for name in configurations if configurations is not None else _configuration_folders(results_folder):
-        folder = results_folder / name
+    if not results.root.is_dir():
+        raise WorkspaceError(f"{results.root}: no results folder; train first: `autoseg train CONFIG --fold N`")
+    splits = load_splits(results)
+    inventory = TrainedConfigurations(folds=_requested_folds(splits, folds, results.splits_file))
+    for name in configurations if configurations is not None else results.configurations_with_folds():
+        folder = results.configuration_folder(name)
         if not folder.is_dir():
             inventory.skipped[name] = f"no folder {folder} (train it: `autoseg train {name} --fold N`)"
             continue
-        reasons = [r for f in inventory.folds if (r := _missing_fold_reason(folder, f, splits[int(f)]["val"]))]
+        reasons = [r for f in inventory.folds
+                   if (r := _missing_fold_reason(results, name, f, splits[int(f)]["val"]))]
         if reasons:
             inventory.skipped[name] = "; ".join(reasons)
         else:
@@ -166,35 +158,33 @@ def _gather_fold_files(validation: Path, case_ids: Sequence[str], target: Path) 
                 link_or_copy(source, target / source.name)
 
 
-def collect_cross_validation(results_folder: str | Path, configuration: str, folds: Sequence[int | str],
+def collect_cross_validation(results: TaskResults, configuration: str, folds: Sequence[int | str],
                              target_folder: str | Path | None = None, *, reference_folder: str | Path,
                              labels: Mapping[int, str], workers: int = 1,
                              pixel_spacing: Sequence[float] | None = None) -> EvaluationSummary:
     """Gather every fold's validation cases of `configuration` into one folder and score it
     (`pixel_spacing`: of picture references, as in `evaluate_folder`).
 
-    target_folder: default `results_folder/CONFIG/crossval/`; it is replaced as a whole (built aside,
+    target_folder: default the configuration's crossval_folder; it is replaced as a whole (built aside,
     then renamed), holding CASE<ending>, CASE.npz, CASE.json per case (hard links where possible),
     crossval_info.json ({"configuration", "folds", "cases"}) and the evaluation's summary.json/csv.
-    reference_folder: the reference segmentations (HOME/preprocessed/TASK/gt_segmentations).
+    reference_folder: the reference segmentations (`Workspace.reference_segmentations`).
     Returns the EvaluationSummary (Dice etc. over all gathered cases).
     """
-    results_folder = Path(results_folder)
     summaries: list[EvaluationSummary] = []
-    splits = load_splits(results_folder)
-    folds = _requested_folds(splits, folds, results_folder)
-    target = Path(target_folder) if target_folder is not None else results_folder / configuration / CROSSVAL_FOLDER
+    splits = load_splits(results)
+    folds = _requested_folds(splits, folds, results.splits_file)
+    target = Path(target_folder) if target_folder is not None else results.crossval_folder(configuration)
     cases_of_fold = {f: list(splits[int(f)]["val"]) for f in folds}
-    _check_disjoint(cases_of_fold, results_folder / SPLITS_JSON)
+    _check_disjoint(cases_of_fold, results.splits_file)
     case_ids = sorted(c for cases in cases_of_fold.values() for c in cases)
 
     def build(folder: Path) -> None:
         for fold, cases in cases_of_fold.items():
-            validation = results_folder / configuration / f"fold_{fold}" / "validation"
-            reason = _missing_fold_reason(results_folder / configuration, fold, cases)
+            reason = _missing_fold_reason(results, configuration, fold, cases)
             if reason:
                 raise WorkspaceError(f"{configuration}: {reason}")
-            _gather_fold_files(validation, cases, folder)
+            _gather_fold_files(results.validation_folder(configuration, fold), cases, folder)
         write_json(folder / CROSSVAL_INFO_JSON, {"configuration": configuration, "folds": folds, "cases": case_ids})
         summary = evaluate_folder(folder, reference_folder, labels, workers=workers, case_ids=case_ids,
                                   pixel_spacing=pixel_spacing)
@@ -213,7 +203,7 @@ def _as_if_in(summary: EvaluationSummary, folder: Path) -> EvaluationSummary:
 
 
 def _check_disjoint(cases_of_fold: dict[str, list[str]], splits_file: Path) -> None:
-    """A case validated in two folds would be gathered twice: splits.json must not do that."""
+    """A case validated in two folds would be gathered twice: the splits file must not do that."""
     seen: dict[str, str] = {}
     for fold, cases in cases_of_fold.items():
         for case_id in cases:
@@ -224,7 +214,7 @@ def _check_disjoint(cases_of_fold: dict[str, list[str]], splits_file: Path) -> N
 
 
 def cases_lacking_probabilities(crossval_folder: Path) -> list[str]:
-    """The cases gathered in a crossval/ folder (its crossval_info.json) that lack a probability file (CASE.npz)."""
+    """The cases gathered in a crossval folder (its crossval_info.json) that lack a probability file (CASE.npz)."""
     case_ids = read_json(crossval_folder / CROSSVAL_INFO_JSON)["cases"]
     return [c for c in case_ids if not (crossval_folder / f"{c}.npz").is_file()]
 
@@ -232,7 +222,7 @@ def cases_lacking_probabilities(crossval_folder: Path) -> list[str]:
 def ensemble_cross_validations(crossval_folders: Sequence[str | Path], target_folder: str | Path, *,
                                reference_folder: str | Path, labels: Mapping[int, str], workers: int = 1,
                                pixel_spacing: Sequence[float] | None = None) -> EvaluationSummary:
-    """Average the probabilities of several crossval/ folders case by case into `target_folder` and score it.
+    """Average the probabilities of several crossval folders case by case into `target_folder` and score it.
 
     The folder is replaced as a whole; segmentations take the ending of the first member's files.
     Returns the EvaluationSummary.

@@ -27,9 +27,9 @@ from autoseg.artifacts import build_versioned, load_artifact, write_json
 from autoseg.errors import AutosegError
 from autoseg.evaluation import find_segmentations, map_cases, pair_segmentations, read_pair
 from autoseg.metrics import overlap_metrics
+from autoseg.workspace import TaskResults
 
 POSTPROCESSING_SCHEMA_VERSION = 1
-POSTPROCESSING_JSON = "postprocessing.json"
 # cc3d connectivity per number of spatial dimensions: every neighbour, corners included.
 FULL_CONNECTIVITY = {2: 8, 3: 26}
 
@@ -106,14 +106,15 @@ class PostprocessingDecision:
                    label_dice_before=dict(data.get("label_dice_before", {})),
                    label_dice_after=dict(data.get("label_dice_after", {})))
 
-    def save(self, folder: str | Path) -> Path:
-        """Write `postprocessing.json` into `folder` (atomically)."""
-        return write_json(Path(folder) / POSTPROCESSING_JSON, self.to_json())
+    def save(self, path: str | Path) -> Path:
+        """Write the decision to the file `path` (atomically); a task's is `TaskResults.postprocessing_file`."""
+        return write_json(Path(path), self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> "PostprocessingDecision":
-        """Read a postprocessing.json, or the one inside the folder `path`."""
-        return load_artifact(path, cls.from_json, POSTPROCESSING_JSON)
+        """Read a decision file, or the one of the task whose results folder is `path`."""
+        path = Path(path)
+        return load_artifact(TaskResults(path).postprocessing_file if path.is_dir() else path, cls.from_json)
 
 
 def apply_postprocessing(segmentation: np.ndarray, decision: PostprocessingDecision) -> np.ndarray:

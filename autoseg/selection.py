@@ -4,8 +4,8 @@ Every trained configuration's cross-validation predictions, and every pair of th
 gathered and scored by `autoseg.cross_validation` (inputs and folders described there). Then the
 best candidate by foreground-mean Dice wins (ties: single models before ensembles, then name
 order), and the largest-component postprocessing is decided on its predictions.
-Outputs: find_best.json (`SelectionResult`), find_best.txt (its table) and postprocessing.json
-(`PostprocessingDecision`).
+Outputs, in the task's results (`autoseg.workspace.TaskResults`): the selection file (`SelectionResult`),
+its table, and the postprocessing file (`PostprocessingDecision`).
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ from typing import Iterator, Mapping, Sequence
 
 from autoseg.artifacts import build_versioned, load_artifact, write_atomic, write_json
 from autoseg.cross_validation import (
-    CROSSVAL_FOLDER,
-    ENSEMBLES_FOLDER,
     TrainedConfigurations,
     cases_lacking_probabilities,
     collect_cross_validation,
@@ -33,10 +31,9 @@ from autoseg.cross_validation import (
 )
 from autoseg.errors import AutosegError, WorkspaceError
 from autoseg.evaluation import EvaluationSummary, find_segmentations
+from autoseg.workspace import TaskResults
 
 SELECTION_SCHEMA_VERSION = 1
-FIND_BEST_JSON = "find_best.json"
-FIND_BEST_TABLE = "find_best.txt"
 # Members of an ensemble candidate are joined with this in its name and folder name.
 ENSEMBLE_SEPARATOR = "+"
 # nnU-Net only tries ensembles of two configurations.
@@ -127,20 +124,21 @@ class SelectionResult:
                    candidates=[Candidate.from_json(c) for c in data["candidates"]],
                    folds=[str(f) for f in data["folds"]], skipped=dict(data.get("skipped", {})))
 
-    def save(self, results_folder: str | Path) -> Path:
-        """Write `find_best.json` and the readable `find_best.txt` (`format_table`) into `results_folder`
-        (atomically); returns the JSON's path."""
+    def save(self, results: TaskResults) -> Path:
+        """Write the task's selection file and its readable table (`format_table`), atomically; returns
+        the selection file."""
 
         def write_table(tmp: str) -> None:
             Path(tmp).write_text(self.format_table() + "\n")
 
-        write_atomic(Path(results_folder) / FIND_BEST_TABLE, write_table)
-        return write_json(Path(results_folder) / FIND_BEST_JSON, self.to_json())
+        write_atomic(results.selection_table_file, write_table)
+        return write_json(results.selection_file, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> "SelectionResult":
-        """Read a find_best.json, or the one inside the folder `path`."""
-        return load_artifact(path, cls.from_json, FIND_BEST_JSON)
+        """Read a selection file, or the one of the task whose results folder is `path`."""
+        path = Path(path)
+        return load_artifact(TaskResults(path).selection_file if path.is_dir() else path, cls.from_json)
 
     def format_table(self) -> str:
         """The candidates, best first, with foreground-mean and per-label Dice; the chosen one marked."""
@@ -158,10 +156,9 @@ class SelectionResult:
         return "\n".join(lines)
 
 
-def load_choice(results_folder: str | Path) -> SelectionResult | None:
-    """The model selection of a task (`results_folder/find_best.json`), or None before find-best ran."""
-    path = Path(results_folder) / FIND_BEST_JSON
-    return SelectionResult.load(path) if path.is_file() else None
+def load_choice(results: TaskResults) -> SelectionResult | None:
+    """The model selection of a task, or None before find-best ran."""
+    return SelectionResult.load(results.selection_file) if results.selection_file.is_file() else None
 
 
 # ---------------------------------------------------------------------------------------------- find best
@@ -173,72 +170,70 @@ def _candidate(configurations: list[str], summary: EvaluationSummary, folder: Pa
                      os.path.relpath(folder, results_folder))
 
 
-def _nothing_trained_error(results_folder: Path, inventory: TrainedConfigurations) -> WorkspaceError:
+def _nothing_trained_error(results: TaskResults, inventory: TrainedConfigurations) -> WorkspaceError:
     details = "".join(f"\n  {name}: {reason}" for name, reason in inventory.skipped.items())
     if not details:
-        details = f"\n  {results_folder} holds no configuration folder with fold_* folders"
+        details = f"\n  {results.root} holds no configuration folder with fold folders"
     return WorkspaceError(f"no configuration has validation predictions for folds {format_folds(inventory.folds)}; "
                           f"train them first: `autoseg train CONFIG --fold N`{details}")
 
 
-def _score_ensembles(results_folder: Path, single: dict[str, Candidate], reference_folder: Path,
+def _score_ensembles(results: TaskResults, single: dict[str, Candidate], reference_folder: Path,
                      labels: Mapping[int, str], workers: int, skipped: dict[str, str],
                      pixel_spacing: Sequence[float] | None) -> list[Candidate]:
     """Every pair of scored configurations as an ensemble; pairs lacking probabilities go to `skipped`."""
     scored = []
     for members in combinations(sorted(single), ENSEMBLE_SIZE):
-        folders = [results_folder / single[m].folder for m in members]
+        folders = [results.root / single[m].folder for m in members]
         name = ENSEMBLE_SEPARATOR.join(members)
         lacking = {m: missing for m, f in zip(members, folders) if (missing := cases_lacking_probabilities(f))}
         if lacking:
             skipped[name] = "; ".join(f"{m} saved no probabilities for {len(c)} case(s) ({', '.join(c[:3])})"
                                       for m, c in lacking.items())
             continue
-        target = results_folder / ENSEMBLES_FOLDER / name
+        target = results.ensembles_folder / name
         summary = ensemble_cross_validations(folders, target, reference_folder=reference_folder, labels=labels,
                                              workers=workers, pixel_spacing=pixel_spacing)
-        scored.append(_candidate(list(members), summary, target, results_folder))
+        scored.append(_candidate(list(members), summary, target, results.root))
     return scored
 
 
-def find_best(results_folder: str | Path, reference_folder: str | Path, labels: Mapping[int, str],
+def find_best(results: TaskResults, reference_folder: str | Path, labels: Mapping[int, str],
               configurations: Sequence[str] | None = None, folds: Sequence[int | str] | None = None,
               allow_ensembles: bool = True, workers: int = 1,
               pixel_spacing: Sequence[float] | None = None) -> SelectionResult:
     """Score every trained configuration (and pair) on cross-validation, choose the best, decide postprocessing.
 
-    results_folder: HOME/results/TASK; reference_folder: HOME/preprocessed/TASK/gt_segmentations;
-    labels: {label value: name} (background 0 ignored); pixel_spacing: (y, x) mm of picture references
-    (`Plans.pixel_spacing`), so their surface distances are in mm. Writes CONFIG/crossval/, ensembles/A+B/,
-    find_best.json and postprocessing.json (decided on the winner's predictions) into `results_folder`.
+    reference_folder: the task's `Workspace.reference_segmentations`; labels: {label value: name}
+    (background 0 ignored); pixel_spacing: (y, x) mm of picture references (`Plans.pixel_spacing`), so
+    their surface distances are in mm. Writes into `results` each configuration's crossval folder, the
+    ensembles' folders, the selection file and the postprocessing file (decided on the winner's predictions).
     """
     from autoseg.postprocessing import determine_postprocessing
 
-    results_folder, reference_folder = Path(results_folder), Path(reference_folder)
-    inventory = trained_configurations(results_folder, configurations, folds)
+    reference_folder = Path(reference_folder)
+    inventory = trained_configurations(results, configurations, folds)
     if not inventory.complete:
-        raise _nothing_trained_error(results_folder, inventory)
+        raise _nothing_trained_error(results, inventory)
 
     single = {}
     for name, config_folds in inventory.complete.items():
-        target = results_folder / name / CROSSVAL_FOLDER
-        summary = collect_cross_validation(results_folder, name, config_folds, target,
-                                           reference_folder=reference_folder, labels=labels, workers=workers,
-                                           pixel_spacing=pixel_spacing)
-        single[name] = _candidate([name], summary, target, results_folder)
+        summary = collect_cross_validation(results, name, config_folds, reference_folder=reference_folder,
+                                           labels=labels, workers=workers, pixel_spacing=pixel_spacing)
+        single[name] = _candidate([name], summary, results.crossval_folder(name), results.root)
     skipped = dict(inventory.skipped)
-    ensembles = _score_ensembles(results_folder, single, reference_folder, labels, workers, skipped,
+    ensembles = _score_ensembles(results, single, reference_folder, labels, workers, skipped,
                                  pixel_spacing) \
         if allow_ensembles else []
 
     candidates = sorted([*single.values(), *ensembles], key=Candidate.rank_key)
     result = SelectionResult(chosen=list(candidates[0].configurations), candidates=candidates,
                              folds=inventory.folds, skipped=skipped)
-    winner_folder = results_folder / result.best.folder
+    winner_folder = results.root / result.best.folder
     with _references_of(winner_folder, reference_folder) as references:
         decision = determine_postprocessing(winner_folder, references, labels, workers=workers)
-    decision.save(results_folder)
-    result.save(results_folder)
+    decision.save(results.postprocessing_file)
+    result.save(results)
     return result
 
 

@@ -2,8 +2,9 @@
 
     HOME/raw/TASK/                 datasets by name (MSD layout)
     HOME/preprocessed/TASK/        fingerprint.json, plans.json, per-configuration arrays, gt_segmentations/
-    HOME/results/TASK/             `TaskResults`: splits.json, CONFIG/fold_N/ checkpoints and validation,
-                                   CONFIG/crossval/, find_best.json, postprocessing.json
+    HOME/results/TASK/             `TaskResults`: splits.json, CONFIG/fold_N/ (checkpoints, training log,
+                                   progress plot, validation/), CONFIG/crossval/, CONFIG/predicted_next_stage/,
+                                   ensembles/A+B/, find_best.json and .txt, postprocessing.json
     HOME/current_task.json         the task last planned, so later stages can omit it
     HOME/device_speed.json         this machine's measured training speed (compute-aware planning)
 """
@@ -18,6 +19,14 @@ from autoseg.errors import WorkspaceError
 
 DEFAULT_HOME = Path("autoseg_workspace")
 CHECKPOINT_NAMES = ("final", "best", "latest")
+FOLD_PREFIX = "fold_"
+
+
+def checkpoint_file_name(which: str) -> str:
+    """checkpoint_final.pt, checkpoint_best.pt or checkpoint_latest.pt: the file of a fold's checkpoint `which`."""
+    if which not in CHECKPOINT_NAMES:
+        raise WorkspaceError(f"--checkpoint {which!r}: expected one of {', '.join(CHECKPOINT_NAMES)}")
+    return f"checkpoint_{which}.pt"
 
 
 @dataclass(frozen=True)
@@ -36,20 +45,42 @@ class TaskResults:
         return self.root / "find_best.json"
 
     @property
+    def selection_table_file(self) -> Path:
+        """find-best's candidates as a readable table."""
+        return self.root / "find_best.txt"
+
+    @property
     def postprocessing_file(self) -> Path:
         return self.root / "postprocessing.json"
+
+    @property
+    def ensembles_folder(self) -> Path:
+        """The cross-validation predictions of ensembles of configurations, a folder per ensemble (A+B)."""
+        return self.root / "ensembles"
 
     def configuration_folder(self, configuration: str) -> Path:
         return self.root / configuration
 
+    def configurations_with_folds(self) -> list[str]:
+        """The configuration folders holding at least one fold folder, by name."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and p != self.ensembles_folder and any(p.glob(f"{FOLD_PREFIX}*")))
+
     def fold_folder(self, configuration: str, fold: int | str) -> Path:
-        return self.root / configuration / f"fold_{fold}"
+        return self.root / configuration / f"{FOLD_PREFIX}{fold}"
 
     def checkpoint_file(self, configuration: str, fold: int | str, which: str = "final") -> Path:
         """checkpoint_final.pt, checkpoint_best.pt or checkpoint_latest.pt of a fold."""
-        if which not in CHECKPOINT_NAMES:
-            raise WorkspaceError(f"--checkpoint {which!r}: expected one of {', '.join(CHECKPOINT_NAMES)}")
-        return self.fold_folder(configuration, fold) / f"checkpoint_{which}.pt"
+        return self.fold_folder(configuration, fold) / checkpoint_file_name(which)
+
+    def training_log_file(self, configuration: str, fold: int | str) -> Path:
+        """One line per epoch, and notes on what happened to the run (`autoseg.training.progress`)."""
+        return self.fold_folder(configuration, fold) / "training_log.txt"
+
+    def progress_plot_file(self, configuration: str, fold: int | str) -> Path:
+        return self.fold_folder(configuration, fold) / "progress.png"
 
     def validation_folder(self, configuration: str, fold: int | str) -> Path:
         """The fold's predictions of its validation cases and their evaluation."""
@@ -65,8 +96,8 @@ class TaskResults:
 
     def trained_folds(self, configuration: str, which: str = "final") -> list[str]:
         """The folds of a configuration that have the given checkpoint, sorted by name."""
-        pattern = f"fold_*/checkpoint_{which}.pt"
-        return sorted(p.parent.name[len("fold_"):] for p in self.configuration_folder(configuration).glob(pattern))
+        pattern = f"{FOLD_PREFIX}*/{checkpoint_file_name(which)}"
+        return sorted(p.parent.name[len(FOLD_PREFIX):] for p in self.configuration_folder(configuration).glob(pattern))
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ one fresh subprocess per variant and repeat (variants round-robin, `--pipeline-r
 processes hits all alike; times are the minimum over repeats, memory the maximum), so that each peak
 resident set size (ru_maxrss) is its own. Each subprocess first predicts one patch-sized crop (torch
 and oneDNN set-up) before anything is measured.
-  core / core_tta:   `autoseg.inference.predictor` as `autoseg predict` runs it (batched windows,
+  core / core_tta:   `autoseg.inference.case` as `autoseg predict` runs it (batched windows,
                      Gaussian weights, softmax averaged, per-class restore with a running argmax);
                      without / with mirror TTA (8 passes);
   naive / naive_tta: the straightforward version: windows one at a time, no Gaussian (plain mean),
@@ -138,7 +138,7 @@ def bench_plans(spacing, target_spacing, patch, features: int):
 def trained_model(plans, networks, device: str = "cpu"):
     import torch
 
-    from autoseg.inference.predictor import TrainedModel
+    from autoseg.inference.model import TrainedModel
 
     return TrainedModel(plans, "3d_fullres", plans.configuration("3d_fullres"), networks, ["bench"],
                         torch.device(device), [0, 1, 2])
@@ -214,8 +214,8 @@ def run_pipeline_variant(args) -> dict:
     """Inside the subprocess: one variant of the whole predict path, timed by stage."""
     import torch
 
-    from autoseg.inference.predictor import (PredictionSettings, predict_probabilities, preprocess_for,
-                                             probabilities_to_prediction)
+    from autoseg.inference.case import (PredictionSettings, predict_probabilities, preprocess_for,
+                                        probabilities_to_prediction)
     from autoseg.io import Geometry
 
     torch.set_num_threads(args.threads)
@@ -377,7 +377,7 @@ def train_small_unet(plans, features: int, steps: int, shape, seed: int = 1):
 
 
 def normalized(plans, image: np.ndarray, spacing) -> np.ndarray:
-    from autoseg.inference.predictor import preprocess_for
+    from autoseg.inference.case import preprocess_for
     from autoseg.io import Geometry
 
     model = trained_model(plans, [])

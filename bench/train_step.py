@@ -140,15 +140,17 @@ def synthetic_store(folder: Path, configuration) -> list[str]:
                        foreground_signal=FOREGROUND_SIGNAL)
 
 
-def make_trainer(plans, name: str, data_folder: Path, case_ids: list[str], output: Path, device: str,
+def make_trainer(plans, name: str, data_folder: Path, case_ids: list[str], results_folder: Path, device: str,
                  variant: Variant | None, fp16: bool, workers: int, cpu_threads: int):
-    from autoseg.training.trainer import Trainer, TrainingJob, TrainingSettings
+    from autoseg.training.job import TrainingJob, TrainingSettings
+    from autoseg.training.trainer import Trainer
+    from autoseg.workspace import TaskResults
 
     precision = "fp16" if fp16 else ("bf16" if variant.bf16 else "fp32")
     settings = TrainingSettings(epochs=1, iterations_per_epoch=1, validation_iterations=1, num_workers=workers,
                                 device=device, precision=precision, seed=0, checkpoint_every=1,
                                 channels_last=bool(variant and variant.channels_last), cpu_threads=cpu_threads)
-    job = TrainingJob(plans, name, 0, data_folder, output, case_ids, case_ids)
+    job = TrainingJob(plans, name, 0, data_folder, TaskResults(results_folder), case_ids, case_ids)
     trainer = Trainer(job, settings)  # torch.manual_seed(0): the same initial weights for every variant
     trainer.network.train()
     return trainer
@@ -261,21 +263,20 @@ def demo_task_dice(variants, tmp: Path, device: str, cpu_threads: int) -> dict[s
 
     task = make_small_task(tmp / "demo")
     import autoseg.evaluation  # noqa: F401  first imports (plotting, prediction, metrics) outside the timing
-    import autoseg.inference.predictor  # noqa: F401
+    import autoseg.inference.case  # noqa: F401
     import matplotlib.pyplot  # noqa: F401
 
     results = {}
     for variant in variants:
-        folder = tmp / "demo_results" / variant.name / CONFIGURATION
-        job = training_job(task, folder / "fold_0")
+        job = training_job(task, tmp / "demo_results" / variant.name)
         started = time.perf_counter()
         precision = "fp16" if variant.name == "fp16" else ("bf16" if variant.bf16 else "fp32")
         run_training(job, tiny_settings(epochs=DEMO_EPOCHS, iterations_per_epoch=DEMO_ITERATIONS,
                                         validation_iterations=2, checkpoint_every=None, device=device,
                                         precision=precision, channels_last=variant.channels_last,
                                         cpu_threads=cpu_threads))
-        summary = validate_fold(task.plans, CONFIGURATION, folder, "0", task.data_folder, task.reference_folder,
-                                job.val_ids, device=device, use_tta=False)
+        summary = validate_fold(task.plans, CONFIGURATION, job.results, "0", task.data_folder,
+                                task.reference_folder, job.val_ids, device=device, use_tta=False)
         results[variant.name] = (summary.mean["1"]["Dice"], time.perf_counter() - started)
     return results
 

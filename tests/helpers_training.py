@@ -5,7 +5,7 @@ iteration on a CPU. Tests instead shrink the plan the way a user may edit plans.
 patch, fewer features, a topology re-derived for that patch by the planner's own rule.
 
     task = make_small_task(tmp_folder)            # demo data -> fingerprint -> plan -> small plan -> arrays
-    job = training_job(task, output_folder, fold=0)
+    job = training_job(task, results_folder, fold=0)   # writes into fold_folder(results_folder, 0)
 
 Test modules get the task once per session with `from helpers_training import small_task` (a fixture).
 """
@@ -91,27 +91,34 @@ def make_small_task(home: Path, spec: DemoSpec = SMALL_SPEC, patch_size=SMALL_PA
     plans = small_plans(plan_experiment(fingerprint), patch_size, base_features)
     plans.save(workspace.plans_file(TASK_NAME))
     workspace.remember_task(TASK_NAME, raw)
-    summaries = preprocess_task(dataset, plans, workspace.preprocessed(TASK_NAME), workers=0)
+    summaries = preprocess_task(dataset, plans, workspace, TASK_NAME, workers=0)
     failures = [f for summary in summaries.values() for f in summary.failures]
     if failures:
         raise RuntimeError(f"preprocessing the small task failed: {failures}")
     return SmallTask(raw, workspace.preprocessed(TASK_NAME), plans)
 
 
-def training_job(task: SmallTask, output_folder: Path, fold: int | str = 0, resume: bool = False,
+def fold_folder(results_folder: Path, fold: int | str = 0) -> Path:
+    """Where a job of `training_job(task, results_folder, fold)` writes (the workspace's layout, spelled out)."""
+    return Path(results_folder) / CONFIGURATION / f"fold_{fold}"
+
+
+def training_job(task: SmallTask, results_folder: Path, fold: int | str = 0, resume: bool = False,
                  splits: list[dict] | None = None):
-    """A TrainingJob on `task`'s fold (splits: the seeded 5-fold KFold unless given)."""
+    """A TrainingJob on `task`'s fold writing into the task results `results_folder` (splits: the seeded
+    5-fold KFold unless given)."""
+    from autoseg.training.job import TrainingJob
     from autoseg.training.splits import fold_cases, make_splits
-    from autoseg.training.trainer import TrainingJob
+    from autoseg.workspace import TaskResults
 
     train_ids, val_ids = fold_cases(splits or make_splits(task.case_ids), fold, task.case_ids)
-    return TrainingJob(task.plans, CONFIGURATION, fold, task.data_folder, Path(output_folder),
+    return TrainingJob(task.plans, CONFIGURATION, fold, task.data_folder, TaskResults(Path(results_folder)),
                        train_ids, val_ids, resume=resume)
 
 
 def tiny_settings(**overrides):
     """TrainingSettings for plumbing tests: 1 epoch of 1 iteration, in-process data, CPU, fp32."""
-    from autoseg.training.trainer import TrainingSettings
+    from autoseg.training.job import TrainingSettings
 
     values = dict(epochs=1, iterations_per_epoch=1, validation_iterations=1, num_workers=0, device="cpu",
                   precision="fp32", seed=0, checkpoint_every=1)
@@ -139,14 +146,14 @@ class TrainedFold:
     """Fold 0 of the small task trained for LEARNING_EPOCHS x LEARNING_ITERATIONS, then validated
     without TTA (read-only: copy before modifying)."""
 
-    configuration_folder: Path  # results/.../3d_fullres
-    log: object  # autoseg.training.trainer.EpochLog
+    results_folder: Path  # the task's results (HOME/results/TASK)
+    log: object  # autoseg.training.epoch_log.EpochLog
     summary: object  # autoseg.evaluation.EvaluationSummary of the fold's validation
     seconds: float  # training and validation
 
     @property
     def folder(self) -> Path:
-        return self.configuration_folder / "fold_0"
+        return fold_folder(self.results_folder, 0)
 
 
 _SESSION_FOLD: list[TrainedFold] = []
@@ -161,12 +168,12 @@ def trained_small_fold(small_task, tmp_path_factory) -> TrainedFold:
     from autoseg.training.validation import validate_fold
 
     if not _SESSION_FOLD:
-        configuration_folder = tmp_path_factory.mktemp("results") / CONFIGURATION
-        job = training_job(small_task, configuration_folder / "fold_0", fold=0)
+        results_folder = tmp_path_factory.mktemp("results")
+        job = training_job(small_task, results_folder, fold=0)
         started = time.perf_counter()
         log = run_training(job, tiny_settings(epochs=LEARNING_EPOCHS, iterations_per_epoch=LEARNING_ITERATIONS,
                                               validation_iterations=2, checkpoint_every=None))
-        summary = validate_fold(small_task.plans, CONFIGURATION, configuration_folder, "0", small_task.data_folder,
+        summary = validate_fold(small_task.plans, CONFIGURATION, job.results, "0", small_task.data_folder,
                                 small_task.reference_folder, job.val_ids, device="cpu", use_tta=False)
-        _SESSION_FOLD.append(TrainedFold(configuration_folder, log, summary, time.perf_counter() - started))
+        _SESSION_FOLD.append(TrainedFold(results_folder, log, summary, time.perf_counter() - started))
     return _SESSION_FOLD[0]

@@ -18,7 +18,7 @@ from autoseg.artifacts import write_json
 from autoseg.demo import make_demo_dataset
 from autoseg.ensembling import load_probabilities, save_probabilities
 from autoseg.errors import AutosegError, WorkspaceError
-from autoseg.inference.predictor import PredictionSettings
+from autoseg.inference.case import PredictionSettings
 from autoseg.io import Geometry, read_segmentation, write_segmentation
 from autoseg.postprocessing import PostprocessingDecision
 from autoseg.workspace import Workspace

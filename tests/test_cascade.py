@@ -24,6 +24,7 @@ from autoseg.cli import app
 from autoseg.demo import DemoSpec, make_demo_dataset
 from autoseg.errors import WorkspaceError
 from autoseg.training.augmentation import OnImageChannels, PerturbOneHotChannels, training_transforms
+from autoseg.workspace import TaskResults
 
 TASK = "Task903_Cascade"
 # 4 cases of about 12x24x24 voxels at 2x1x1 mm (low-res: about 6x12x12); labels 1 (organ) and 2 (lesion in it).
@@ -71,13 +72,16 @@ def test_segmentation_goes_onto_the_cropped_transposed_resampled_grid():
 def test_missing_low_res_predictions_name_the_folds_to_train(tmp_path):
     splits = [{"train": ["b", "c"], "val": ["a"]}, {"train": ["a", "c"], "val": ["b"]},
               {"train": ["a", "b"], "val": ["c"]}]
-    np.save(tmp_path / "a.npy", np.zeros((2, 2, 2), np.int16))
+    (tmp_path / "splits.json").write_text(json.dumps(splits))
+    (tmp_path / "3d_lowres" / "predicted_next_stage").mkdir(parents=True)
+    np.save(tmp_path / "3d_lowres" / "predicted_next_stage" / "a.npy", np.zeros((2, 2, 2), np.int16))
+    results = TaskResults(tmp_path)
     with pytest.raises(WorkspaceError, match=r"2 of 3 are missing .*\(b, c\)\. Train 3d_lowres folds 1, 2 "
                                              r"first: `autoseg train 3d_lowres --fold N` for N in 1, 2"):
-        check_previous_stage_ready(tmp_path, ["a", "b", "c"], splits, "3d_lowres")
+        check_previous_stage_ready(results, "3d_lowres", ["a", "b", "c"])
     with pytest.raises(WorkspaceError, match="in no fold's validation set"):
-        check_previous_stage_ready(tmp_path, ["a", "z"], splits, "3d_lowres")
-    check_previous_stage_ready(tmp_path, ["a"], splits, "3d_lowres")  # complete: no error
+        check_previous_stage_ready(results, "3d_lowres", ["a", "z"])
+    check_previous_stage_ready(results, "3d_lowres", ["a"])  # complete: no error
 
 
 class _Base:
@@ -239,7 +243,7 @@ def test_cascade_end_to_end_through_the_cli(tmp_path):
 
     # predict runs 3d_lowres first and feeds it to the cascade; by default it uses find-best's choice and
     # applies the postprocessing decision (here one made to keep the largest foreground component).
-    PostprocessingDecision(whole_foreground=True).save(results)
+    PostprocessingDecision(whole_foreground=True).save(results / "postprocessing.json")
     inputs = sorted((raw / "imagesTs").glob("*.nii.gz"))
     assert len(inputs) == 2
     for options, output in ((["--config", "3d_cascade_fullres", "--no-postprocess"], tmp_path / "cascade"),

@@ -25,7 +25,8 @@ from autoseg.budget.compute_aware import plan_within_budget, precisions_to_measu
 from autoseg.budget.speed import CostModel, DEVICE_SPEED_SCHEMA_VERSION, DeviceSpeed, identity_key, machine_identity
 from autoseg.training import expectations
 from autoseg.training.expectations import mean_dice, precision_check_epoch, timing_report
-from helpers_training import CONFIGURATION, TASK_NAME, small_task, tiny_settings, training_job  # noqa: F401
+from helpers_training import (CONFIGURATION, TASK_NAME, fold_folder, small_task, tiny_settings,  # noqa: F401
+                              training_job)
 
 # A slow 2-core CPU (seconds fixed, per activation element, per MAC); bf16 twice as fast per unit of work.
 SLOW_CPU = (0.05, 3.6e-8, 8.6e-11)
@@ -171,7 +172,8 @@ def test_trainer_checks_the_mixed_precision_once_and_inference_follows_the_verdi
     import re
 
     from autoseg.checkpoint import load_checkpoint
-    from autoseg.training.trainer import TrainingEvents, run_training
+    from autoseg.training.job import TrainingEvents
+    from autoseg.training.trainer import run_training
 
     messages = []
     run_training(training_job(small_task, tmp_path), tiny_settings(epochs=2, iterations_per_epoch=2, precision="bf16",
@@ -182,14 +184,15 @@ def test_trainer_checks_the_mixed_precision_once_and_inference_follows_the_verdi
     mixed, fp32 = (float(v) for v in re.findall(r"\d\.\d{4}", checks[0]))
     kept = expectations.mixed_precision_holds(fp32, mixed)
     assert ("keeping bf16" in checks[0]) == kept
-    state = load_checkpoint(tmp_path / "checkpoint_final.pt")
+    state = load_checkpoint(fold_folder(tmp_path) / "checkpoint_final.pt")
     assert state["inference"]["precision"] == ("bf16" if kept else "fp32") and state["precision_checked"]
 
 
 def test_trainer_falls_back_to_fp32_when_mixed_precision_loses_dice_and_resume_keeps_it(small_task, tmp_path,
                                                                                       monkeypatch):
     from autoseg.checkpoint import load_checkpoint
-    from autoseg.training.trainer import Trainer, TrainingEvents, run_training
+    from autoseg.training.job import TrainingEvents
+    from autoseg.training.trainer import Trainer, run_training
 
     monkeypatch.setattr(expectations, "mixed_precision_holds", lambda fp32, mixed, tolerance=0.01: False)
     messages = []
@@ -197,16 +200,17 @@ def test_trainer_falls_back_to_fp32_when_mixed_precision_loses_dice_and_resume_k
                                                                    confirm_precision=True),
                  TrainingEvents(on_message=messages.append))
     assert any("continuing in fp32" in m for m in messages)
-    state = load_checkpoint(tmp_path / "checkpoint_final.pt")
+    state = load_checkpoint(fold_folder(tmp_path) / "checkpoint_final.pt")
     assert state["inference"]["precision"] == "fp32"  # inference follows the verdict
     resumed = Trainer(training_job(small_task, tmp_path, resume=True),
                       tiny_settings(epochs=3, precision="bf16", confirm_precision=True))
-    resumed.restore(tmp_path / "checkpoint_latest.pt")
+    resumed.restore(fold_folder(tmp_path) / "checkpoint_latest.pt")
     assert resumed.amp_dtype is None and resumed.precision == "fp32"
 
 
 def test_trainer_reports_the_measured_epoch_time_against_the_plan(small_task, tmp_path):
-    from autoseg.training.trainer import TrainingEvents, run_training
+    from autoseg.training.job import TrainingEvents
+    from autoseg.training.trainer import run_training
 
     messages = []
     run_training(training_job(small_task, tmp_path), tiny_settings(epochs=3, expected_epoch_seconds=1e-4),

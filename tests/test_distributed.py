@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from autoseg.training.loss import deep_supervision_loss_weights
-from helpers_training import small_task, tiny_settings, training_job  # noqa: F401
+from helpers_training import fold_folder, small_task, tiny_settings, training_job  # noqa: F401
 
 WORLD_SIZE = 2
 
@@ -29,7 +29,7 @@ def _train_on_rank(rank: int, task, folder: Path) -> None:
     dist.init_process_group("gloo", init_method=f"file://{folder / 'rendezvous'}", rank=rank,
                             world_size=WORLD_SIZE)
     try:
-        trainer = Trainer(training_job(task, folder / f"fold_rank{rank}"), tiny_settings(seed=3, iterations_per_epoch=2))
+        trainer = Trainer(training_job(task, folder / f"rank{rank}"), tiny_settings(seed=3, iterations_per_epoch=2))
         log = trainer.run()
         report = {
             "rank": rank,
@@ -82,15 +82,16 @@ def test_only_rank_0_writes_and_its_checkpoint_has_the_single_process_format(dis
     from autoseg.training.trainer import run_training
 
     folder, reports = distributed_run
-    assert list((folder / "fold_rank1").iterdir()) == []
-    written = {p.name for p in (folder / "fold_rank0").iterdir()}
+    rank_0, rank_1 = fold_folder(folder / "rank0"), fold_folder(folder / "rank1")
+    assert list(rank_1.iterdir()) == []
+    written = {p.name for p in rank_0.iterdir()}
     assert written == {"checkpoint_best.pt", "checkpoint_latest.pt", "checkpoint_final.pt", "progress.png",
                        "training_log.txt"}
-    distributed = torch.load(folder / "fold_rank0" / "checkpoint_final.pt", map_location="cpu", weights_only=True)
+    distributed = torch.load(rank_0 / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     run_training(training_job(small_task, tmp_path), tiny_settings(seed=3, iterations_per_epoch=2))
-    single = torch.load(tmp_path / "checkpoint_final.pt", map_location="cpu", weights_only=True)
+    single = torch.load(fold_folder(tmp_path) / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     assert set(distributed) == set(single)
     assert set(distributed["network_weights"]) == set(single["network_weights"])  # no "module." prefix
     assert distributed["identity"] == single["identity"]
     assert distributed["epoch"] == 1 and distributed["log"]["train_loss"] == reports[0]["train_loss"]
-    assert len((folder / "fold_rank0" / "training_log.txt").read_text().splitlines()) == 1
+    assert len((rank_0 / "training_log.txt").read_text().splitlines()) == 1

@@ -14,8 +14,11 @@ import numpy as np
 import pytest
 
 from autoseg.demo import make_demo_dataset
-from autoseg.inference.predictor import PredictionSettings, load_trained_model, predict_folder
+from autoseg.inference.case import PredictionSettings
+from autoseg.inference.folder import predict_folder
+from autoseg.inference.model import load_trained_model
 from autoseg.io import read_image, read_segmentation
+from autoseg.workspace import TaskResults
 from helpers_training import CONFIGURATION, SMALL_SPEC, small_task, trained_small_fold  # noqa: F401
 
 MIN_VALIDATION_DICE = 0.7
@@ -27,7 +30,8 @@ DICE_MARGIN = 0.1
 def trained_model_and_validation(small_task, trained_small_fold):
     """(model of the session's learning run, its validation organ Dice, seconds of training and validation)."""
     run = trained_small_fold
-    model = load_trained_model(run.configuration_folder, small_task.plans, CONFIGURATION, folds=["0"], device="cpu")
+    model = load_trained_model(TaskResults(run.results_folder), small_task.plans, CONFIGURATION, folds=["0"],
+                               device="cpu")
     return model, run.summary.mean["1"]["Dice"], run.seconds
 
 

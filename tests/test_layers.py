@@ -129,4 +129,4 @@ def test_the_checker_sees_cycles_and_function_level_imports(tmp_path):
     source.write_text("def f():\n    from autoseg.training import trainer\n    import autoseg.device\n")
     modules = {"autoseg.training.trainer": Path(), "autoseg.device": Path()}
     assert imported_modules(source, modules) == {"autoseg.training.trainer", "autoseg.device"}
-    assert layer_of("autoseg.training.trainer") > layer_of("autoseg.inference.predictor")
+    assert layer_of("autoseg.training.trainer") > layer_of("autoseg.inference.model")

@@ -20,6 +20,7 @@ from autoseg.fingerprint import extract_fingerprint
 from autoseg.io import PSEUDO_3D_Z_SPACING, read_image, read_segmentation
 from autoseg.planning import plan_experiment
 from autoseg.planning.plans import Plans
+from autoseg.workspace import TaskResults, Workspace
 
 TASK = "Task903_Spaced"
 
@@ -160,7 +161,7 @@ def test_evaluate_takes_the_pixel_spacing_from_the_task_or_the_option(spaced, tm
 
 @pytest.fixture(scope="module")
 def trained(spaced, tmp_path_factory):
-    """(home, plans, results folder of 2d) of `spaced`, preprocessed, with a fold-0 checkpoint of an
+    """(home, plans, the task's results) of `spaced`, preprocessed, with a 2d fold-0 checkpoint of an
     untrained network whose head says "foreground" everywhere (so every surface distance is finite)."""
     import torch
 
@@ -172,8 +173,7 @@ def trained(spaced, tmp_path_factory):
     home = tmp_path_factory.mktemp("home")
     dataset = load_dataset(spaced)
     plans = small_plan(plan_experiment(extract_fingerprint(dataset)))
-    preprocessed = home / "preprocessed" / TASK
-    summaries = preprocess_task(dataset, plans, preprocessed, workers=0)
+    summaries = preprocess_task(dataset, plans, Workspace(home), TASK, workers=0)
     assert not any(s.failures for s in summaries.values())
     network = build_network(plans.configuration("2d").architecture)
     network.deep_supervision = False
@@ -181,10 +181,9 @@ def trained(spaced, tmp_path_factory):
         head = network.segmentation_heads[-1]
         head.weight.zero_()
         head.bias.copy_(torch.tensor([0.0, 10.0]))
-    results = home / "results" / TASK / "2d"
     save_checkpoint({"network_weights": network.state_dict(), "identity": identity_of_configuration(plans, "2d"),
-                     "inference": {}}, results / "fold_0" / "checkpoint_final.pt")
-    return home, plans, results
+                     "inference": {}}, home / "results" / TASK / "2d" / "fold_0" / "checkpoint_final.pt")
+    return home, plans, TaskResults(home / "results" / TASK)
 
 
 def test_preprocessing_keeps_the_pictures_at_their_stated_spacing(trained, spaced):
@@ -200,8 +199,9 @@ def test_preprocessing_keeps_the_pictures_at_their_stated_spacing(trained, space
 def test_a_picture_given_to_predict_is_read_at_the_planned_spacing(trained, spaced, tmp_path):
     import shutil
 
-    from autoseg.inference.predictor import PredictionSettings, _read_and_preprocess, load_trained_model, \
-        predict_folder
+    from autoseg.inference.case import PredictionSettings
+    from autoseg.inference.folder import _read_and_preprocess, predict_folder
+    from autoseg.inference.model import load_trained_model
 
     _, plans, results = trained
     model = load_trained_model(results, plans, "2d", folds=["0"], device="cpu")
@@ -226,10 +226,10 @@ def test_fold_validation_reports_surface_distances_in_mm(trained, spaced):
     references = home / "preprocessed" / TASK / "gt_segmentations"
     summary = validate_fold(plans, "2d", results, "0", home / "preprocessed" / TASK / "2d", references, val_ids,
                             device="cpu", use_tta=False)
-    in_pixels = evaluate_folder(results / "fold_0" / "validation", references, {0: "background", 1: "polyp"},
-                                case_ids=val_ids)
+    validation = home / "results" / TASK / "2d" / "fold_0" / "validation"
+    in_pixels = evaluate_folder(validation, references, {0: "background", 1: "polyp"}, case_ids=val_ids)
     assert math.isfinite(in_pixels.mean["1"]["HD95_mm"]) and in_pixels.mean["1"]["HD95_mm"] > 1
     for metric in ("HD95_mm", "ASSD_mm", "MSSD_mm"):
         assert summary.mean["1"][metric] == pytest.approx(in_pixels.mean["1"][metric] / 2)
-    saved = json.loads((results / "fold_0" / "validation" / "summary.json").read_text())
+    saved = json.loads((validation / "summary.json").read_text())
     assert saved["mean"]["1"]["HD95_mm"] == pytest.approx(in_pixels.mean["1"]["HD95_mm"] / 2)

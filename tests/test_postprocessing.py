@@ -99,7 +99,7 @@ def test_postprocess_folder_keeps_geometry_and_decision_round_trips(tmp_path):
     with_island[10, 10, 10] = 1
     write_cases(tmp_path / "pred", {"a": with_island})
     decision = PostprocessingDecision(whole_foreground=True, per_label=[1], foreground_dice_before=0.5)
-    decision.save(tmp_path)
+    decision.save(tmp_path / "postprocessing.json")
     loaded = PostprocessingDecision.load(tmp_path)
     assert loaded == decision
     [written] = postprocess_folder(tmp_path / "pred", tmp_path / "post", loaded)
@@ -125,14 +125,14 @@ def test_postprocess_cli_applies_the_tasks_decision_or_a_given_file(tmp_path):
     write_cases(tmp_path / "pred", {"a": with_island})
     workspace = Workspace(tmp_path / "home")
     workspace.remember_task("Task001_X", None)
-    PostprocessingDecision(whole_foreground=True).save(workspace.results("Task001_X"))
+    PostprocessingDecision(whole_foreground=True).save(workspace.task_results("Task001_X").postprocessing_file)
     result = CliRunner().invoke(app, ["--home", str(workspace.home), "postprocess", str(tmp_path / "pred"),
                                       str(tmp_path / "out"), "-j", "1"])
     assert result.exit_code == 0, result.output
     assert "postprocessed 1 segmentations" in result.output
     assert np.array_equal(read_segmentation(tmp_path / "out" / "a.nii.gz")[0], organ())
 
-    PostprocessingDecision().save(tmp_path / "none")  # no step: the island stays
+    PostprocessingDecision().save(tmp_path / "none" / "postprocessing.json")  # no step: the island stays
     result = CliRunner().invoke(app, ["--home", str(workspace.home), "postprocess", str(tmp_path / "pred"),
                                       str(tmp_path / "kept"), "--decision", str(tmp_path / "none" /
                                                                                  "postprocessing.json")])
@@ -147,7 +147,8 @@ def test_postprocess_cli_applies_the_tasks_decision_or_a_given_file(tmp_path):
 def test_predict_applies_the_decision_unless_told_not_to():
     import torch
 
-    from autoseg.inference.predictor import PredictionSettings, TrainedModel, predict_image
+    from autoseg.inference.case import PredictionSettings, predict_image
+    from autoseg.inference.model import TrainedModel
     from autoseg.planning.plans import Plans
 
     # An oracle network (foreground where the normalized intensity is above 0) on a bright organ plus a

@@ -12,7 +12,8 @@ from autoseg import api
 from autoseg.cli import app
 from autoseg.dataset import load_dataset
 from autoseg.fingerprint import extract_fingerprint
-from autoseg.inference.predictor import PredictionSettings, TrainedModel, predict_image
+from autoseg.inference.case import PredictionSettings, predict_image
+from autoseg.inference.model import TrainedModel
 from autoseg.io import Geometry, read_image, read_segmentation, write_image, write_segmentation
 from autoseg.planning import plan_experiment
 
@@ -203,7 +204,7 @@ def touch(folder: Path, *names: str) -> Path:
 
 
 def test_input_files_per_channel_per_case_and_ids_that_look_like_channels(tmp_path):
-    from autoseg.inference.predictor import group_input_files, missing_channel_files
+    from autoseg.inference.folder import group_input_files, missing_channel_files
 
     two = touch(tmp_path / "two", "a_0000.nii.gz", "a_0001.nii.gz", "b_0001.nii.gz", "b_0000.nii.gz",
                 "c_0000.nii.gz", "whole.nii.gz", ".hidden_0000.nii.gz", "notes.txt")
@@ -224,7 +225,7 @@ def test_input_files_per_channel_per_case_and_ids_that_look_like_channels(tmp_pa
 
 
 def test_running_argmax_by_hand():
-    from autoseg.inference.predictor import _argmax_labels
+    from autoseg.inference.case import _argmax_labels
 
     classes = [np.array([0.5, 0.2, 0.3, 0.4]), np.array([0.5, 0.7, 0.3, 0.1]), np.array([0.0, 0.1, 0.4, 0.5])]
     # Ties go to the first class, as np.argmax; label values replace class indices.
@@ -232,7 +233,7 @@ def test_running_argmax_by_hand():
 
 
 def test_restoring_class_by_class_equals_restoring_all_then_argmax(block_plans):
-    from autoseg.inference.predictor import _restored_labels
+    from autoseg.inference.case import _restored_labels
     from autoseg.preprocessing.pipeline import preprocess_case, restore_to_original
 
     image, _, geometry = block_case((30, 9, 26), (0.85, 3.3, 0.75), np.s_[5:25, 2:7, 10:20])
@@ -327,3 +328,27 @@ def test_rerun_with_probabilities_redoes_cases_written_without_them(trained_work
                 "--save-probabilities")
     assert again.exit_code == 0 and "1 written, 0 skipped" in again.output
     assert (output / "case0.npz").is_file()
+
+
+def test_fold_checkpoints_are_those_of_the_task_results(tmp_path):
+    from autoseg.errors import CheckpointError, WorkspaceError
+    from autoseg.inference.model import fold_checkpoints
+    from autoseg.workspace import TaskResults
+
+    results = TaskResults(tmp_path)
+    fold_0 = tmp_path / "3d_fullres" / "fold_0"
+    fold_0.mkdir(parents=True)
+    (fold_0 / "checkpoint_final.pt").write_bytes(b"")
+    assert fold_checkpoints(results, "3d_fullres", None, "final") == [("0", fold_0 / "checkpoint_final.pt")]
+    assert fold_checkpoints(results, "3d_fullres", ["0"], "final") == [("0", fold_0 / "checkpoint_final.pt")]
+    with pytest.raises(CheckpointError, match="no trained fold has checkpoint_best.pt"):
+        fold_checkpoints(results, "3d_fullres", None, "best")
+    with pytest.raises(CheckpointError, match=r"fold_1/checkpoint_final.pt: not found \(fold 1 not trained"):
+        fold_checkpoints(results, "3d_fullres", ["0", "1"], "final")
+    with pytest.raises(WorkspaceError, match="--checkpoint 'worst': expected one of"):
+        fold_checkpoints(results, "3d_fullres", None, "worst")
+
+
+def test_a_loaded_model_is_no_ensemble_member_until_told(block_plans):
+    model = oracle_model(block_plans)
+    assert model.postprocessing is None and model.ensemble_postprocessing is None

@@ -15,6 +15,7 @@ from autoseg.errors import AutosegError, WorkspaceError
 from autoseg.io import Geometry, read_segmentation, write_segmentation
 from autoseg.postprocessing import PostprocessingDecision
 from autoseg.selection import SelectionResult, find_best, load_choice
+from autoseg.workspace import TaskResults
 
 GEOMETRY = Geometry(shape=(1, 1, 8), spacing_zyx=(1.0, 1.0, 1.0))
 REFERENCE = np.array([1, 1, 1, 1, 0, 0, 0, 0], dtype=np.int16)
@@ -56,7 +57,7 @@ def make_workspace(tmp_path, predictions: dict[str, list[float]], folds=("0", "1
 
 def test_picks_the_configuration_with_the_higher_dice(tmp_path):
     results, references = make_workspace(tmp_path, {"2d": HALF, "3d_fullres": EXACT})
-    result = find_best(results, references, LABELS)
+    result = find_best(TaskResults(results), references, LABELS)
     assert result.chosen == ["3d_fullres"]
     dice = {c.name: c.foreground_dice for c in result.candidates}
     assert dice["3d_fullres"] == pytest.approx(1.0)
@@ -76,7 +77,7 @@ def test_picks_the_configuration_with_the_higher_dice(tmp_path):
 
 def test_ensemble_with_complementary_errors_wins_and_is_the_mean(tmp_path):
     results, references = make_workspace(tmp_path, {"A": COMPLEMENT_A, "B": COMPLEMENT_B})
-    result = find_best(results, references, LABELS)
+    result = find_best(TaskResults(results), references, LABELS)
     dice = {c.name: c.foreground_dice for c in result.candidates}
     assert dice["A"] == pytest.approx(4 / 7) and dice["B"] == pytest.approx(6 / 7)
     assert dice["A+B"] == pytest.approx(1.0)
@@ -84,23 +85,23 @@ def test_ensemble_with_complementary_errors_wins_and_is_the_mean(tmp_path):
     ensembled, _ = read_segmentation(results / "ensembles" / "A+B" / "c1.nii.gz")
     assert ensembled.ravel().tolist() == REFERENCE.tolist()  # voxel 4 (0.7, 0.1): mean 0.4 -> background
 
-    without_ensembles = find_best(results, references, LABELS, allow_ensembles=False)
+    without_ensembles = find_best(TaskResults(results), references, LABELS, allow_ensembles=False)
     assert without_ensembles.chosen == ["B"] and len(without_ensembles.candidates) == 2
 
 
 def test_configuration_with_a_missing_fold_is_skipped_with_the_reason(tmp_path):
     results, references = make_workspace(tmp_path, {"3d_fullres": HALF})
     write_case(results / "2d" / "fold_0" / "validation", "c1", EXACT)  # better, but only fold 0 trained
-    inventory = trained_configurations(results)
+    inventory = trained_configurations(TaskResults(results))
     assert inventory.folds == ["0", "1"]
     assert inventory.complete == {"3d_fullres": ["0", "1"]}
     assert "fold 1" in inventory.skipped["2d"] and "autoseg train 2d --fold 1" in inventory.skipped["2d"]
 
-    result = find_best(results, references, LABELS)
+    result = find_best(TaskResults(results), references, LABELS)
     assert result.chosen == ["3d_fullres"] and [c.name for c in result.candidates] == ["3d_fullres"]
     assert "fold 1" in result.skipped["2d"]
     # Asking for fold 0 alone makes 2d complete, and it wins on that fold's case.
-    fold_0 = find_best(results, references, LABELS, folds=[0])
+    fold_0 = find_best(TaskResults(results), references, LABELS, folds=[0])
     assert fold_0.chosen == ["2d"] and fold_0.folds == ["0"]
     assert sorted(p.name for p in (results / "2d" / "crossval").glob("*.nii.gz")) == ["c1.nii.gz"]
     assert sorted(p.name for p in results.iterdir() if p.name.startswith(".")) == []  # no temporary folders left
@@ -109,14 +110,14 @@ def test_configuration_with_a_missing_fold_is_skipped_with_the_reason(tmp_path):
 def test_fold_with_unfinished_validation_is_named(tmp_path):
     results, _ = make_workspace(tmp_path, {"3d_fullres": EXACT})
     (results / "3d_fullres" / "fold_1" / "validation" / "c2.nii.gz").unlink()
-    inventory = trained_configurations(results)
+    inventory = trained_configurations(TaskResults(results))
     assert inventory.complete == {}
     assert "lacks 1 of 1 validation cases (c2)" in inventory.skipped["3d_fullres"]
 
 
 def test_postprocessing_is_decided_on_the_winner(tmp_path):
     results, references = make_workspace(tmp_path, {"3d_fullres": ISLAND, "2d": HALF})
-    result = find_best(results, references, LABELS, allow_ensembles=False)
+    result = find_best(TaskResults(results), references, LABELS, allow_ensembles=False)
     assert result.chosen == ["3d_fullres"]
     decision = PostprocessingDecision.load(results / "postprocessing.json")
     assert decision.whole_foreground is True
@@ -129,25 +130,25 @@ def test_nothing_trained_is_a_clear_error(tmp_path):
     with pytest.raises(WorkspaceError, match=r"no configuration has validation predictions for folds 0-1; "
                                              r"train them first: `autoseg train CONFIG --fold N`"
                                              r"\n  3d_fullres: fold 1 has no .*fold_1/validation"):
-        find_best(results, references, LABELS)
+        find_best(TaskResults(results), references, LABELS)
     (results / "splits.json").unlink()
     with pytest.raises(WorkspaceError, match="splits.json: not found"):
-        find_best(results, references, LABELS)
+        find_best(TaskResults(results), references, LABELS)
     with pytest.raises(WorkspaceError, match="no results folder"):
-        find_best(tmp_path / "results" / "Other", references, LABELS)
+        find_best(TaskResults(tmp_path / "results" / "Other"), references, LABELS)
 
 
 def test_unknown_fold_is_an_error(tmp_path):
     results, references = make_workspace(tmp_path, {"3d_fullres": EXACT})
     with pytest.raises(AutosegError, match="no fold 5"):
-        trained_configurations(results, folds=[5])
+        trained_configurations(TaskResults(results), folds=[5])
 
 
 def test_find_best_json_round_trips(tmp_path):
     results, references = make_workspace(tmp_path, {"2d": HALF, "3d_fullres": EXACT})
-    assert load_choice(results) is None
-    result = find_best(results, references, LABELS)
-    assert load_choice(results) == result
+    assert load_choice(TaskResults(results)) is None
+    result = find_best(TaskResults(results), references, LABELS)
+    assert load_choice(TaskResults(results)) == result
     assert SelectionResult.from_json(json.loads(json.dumps(result.to_json()))) == result
     saved = json.loads((results / "find_best.json").read_text())
     assert saved["schema_version"] == 1 and saved["chosen"] == ["3d_fullres"] and saved["folds"] == ["0", "1"]
@@ -161,10 +162,10 @@ def test_predict_defaults_to_the_choice(tmp_path):
     from autoseg.api import default_configurations
 
     results, references = make_workspace(tmp_path, {"A": COMPLEMENT_A, "B": COMPLEMENT_B})
-    find_best(results, references, LABELS)
-    assert default_configurations(results, plans=None, checkpoint="final") == ["A", "B"]  # the ensemble
-    find_best(results, references, LABELS, allow_ensembles=False)
-    assert default_configurations(results, plans=None, checkpoint="final") == ["B"]
+    find_best(TaskResults(results), references, LABELS)
+    assert default_configurations(TaskResults(results), plans=None, checkpoint="final") == ["A", "B"]  # the ensemble
+    find_best(TaskResults(results), references, LABELS, allow_ensembles=False)
+    assert default_configurations(TaskResults(results), plans=None, checkpoint="final") == ["B"]
 
 
 def test_picture_distances_are_in_mm_at_the_plans_pixel_spacing(tmp_path):
@@ -183,9 +184,10 @@ def test_picture_distances_are_in_mm_at_the_plans_pixel_spacing(tmp_path):
                 write_segmentation((p > 0.5).astype(np.int16), picture, validation / f"{case_id}.png")
                 (validation / "summary.json").write_text("{}")
     summary_file = results / "2d" / "crossval" / "summary.json"
-    in_pixels = find_best(results, references, LABELS, allow_ensembles=False).candidates[0]
+    in_pixels = find_best(TaskResults(results), references, LABELS, allow_ensembles=False).candidates[0]
     max_distance_in_pixels = json.loads(summary_file.read_text())["mean"]["1"]["MSSD_mm"]
-    in_mm = find_best(results, references, LABELS, allow_ensembles=False, pixel_spacing=(0.5, 0.5)).candidates[0]
+    in_mm = find_best(TaskResults(results), references, LABELS, allow_ensembles=False,
+                      pixel_spacing=(0.5, 0.5)).candidates[0]
     max_distance_in_mm = json.loads(summary_file.read_text())["mean"]["1"]["MSSD_mm"]
     assert in_mm.foreground_dice == in_pixels.foreground_dice == pytest.approx(2 / 3)
     # Voxels 2 and 3 are missed: the reference's border voxel 3 lies 2 pixels from the prediction's

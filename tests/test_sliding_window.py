@@ -333,7 +333,7 @@ def test_image_axes_must_match_the_patch():
 
 def test_the_window_rules_and_their_defaults_import_without_torch():
     # Planning (time budgets) and PredictionSettings use DEFAULT_STEP_FRACTION without loading torch.
-    code = ("import sys, autoseg.inference.sliding_window, autoseg.inference.predictor; "
+    code = ("import sys, autoseg.inference.sliding_window, autoseg.inference.case; "
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"

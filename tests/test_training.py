@@ -22,9 +22,10 @@ from autoseg.errors import AutosegError, CheckpointError
 from autoseg.checkpoint import load_checkpoint
 from autoseg.training.splits import NUM_FOLDS, SPLIT_SEED, fold_cases, load_or_create_splits, make_splits
 from autoseg.training.step import INITIAL_LR, poly_lr
-from autoseg.training.trainer import Trainer, TrainingEvents, run_training
+from autoseg.training.job import TrainingEvents
+from autoseg.training.trainer import Trainer, run_training
 from helpers_training import (CONFIGURATION, LEARNING_EPOCHS, LEARNING_ITERATIONS, TASK_NAME,  # noqa: F401
-                              small_task, tiny_settings, trained_small_fold, training_job)
+                              fold_folder, small_task, tiny_settings, trained_small_fold, training_job)
 
 CHECKPOINT_KEYS = {"format", "network_weights", "optimizer_state", "scaler_state", "epoch", "planned_epochs",
                    "iterations_per_epoch", "validation_iterations", "log",
@@ -104,13 +105,14 @@ def _momentum_buffers(optimizer_state: dict) -> list[torch.Tensor]:
 
 
 def test_resume_extends_a_finished_run_with_its_optimizer_state(small_task, tmp_path):
-    job = training_job(small_task, tmp_path / "fold_0")
+    job = training_job(small_task, tmp_path)
+    folder = fold_folder(tmp_path)
     first = run_training(job, tiny_settings(epochs=1, iterations_per_epoch=2))
-    saved = load_checkpoint(tmp_path / "fold_0" / "checkpoint_final.pt")
+    saved = load_checkpoint(folder / "checkpoint_final.pt")
     assert saved["epoch"] == 1
 
     messages, at_resume = [], {}
-    resumed_job = training_job(small_task, tmp_path / "fold_0", resume=True)
+    resumed_job = training_job(small_task, tmp_path, resume=True)
     trainer = Trainer(resumed_job, tiny_settings(epochs=2, iterations_per_epoch=2), None)
 
     def on_message(message):
@@ -136,10 +138,10 @@ def test_resume_extends_a_finished_run_with_its_optimizer_state(small_task, tmp_
     assert messages[1] == "learning-rate schedule recomputed over 2 epochs (was 1); lr now 5.36e-03"
     assert len(log.train_loss) == 2 and log.train_loss[:1] == first.train_loss
     assert log.learning_rate == pytest.approx([INITIAL_LR, poly_lr(1, 2, INITIAL_LR)])
-    final = load_checkpoint(tmp_path / "fold_0" / "checkpoint_final.pt")
+    final = load_checkpoint(folder / "checkpoint_final.pt")
     assert final["epoch"] == 2 and final["planned_epochs"] == 2
     # The log file says what happened between epochs 1 and 2, and the checkpoint keeps it.
-    lines = (tmp_path / "fold_0" / "training_log.txt").read_text().splitlines()
+    lines = (folder / "training_log.txt").read_text().splitlines()
     assert [line.split(":")[0] for line in lines] == ["epoch 1", "note after epoch 1", "note after epoch 1",
                                                       "epoch 2"]
     assert lines[1] == "note after epoch 1: resumed from checkpoint_latest.pt at epoch 1"
@@ -169,36 +171,38 @@ def _kill_after(epoch: int):
 
 
 def test_a_run_killed_after_its_first_epoch_leaves_a_loadable_latest_checkpoint(small_task, tmp_path):
+    folder = fold_folder(tmp_path)
     # Default (automatic) checkpoint interval: the first epoch always saves checkpoint_latest.
     with pytest.raises(_Killed):
         run_training(training_job(small_task, tmp_path), tiny_settings(epochs=2, checkpoint_every=None),
                      _kill_after(1))
-    assert not (tmp_path / "checkpoint_final.pt").exists()
-    latest = load_checkpoint(tmp_path / "checkpoint_latest.pt")
+    assert not (folder / "checkpoint_final.pt").exists()
+    latest = load_checkpoint(folder / "checkpoint_latest.pt")
     assert latest["epoch"] == 1 and len(latest["log"]["train_loss"]) == 1
     messages = []
     log = run_training(training_job(small_task, tmp_path, resume=True), tiny_settings(epochs=2),
                        TrainingEvents(on_message=messages.append))
     assert messages == ["resumed from checkpoint_latest.pt at epoch 1"]  # same plan: no schedule change
     assert len(log.train_loss) == 2 and log.train_loss[0] == latest["log"]["train_loss"][0]
-    assert load_checkpoint(tmp_path / "checkpoint_final.pt")["epoch"] == 2
+    assert load_checkpoint(folder / "checkpoint_final.pt")["epoch"] == 2
 
 
 def test_resume_from_an_older_checkpoint_rewrites_the_log_to_match_it(small_task, tmp_path):
+    folder = fold_folder(tmp_path)
     # Checkpoints every 2 epochs, killed after epoch 3 (before the final checkpoint): checkpoint_latest
     # holds epoch 2, the log 3 lines.
     with pytest.raises(_Killed):
         run_training(training_job(small_task, tmp_path), tiny_settings(epochs=3, checkpoint_every=2),
                      _kill_after(3))
-    assert load_checkpoint(tmp_path / "checkpoint_latest.pt")["epoch"] == 2
-    assert len((tmp_path / "training_log.txt").read_text().splitlines()) == 3
+    assert load_checkpoint(folder / "checkpoint_latest.pt")["epoch"] == 2
+    assert len((folder / "training_log.txt").read_text().splitlines()) == 3
     run_training(training_job(small_task, tmp_path, resume=True), tiny_settings(epochs=3, checkpoint_every=2))
-    lines = (tmp_path / "training_log.txt").read_text().splitlines()
+    lines = (folder / "training_log.txt").read_text().splitlines()
     assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "note after epoch 2", "epoch 3"]
     assert lines[2] == "note after epoch 2: resumed from checkpoint_latest.pt at epoch 2"
     # Resumed again from the final checkpoint: the earlier note survives the rewrite, the new one follows.
     run_training(training_job(small_task, tmp_path, resume=True), tiny_settings(epochs=4, checkpoint_every=2))
-    lines = (tmp_path / "training_log.txt").read_text().splitlines()
+    lines = (folder / "training_log.txt").read_text().splitlines()
     assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "note after epoch 2", "epoch 3",
                                                       "note after epoch 3", "note after epoch 3", "epoch 4"]
 
@@ -206,18 +210,19 @@ def test_resume_from_an_older_checkpoint_rewrites_the_log_to_match_it(small_task
 def test_resume_from_a_latest_checkpoint_older_than_the_best_keeps_the_best_score(small_task, tmp_path):
     from autoseg.checkpoint import save_checkpoint
 
+    folder = fold_folder(tmp_path)
     with pytest.raises(_Killed):
         run_training(training_job(small_task, tmp_path), tiny_settings(epochs=3, checkpoint_every=2),
                      _kill_after(3))
     # Make the best checkpoint the best there could be (as if epoch 3 had reached EMA 1.0).
-    best = load_checkpoint(tmp_path / "checkpoint_best.pt")
-    save_checkpoint({**best, "best_ema": 1.0}, tmp_path / "checkpoint_best.pt")
-    assert load_checkpoint(tmp_path / "checkpoint_latest.pt")["best_ema"] < 1.0
+    best = load_checkpoint(folder / "checkpoint_best.pt")
+    save_checkpoint({**best, "best_ema": 1.0}, folder / "checkpoint_best.pt")
+    assert load_checkpoint(folder / "checkpoint_latest.pt")["best_ema"] < 1.0
     trainer = Trainer(training_job(small_task, tmp_path, resume=True), tiny_settings(epochs=4))
-    trainer.restore(tmp_path / "checkpoint_latest.pt")
+    trainer.restore(folder / "checkpoint_latest.pt")
     assert trainer.best_ema == 1.0
     trainer.run()  # no later epoch beats 1.0, so checkpoint_best.pt is left as it was
-    assert load_checkpoint(tmp_path / "checkpoint_best.pt")["best_ema"] == 1.0
+    assert load_checkpoint(folder / "checkpoint_best.pt")["best_ema"] == 1.0
 
 
 @pytest.mark.parametrize("keep", [0, 100, 0.5, -50])
@@ -231,11 +236,11 @@ def test_truncated_checkpoint_raises_checkpoint_error(trained_fold, tmp_path, ke
     assert str(damaged) in str(error.value) and "\n" not in str(error.value)
 
 
-def test_checkpoint_of_another_plan_is_refused(trained_fold, small_task, tmp_path):
+def test_checkpoint_of_another_plan_is_refused(trained_small_fold, small_task):
     from helpers_training import small_plans
 
     other = small_plans(small_task.plans, base_features=4)  # same task, a narrower network
-    job = training_job(small_task, trained_fold[0], resume=True)
+    job = training_job(small_task, trained_small_fold.results_folder, resume=True)
     job.plans = other
     with pytest.raises(CheckpointError, match="different plan \\(architecture differs\\)"):
         Trainer(job, tiny_settings(epochs=8)).run()
@@ -289,7 +294,7 @@ def test_cli_trains_fold_all_and_reuses_the_saved_splits(workspace):
 def test_same_seed_gives_identical_cpu_runs_and_another_seed_does_not(small_task, tmp_path):
     def losses(seed, folder):
         log = run_training(training_job(small_task, tmp_path / folder), tiny_settings(seed=seed, iterations_per_epoch=2))
-        weights = load_checkpoint(tmp_path / folder / "checkpoint_final.pt")["network_weights"]
+        weights = load_checkpoint(fold_folder(tmp_path / folder) / "checkpoint_final.pt")["network_weights"]
         return log.train_loss + log.val_loss, weights
 
     first, first_weights = losses(7, "a")
@@ -306,7 +311,7 @@ def test_background_workers_feed_an_epoch_reproducibly(small_task, tmp_path):
     log = logs[0]
     assert len(log.train_loss) == 1 and math.isfinite(log.train_loss[0])
     assert log.data_wait_seconds[0] >= 0
-    assert (tmp_path / "a" / "checkpoint_final.pt").is_file()
+    assert (fold_folder(tmp_path / "a") / "checkpoint_final.pt").is_file()
     # With a seed, the batches from 2 workers depend only on the seed: same losses twice.
     assert logs[1].train_loss == log.train_loss and logs[1].val_loss == log.val_loss
 
@@ -443,12 +448,13 @@ def test_end_of_training_validation_writes_segmentations_probabilities_and_summa
 
 
 def test_a_fresh_run_starts_a_new_log_and_removes_half_written_checkpoints(small_task, tmp_path):
+    folder = fold_folder(tmp_path)
     run_training(training_job(small_task, tmp_path), tiny_settings(epochs=1))
-    partial = tmp_path / ".checkpoint_latest.pt.k3j2.tmp"  # a save killed before its rename
+    partial = folder / ".checkpoint_latest.pt.k3j2.tmp"  # a save killed before its rename
     partial.write_bytes(b"\0" * 100)
     run_training(training_job(small_task, tmp_path), tiny_settings(epochs=1))
     assert not partial.exists()
-    lines = (tmp_path / "training_log.txt").read_text().splitlines()
+    lines = (folder / "training_log.txt").read_text().splitlines()
     assert [line.split(":")[0] for line in lines] == ["epoch 1"]
 
 
@@ -460,18 +466,18 @@ def test_automatic_checkpoint_interval_keeps_saving_under_3_percent(small_task, 
     trainer = Trainer(training_job(small_task, tmp_path), tiny_settings(checkpoint_every=None))
     saved = []
 
-    def fake_save(name):
-        saved.append((trainer.epoch, name))
-        return 1.0 if name == "checkpoint_latest.pt" else 0.0
+    def fake_save(which):
+        saved.append((trainer.epoch, which))
+        return 1.0 if which == "latest" else 0.0
 
     trainer._save = fake_save
     for epoch in range(1, 10):
         trainer.epoch = epoch
         trainer._checkpoints_after_epoch({"ema_pseudo_dice": 0.1 * epoch, "epoch_seconds": epoch_seconds})
-    latest = [epoch for epoch, name in saved if name == "checkpoint_latest.pt"]
+    latest = [epoch for epoch, which in saved if which == "latest"]
     assert trainer.checkpoint_every == expected_every
     assert latest == [1] + list(range(expected_every, 10, expected_every))[expected_every == 1:]
-    assert [epoch for epoch, name in saved if name == "checkpoint_best.pt"] == list(range(1, 10))  # EMA rose
+    assert [epoch for epoch, which in saved if which == "best"] == list(range(1, 10))  # EMA rose
 
 
 def _session_processes(session_id: int) -> list[int]:
@@ -535,7 +541,7 @@ def test_progress_plot_and_log_lines_hold_every_curve(tmp_path):
     import warnings
 
     from autoseg.training.progress import format_epoch, plot_progress, rewrite_log
-    from autoseg.training.trainer import EpochLog
+    from autoseg.training.epoch_log import EpochLog
 
     log = EpochLog(train_loss=[1.2, 0.8], val_loss=[1.0, 0.7], pseudo_dice=[[float("nan"), float("nan")], [0.5, 0.25]],
                    ema_pseudo_dice=[0.0, 0.0375], learning_rate=[0.01, 0.005], epoch_seconds=[3.0, 2.5],
@@ -577,3 +583,28 @@ def test_cli_resume_keeps_the_runs_schedule_unless_told_otherwise(workspace):
     assert (final["epoch"], final["planned_epochs"], final["iterations_per_epoch"]) == (3, 3, 1)
     notes = [line for line in (fold / "training_log.txt").read_text().splitlines() if line.startswith("note")]
     assert notes[-1] == "note after epoch 2: training iterations per epoch now 1 (was 2)"
+
+
+def test_a_job_writes_into_its_fold_of_the_task_results(tmp_path):
+    from autoseg.training.job import TrainingJob
+    from autoseg.workspace import TaskResults
+
+    job = TrainingJob(None, CONFIGURATION, 2, tmp_path / "data", TaskResults(tmp_path / "results"), [], [])
+    folder = tmp_path / "results" / CONFIGURATION / "fold_2"
+    assert job.output_folder == folder
+    assert [job.checkpoint_file(which) for which in ("final", "best", "latest")] == [
+        folder / "checkpoint_final.pt", folder / "checkpoint_best.pt", folder / "checkpoint_latest.pt"]
+    assert (job.log_file, job.progress_plot_file) == (folder / "training_log.txt", folder / "progress.png")
+
+
+def test_epoch_records_keep_the_moving_average_of_the_pseudo_dice():
+    from autoseg.training.epoch_log import EMA_DECAY, EpochLog, dice_per_class, record_epoch
+
+    dice = dice_per_class(np.array([[8, 2, 2], [0, 0, 0]], dtype=np.float64))  # class 2 seen nowhere
+    assert dice[0] == pytest.approx(0.8) and math.isnan(dice[1])
+    log = EpochLog()
+    first = record_epoch(log, 1, 1.0, 0.9, dice, 0.01, 2.0, 0.5)
+    second = record_epoch(log, 2, 0.8, 0.7, [0.4, float("nan")], 0.005, 1.5, 0.25)
+    assert first["ema_pseudo_dice"] == pytest.approx(0.8)  # the first epoch starts the average
+    assert second["ema_pseudo_dice"] == pytest.approx(EMA_DECAY * 0.8 + (1 - EMA_DECAY) * 0.4)
+    assert (second["epoch"], log.train_loss, log.learning_rate) == (2, [1.0, 0.8], [0.01, 0.005])

@@ -60,3 +60,46 @@ def test_artifacts_get_the_permissions_of_any_new_file(tmp_path):
         os.umask(mask)
     # mkstemp's temporary is private (0600); the renamed artifact must be readable like any other file.
     assert (path.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
+
+
+def test_task_results_spell_the_results_layout(tmp_path):
+    from autoseg.workspace import TaskResults
+
+    workspace = Workspace(tmp_path)
+    results = workspace.task_results("Task001_X")
+    root = tmp_path / "results" / "Task001_X"
+    assert results == TaskResults(root)
+    references = workspace.reference_segmentations("Task001_X")
+    assert references == tmp_path / "preprocessed" / "Task001_X" / "gt_segmentations"
+    assert (results.splits_file, results.selection_file, results.selection_table_file, results.postprocessing_file) \
+        == (root / "splits.json", root / "find_best.json", root / "find_best.txt", root / "postprocessing.json")
+    assert results.ensembles_folder == root / "ensembles"
+    fold = root / "2d" / "fold_3"
+    assert results.fold_folder("2d", 3) == fold
+    assert results.checkpoint_file("2d", 3, "best") == fold / "checkpoint_best.pt"
+    assert results.training_log_file("2d", 3) == fold / "training_log.txt"
+    assert results.progress_plot_file("2d", 3) == fold / "progress.png"
+    assert results.validation_folder("2d", "all") == root / "2d" / "fold_all" / "validation"
+    assert results.crossval_folder("2d") == root / "2d" / "crossval"
+    assert results.predicted_next_stage_folder("3d_lowres") == root / "3d_lowres" / "predicted_next_stage"
+    with pytest.raises(WorkspaceError, match="--checkpoint 'worst': expected one of final, best, latest"):
+        results.checkpoint_file("2d", 3, "worst")
+
+
+def test_task_results_find_the_trained_folds_and_configurations(tmp_path):
+    from autoseg.workspace import TaskResults
+
+    results = TaskResults(tmp_path)
+    assert results.configurations_with_folds() == []
+    for configuration, fold, name in (("2d", "0", "checkpoint_final.pt"), ("2d", "all", "checkpoint_final.pt"),
+                                      ("2d", "1", "checkpoint_latest.pt"), ("3d_fullres", "0", "checkpoint_best.pt")):
+        (tmp_path / configuration / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
+        (tmp_path / configuration / f"fold_{fold}" / name).write_bytes(b"")
+    (tmp_path / "ensembles" / "2d+3d_fullres").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    assert results.configurations_with_folds() == ["2d", "3d_fullres"]
+    assert results.trained_folds("2d") == ["0", "all"]
+    assert results.trained_folds("2d", "latest") == ["1"]
+    assert results.trained_folds("3d_lowres") == []
+    with pytest.raises(WorkspaceError, match="expected one of"):
+        results.trained_folds("2d", "worst")

@@ -31,7 +31,7 @@ from autoseg.device import choose_precision, cpu_supports_bf16
 from autoseg.errors import BudgetTooSmall
 from autoseg.planning.plans import Plans
 from autoseg.planning.time_budget import BudgetDecision, OverBudget
-from autoseg.training.trainer import DEFAULT_EPOCHS, DEFAULT_ITERATIONS_PER_EPOCH
+from autoseg.training.job import DEFAULT_EPOCHS, DEFAULT_ITERATIONS_PER_EPOCH
 
 
 def trainable_configurations(plans: Plans) -> list[str]:

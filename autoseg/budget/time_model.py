@@ -21,7 +21,7 @@ from autoseg.budget.speed import DeviceSpeed
 from autoseg.inference.sliding_window import padded_shape, window_starts
 from autoseg.planning.plans import Configuration
 from autoseg.training.splits import NUM_FOLDS
-from autoseg.training.trainer import DEFAULT_EPOCHS, DEFAULT_ITERATIONS_PER_EPOCH
+from autoseg.training.job import DEFAULT_EPOCHS, DEFAULT_ITERATIONS_PER_EPOCH
 
 # --- schedule ------------------------------------------------------------------------------------
 MIN_EPOCHS = 20  # fewer epochs leave the poly learning-rate schedule and the EMA Dice too coarse

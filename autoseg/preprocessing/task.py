@@ -1,8 +1,8 @@
 """Preprocess a whole task: every planned configuration that needs its own arrays.
 
 Configurations that share a `data_identifier` (e.g. 2d reading the 3d_fullres arrays) are
-preprocessed once. Reference labels are copied to `gt_segmentations/` so fold validation can be
-scored without the raw dataset.
+preprocessed once. Reference labels are copied to the workspace's reference segmentations
+(`Workspace.reference_segmentations`) so fold validation can be scored without the raw dataset.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 from autoseg.dataset import Dataset
 from autoseg.errors import AutosegError, PlanError
 from autoseg.preprocessing.store import CasePreprocessor, PreprocessSummary, preprocess_dataset
+from autoseg.workspace import Workspace
 
 
 def preprocessor_for(plans, configuration_name: str) -> CasePreprocessor:
@@ -69,21 +70,22 @@ def check_plans_are_current(plans, dataset: Dataset, plans_file: Path) -> None:
                         f"{dataset.root} as it is now ({current!r}); re-run `autoseg plan {dataset.root}`")
 
 
-def preprocess_task(dataset: Dataset, plans, preprocessed_folder: Path, *, configurations: Sequence[str] | None = None,
-                    workers: int = 2, progress: Callable[[str, str, str], None] | None = None
-                    ) -> dict[str, PreprocessSummary]:
-    """Preprocess `dataset` for the planned configurations; returns a summary per data folder.
+def preprocess_task(dataset: Dataset, plans, workspace: Workspace, task_name: str, *,
+                    configurations: Sequence[str] | None = None, workers: int = 2,
+                    progress: Callable[[str, str, str], None] | None = None) -> dict[str, PreprocessSummary]:
+    """Preprocess `dataset` for the planned configurations into the workspace's preprocessed folder of
+    `task_name`; returns a summary per data folder.
 
     progress(data_identifier, case_id, outcome) is called once per case and folder.
     """
     if plans.dataset_name != dataset.name and plans.dataset_name != dataset.root.name:
         raise AutosegError(f"plans are for {plans.dataset_name!r}, but the dataset is {dataset.name!r}; re-run plan")
-    check_plans_are_current(plans, dataset, preprocessed_folder / "plans.json")
-    copy_reference_labels(dataset, preprocessed_folder / "gt_segmentations")
+    check_plans_are_current(plans, dataset, workspace.plans_file(task_name))
+    copy_reference_labels(dataset, workspace.reference_segmentations(task_name))
     summaries = {}
     for data_identifier, configuration_name in configurations_to_preprocess(plans, configurations).items():
         report = (lambda case_id, outcome, d=data_identifier: progress(d, case_id, outcome)) if progress else None
         summaries[data_identifier] = preprocess_dataset(
-            dataset.cases, preprocessor_for(plans, configuration_name), preprocessed_folder / data_identifier,
-            workers=workers, progress=report)
+            dataset.cases, preprocessor_for(plans, configuration_name),
+            workspace.preprocessed(task_name) / data_identifier, workers=workers, progress=report)
     return summaries

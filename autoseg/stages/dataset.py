@@ -75,5 +75,5 @@ def preprocess(workspace: Workspace, task: str | Path | None = None, *, configur
         raise WorkspaceError(f"task {name}: no dataset folder known; pass the dataset folder as TASK")
     dataset = load_dataset(folder)
     plans = Plans.load(workspace.plans_file(name))
-    return preprocess_task(dataset, plans, workspace.preprocessed(name), configurations=configurations,
+    return preprocess_task(dataset, plans, workspace, name, configurations=configurations,
                            workers=workers, progress=progress)

@@ -25,7 +25,7 @@ def find_best(workspace: Workspace, *, task: str | None = None, configurations: 
     name, _ = workspace.resolve_task(task)
     plans = Plans.load(workspace.plans_file(name))
     results = workspace.task_results(name)
-    chosen = selection.find_best(results.root, workspace.reference_segmentations(name),
+    chosen = selection.find_best(results, workspace.reference_segmentations(name),
                                  {int(v): n for v, n in plans.labels.items()}, configurations=configurations or None,
                                  folds=folds, allow_ensembles=allow_ensembles, workers=workers,
                                  pixel_spacing=plans.pixel_spacing)

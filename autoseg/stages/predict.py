@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Callable
 
 from autoseg.ensembling import ensemble_folders
-from autoseg.inference.predictor import (FolderSummary, PredictionSettings, TrainedModel, group_input_files,
-                                         predict_folder)
+from autoseg.inference.case import PredictionSettings
+from autoseg.inference.folder import FolderSummary, group_input_files, predict_folder
+from autoseg.inference.model import TrainedModel
 from autoseg.io import file_ending, segmentation_ending_for
 from autoseg.postprocessing import postprocess_folder
 
@@ -46,7 +47,7 @@ def predict_folder_with_models(models: list[TrainedModel], input_folder: Path, o
     ending = segmentation_ending_for(file_ending(next(iter(cases.values()))[0]))  # the inputs' format
     averaged = Path(output_folder) / AVERAGED_FOLDER
     written = ensemble_folders(members, averaged, output_ending=ending, save_probabilities=settings.save_probabilities)
-    decision = getattr(models[0], "ensemble_postprocessing", None)
+    decision = models[0].ensemble_postprocessing
     if decision is not None and settings.postprocess:
         summary.written = [str(p) for p in postprocess_folder(averaged, output_folder, decision)]
     else:

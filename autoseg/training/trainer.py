@@ -1,137 +1,38 @@
 """Training one fold of one configuration: nnU-Net's loop in small named steps.
 
     run_training(job, settings, events)
-        set up network, optimizer, loss, data (or restore them from checkpoint_latest.pt)
+        set up network, optimizer, loss, data (or restore them from the latest checkpoint)
         for each epoch: train_epoch -> validate_epoch -> log -> checkpoints -> progress plot
-        save checkpoint_final.pt
+        save the final checkpoint
 
-The core never prints: progress goes through `TrainingEvents` callbacks that the CLI turns into
-bars and lines. With torch.distributed initialised (torchrun), the batch is split across ranks
-and only rank 0 writes checkpoints and logs.
+What to train and how is `autoseg.training.job`; the run's history `autoseg.training.epoch_log`. The
+core never prints: progress goes through `TrainingEvents` callbacks that the CLI turns into bars and
+lines. With torch.distributed initialised (torchrun), the batch is split across ranks
+(`autoseg.training.distributed`) and only rank 0 writes checkpoints and logs.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from autoseg.checkpoint import check_identity, identity_of_configuration, load_checkpoint, save_checkpoint
 from autoseg.device import autocast_dtype, dtype_of, pick_device, precision_of
 from autoseg.errors import AutosegError, CheckpointError
-from autoseg.planning.plans import Plans
+from autoseg.training.distributed import Ranks
+from autoseg.training.epoch_log import EpochLog, dice_per_class, foreground_counts, record_epoch
+from autoseg.training.job import TrainingEvents, TrainingJob, TrainingSettings
 from autoseg.training.loss import loss_for_architecture
-from autoseg.training.step import INITIAL_LR, forward_with_loss, make_grad_scaler, make_optimizer, poly_lr, train_step
+from autoseg.training.step import forward_with_loss, make_grad_scaler, make_optimizer, poly_lr, train_step
 
-# nnU-Net's schedule: 1000 epochs of 250 training and 50 validation iterations.
-DEFAULT_EPOCHS, DEFAULT_ITERATIONS_PER_EPOCH, DEFAULT_VALIDATION_ITERATIONS = 1000, 250, 50
-EMA_DECAY = 0.9  # pseudo-Dice moving average for checkpoint_best
-# Saving checkpoint_latest may take at most this share of the training time (automatic interval).
+# Saving the latest checkpoint may take at most this share of the training time (automatic interval).
 CHECKPOINT_TIME_SHARE = 0.03
 # The measured epoch time is compared with the plan's prediction after this many epochs.
 TIMING_CHECK_EPOCHS = 3
-
-
-@dataclass
-class TrainingSettings:
-    epochs: int = DEFAULT_EPOCHS
-    iterations_per_epoch: int = DEFAULT_ITERATIONS_PER_EPOCH
-    validation_iterations: int = DEFAULT_VALIDATION_ITERATIONS
-    num_workers: int = 2
-    device: str = "auto"  # auto | cuda | cpu | mps
-    precision: str = "auto"  # auto (`autocast_dtype`: fp16 on CUDA, bf16 on hardware-bf16 CPUs) | fp32 | bf16 | fp16
-    seed: int | None = None
-    checkpoint_every: int | None = None  # epochs; None: chosen from the measured save time
-    channels_last: bool = False
-    initial_lr: float = INITIAL_LR
-    # Confirm a mixed precision a few epochs in (autoseg.training.expectations); off when the user
-    # asked for a precision explicitly.
-    confirm_precision: bool = False
-    # The plan's predicted seconds of one epoch (compute-aware planning), checked against the run.
-    expected_epoch_seconds: float | None = None
-    cpu_threads: int | None = None  # torch intra-op threads on a CPU; None: torch's default
-
-
-@dataclass
-class TrainingJob:
-    """What to train: one configuration of a plan on one fold."""
-
-    plans: Plans
-    configuration_name: str
-    fold: int | str
-    data_folder: Path  # preprocessed arrays of the configuration
-    output_folder: Path  # results/TASK/CONFIG/fold_N
-    train_ids: list[str]
-    val_ids: list[str]
-    resume: bool = False
-
-
-@dataclass
-class TrainingEvents:
-    """Callbacks for progress; all optional."""
-
-    on_message: Callable[[str], None] = lambda message: None
-    on_iteration: Callable[[int, int], None] = lambda done, total: None  # within an epoch
-    on_epoch_end: Callable[[dict], None] = lambda record: None
-
-
-@dataclass
-class EpochLog:
-    """Per-epoch history, saved in checkpoints and plotted in progress.png."""
-
-    train_loss: list[float] = field(default_factory=list)
-    val_loss: list[float] = field(default_factory=list)
-    pseudo_dice: list[list[float]] = field(default_factory=list)  # per foreground class
-    ema_pseudo_dice: list[float] = field(default_factory=list)
-    learning_rate: list[float] = field(default_factory=list)
-    epoch_seconds: list[float] = field(default_factory=list)
-    data_wait_seconds: list[float] = field(default_factory=list)
-    # [epochs done, text]: what happened to the run (resumed, schedule recomputed), also in training_log.txt
-    notes: list[list] = field(default_factory=list)
-
-
-def foreground_counts(outputs, target) -> np.ndarray:
-    """[tp, fp, fn] per foreground class (shape (classes - 1, 3)) of the argmax of the highest-resolution
-    output against `target` (batch, 1, *spatial)."""
-    logits = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-    predicted = logits.argmax(1)
-    labels = target[:, 0]
-    counts = []
-    for label in range(1, logits.shape[1]):
-        p, t = predicted == label, labels == label
-        counts.append([(p & t).sum().item(), (p & ~t).sum().item(), (~p & t).sum().item()])
-    return np.asarray(counts, dtype=np.float64).reshape(-1, 3)
-
-
-class _Distributed:
-    """Rank bookkeeping; a single process is rank 0 of 1."""
-
-    def __init__(self):
-        import torch.distributed as dist
-
-        self.active = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if self.active else 0
-        self.world = dist.get_world_size() if self.active else 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def sum(self, values: np.ndarray) -> np.ndarray:
-        if not self.active:
-            return values
-        import torch
-        import torch.distributed as dist
-
-        # NCCL (multi-GPU training) reduces CUDA tensors only; gloo reduces CPU tensors.
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        tensor = torch.as_tensor(values, dtype=torch.float64, device=device)
-        dist.all_reduce(tensor)
-        return tensor.cpu().numpy()
 
 
 class Trainer:
@@ -140,7 +41,7 @@ class Trainer:
 
         self.job, self.settings = job, settings
         self.events = events or TrainingEvents()
-        self.dist = _Distributed()
+        self.dist = Ranks()
         self.configuration = job.plans.configuration(job.configuration_name)
         self.device = pick_device(settings.device)
         self.amp_dtype = autocast_dtype(settings.precision, self.device)
@@ -203,8 +104,8 @@ class Trainer:
         naming the folds still to train when some are missing); {} for any other configuration."""
         from autoseg.cascade import previous_stage_inputs
 
-        return previous_stage_inputs(self.job.plans, self.job.configuration_name,
-                                     self.job.output_folder.parent.parent, [*self.job.train_ids, *self.job.val_ids])
+        return previous_stage_inputs(self.job.plans, self.job.configuration_name, self.job.results,
+                                     [*self.job.train_ids, *self.job.val_ids])
 
     def _loaders(self):
         from autoseg.training.data import make_training_loaders
@@ -252,7 +153,7 @@ class Trainer:
         if self.dist.is_main:
             from autoseg.training.progress import rewrite_log
 
-            rewrite_log(self.job.output_folder / "training_log.txt", self.log)
+            rewrite_log(self.job.log_file, self.log)
         planned = int(state.get("planned_epochs", self.settings.epochs))
         self._note(f"resumed from {path.name} at epoch {self.epoch}")
         if planned != self.settings.epochs:
@@ -271,13 +172,13 @@ class Trainer:
         if self.dist.is_main:
             from autoseg.training.progress import append_note
 
-            append_note(self.job.output_folder / "training_log.txt", self.epoch, text)
+            append_note(self.job.log_file, self.epoch, text)
         self.events.on_message(text)
 
     def _best_ema_so_far(self, restored: float | None) -> float | None:
-        """The higher of the restored best EMA and checkpoint_best.pt's: resuming from a latest checkpoint older
-        than the best one must not let a worse epoch overwrite checkpoint_best.pt."""
-        best_file = self.job.output_folder / "checkpoint_best.pt"
+        """The higher of the restored best EMA and the best checkpoint's: resuming from a latest checkpoint
+        older than the best one must not let a worse epoch overwrite the best checkpoint."""
+        best_file = self.job.checkpoint_file("best")
         if not best_file.is_file():
             return restored
         try:
@@ -288,11 +189,12 @@ class Trainer:
             return restored
         return float(stored)
 
-    def _save(self, name: str) -> float:
+    def _save(self, which: str) -> float:
+        """Rank 0: write the "final", "best" or "latest" checkpoint; returns the seconds it took."""
         if not self.dist.is_main:
             return 0.0
         started = time.perf_counter()
-        save_checkpoint(self.state(), self.job.output_folder / name)
+        save_checkpoint(self.state(), self.job.checkpoint_file(which))
         return time.perf_counter() - started
 
     # ------------------------------------------------------------------------------------ steps
@@ -340,31 +242,17 @@ class Trainer:
             loss, batch_counts = self.validation_step(next(loader))
             losses.append(loss)
             counts = counts + batch_counts
-        counts = self.dist.sum(np.asarray(counts, dtype=np.float64))
-        tp, fp, fn = counts[:, 0], counts[:, 1], counts[:, 2]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            dice = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), np.nan)
+        dice = dice_per_class(self.dist.sum(np.asarray(counts, dtype=np.float64)))
         mean_loss = self.dist.sum(np.array([np.mean(losses)]))[0] / self.dist.world
-        return float(mean_loss), [float(d) for d in dice]
-
-    def _record_epoch(self, train_loss, val_loss, dice, lr, seconds, waited) -> dict:
-        mean_dice = float(np.nanmean(dice)) if not all(np.isnan(dice)) else 0.0
-        previous = self.log.ema_pseudo_dice[-1] if self.log.ema_pseudo_dice else None
-        ema = mean_dice if previous is None else EMA_DECAY * previous + (1 - EMA_DECAY) * mean_dice
-        for name, value in (("train_loss", train_loss), ("val_loss", val_loss), ("pseudo_dice", dice),
-                            ("ema_pseudo_dice", ema), ("learning_rate", lr), ("epoch_seconds", seconds),
-                            ("data_wait_seconds", waited)):
-            getattr(self.log, name).append(value)
-        return {"epoch": self.epoch, "train_loss": train_loss, "val_loss": val_loss, "pseudo_dice": dice,
-                "ema_pseudo_dice": ema, "learning_rate": lr, "epoch_seconds": seconds, "data_wait_seconds": waited}
+        return float(mean_loss), dice
 
     def _checkpoints_after_epoch(self, record: dict) -> None:
         if self.best_ema is None or record["ema_pseudo_dice"] > self.best_ema:
             self.best_ema = record["ema_pseudo_dice"]
-            self._save("checkpoint_best.pt")
+            self._save("best")
         every = self.checkpoint_every or 1
         if self.epoch % every == 0:
-            save_seconds = self._save("checkpoint_latest.pt")
+            save_seconds = self._save("latest")
             if self.settings.checkpoint_every is None and save_seconds > 0:
                 # Keep saving under CHECKPOINT_TIME_SHARE of the time spent training.
                 self.checkpoint_every = max(1, math.ceil(save_seconds / (CHECKPOINT_TIME_SHARE * record["epoch_seconds"])))
@@ -374,8 +262,8 @@ class Trainer:
             return
         from autoseg.training.progress import append_log_line, plot_progress
 
-        append_log_line(self.job.output_folder / "training_log.txt", record)
-        plot_progress(self.log, self.job.output_folder / "progress.png")
+        append_log_line(self.job.log_file, record)
+        plot_progress(self.log, self.job.progress_plot_file)
 
     def _prepare_output_folder(self) -> None:
         """Rank 0: drop half-written checkpoints of a killed save; a run from scratch starts a new log."""
@@ -386,7 +274,7 @@ class Trainer:
 
         remove_partial_checkpoints(self.job.output_folder)
         if not self.job.resume:
-            rewrite_log(self.job.output_folder / "training_log.txt", self.log)
+            rewrite_log(self.job.log_file, self.log)
 
     def run(self) -> EpochLog:
         import torch
@@ -396,8 +284,7 @@ class Trainer:
         self.job.output_folder.mkdir(parents=True, exist_ok=True)
         self._prepare_output_folder()
         if self.job.resume:
-            latest = self.job.output_folder / "checkpoint_latest.pt"
-            final = self.job.output_folder / "checkpoint_final.pt"
+            latest, final = self.job.checkpoint_file("latest"), self.job.checkpoint_file("final")
             source = latest if latest.is_file() else final
             if not source.is_file():
                 raise AutosegError(f"--resume: no checkpoint in {self.job.output_folder}; train without --resume")
@@ -412,8 +299,8 @@ class Trainer:
                 for loader in (train_loader, val_loader):
                     if hasattr(loader, "close"):
                         loader.close()
-        self._save("checkpoint_latest.pt")
-        self._save("checkpoint_final.pt")
+        self._save("latest")
+        self._save("final")
         return self.log
 
     def _epochs(self, train_loader, val_loader) -> None:
@@ -425,7 +312,8 @@ class Trainer:
             train_loss, waited = self.train_epoch(train_loader)
             val_loss, dice = self.validate_epoch(val_loader)
             self.epoch += 1
-            record = self._record_epoch(train_loss, val_loss, dice, lr, time.perf_counter() - started, waited)
+            record = record_epoch(self.log, self.epoch, train_loss, val_loss, dice, lr,
+                                  time.perf_counter() - started, waited)
             if self._precision_check_due():
                 self.check_mixed_precision(val_loader)
             self._checkpoints_after_epoch(record)
@@ -448,32 +336,18 @@ class Trainer:
 
     def check_mixed_precision(self, loader) -> tuple[float, float]:
         """Segment the same validation batches with the mixed-precision and the fp32 forward of the current
-        weights; fall back to fp32 for the rest of training (and for inference) when mixed precision loses
-        Dice. Returns (fp32 Dice, mixed Dice)."""
-        import torch
+        weights (`autoseg.training.precision_check`); fall back to fp32 for the rest of training (and for
+        inference) when mixed precision loses Dice. Returns (fp32 Dice, mixed Dice)."""
+        from autoseg.training.precision_check import compare_precisions
 
-        from autoseg.training.expectations import mean_dice, mixed_precision_holds
-
-        self.network.eval()
-        counts = {"fp32": 0.0, self.precision: 0.0}
-        mixed_dtype = self.amp_dtype
-        for _ in range(self.settings.validation_iterations):
-            data, target = self._to_device(next(loader))
-            for name, dtype in (("fp32", None), (self.precision, mixed_dtype)):
-                with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-                    outputs = self.network(data)
-                counts[name] = counts[name] + foreground_counts(outputs, target)
-        dice = {name: mean_dice(self.dist.sum(np.asarray(c, dtype=np.float64))) for name, c in counts.items()}
-        mixed = self.precision
+        batches = (self._to_device(next(loader)) for _ in range(self.settings.validation_iterations))
+        verdict = compare_precisions(self.network, batches, self.device.type, self.precision, self.amp_dtype,
+                                     self.dist.sum)
         self.precision_checked = True
-        if mixed_precision_holds(dice["fp32"], dice[mixed]):
-            self.events.on_message(f"precision check after epoch {self.epoch}: {mixed} pseudo Dice "
-                                   f"{dice[mixed]:.4f} vs fp32 {dice['fp32']:.4f}; keeping {mixed}")
-        else:
+        if not verdict.holds:
             self._set_precision("fp32")
-            self.events.on_message(f"precision check after epoch {self.epoch}: {mixed} pseudo Dice "
-                                   f"{dice[mixed]:.4f} vs fp32 {dice['fp32']:.4f}; continuing in fp32")
-        return dice["fp32"], dice[mixed]
+        self.events.on_message(verdict.message(self.epoch))
+        return verdict.fp32_dice, verdict.mixed_dice
 
     def _report_timing(self) -> None:
         """Once, after TIMING_CHECK_EPOCHS epochs (the first one warms up workers and kernels), the

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from autoseg.artifacts import write_json
+from autoseg.workspace import TaskResults
 
 
 def _next_stage_grid(plans, configuration, data_folder: Path) -> Path | None:
@@ -21,37 +22,34 @@ def _next_stage_grid(plans, configuration, data_folder: Path) -> Path | None:
     return Path(data_folder).parent / plans.configuration(configuration.next_stage).data_identifier
 
 
-def validate_fold(plans, configuration_name: str, configuration_folder: Path, fold: str, data_folder: Path,
+def validate_fold(plans, configuration_name: str, results: TaskResults, fold: str, data_folder: Path,
                   reference_folder: Path, val_ids: Sequence[str], *, checkpoint: str = "final",
                   device: str = "auto", use_tta: bool = True, on_case: Callable[[str], None] | None = None):
-    """Returns the EvaluationSummary of the fold; files go to `configuration_folder/fold_F/validation/`.
+    """Returns the EvaluationSummary of the fold; files go to the fold's `TaskResults.validation_folder`.
 
     Surface distances are in mm: the reference files' spacing, or for pictures (whose files hold
     none) the pixel spacing the plan was made for (dataset.json `pixel_spacing`, 1 x 1 by default).
 
-    configuration_folder: HOME/results/TASK/CONFIG. For a low-res stage the held-out cases'
-    segmentations also go to `CONFIG/predicted_next_stage/` (not for fold "all", whose cases were
-    seen in training); a cascade stage reads them from its previous stage's folder.
+    For a low-res stage the held-out cases' segmentations also go to its
+    `TaskResults.predicted_next_stage_folder` (not for fold "all", whose cases were seen in
+    training); a cascade stage reads them from its previous stage's.
     """
-    from autoseg.cascade import append_stored_previous_stage, foreground_labels_of, predictions_folder, \
-        save_for_next_stage
+    from autoseg.cascade import append_stored_previous_stage, foreground_labels_of, save_for_next_stage
     from autoseg.ensembling import save_probabilities
     from autoseg.evaluation import evaluate_folder, find_segmentations
-    from autoseg.inference.predictor import (PredictionSettings, load_trained_model, predict_probabilities,
-                                             probabilities_to_prediction)
+    from autoseg.inference.case import PredictionSettings, predict_probabilities, probabilities_to_prediction
+    from autoseg.inference.model import load_trained_model
     from autoseg.io import write_segmentation
     from autoseg.preprocessing.store import load_case
 
     configuration = plans.configuration(configuration_name)
-    results_folder = Path(configuration_folder).parent
-    previous_stage_folder = predictions_folder(results_folder, configuration.previous_stage) \
+    previous_stage_folder = results.predicted_next_stage_folder(configuration.previous_stage) \
         if configuration.previous_stage else None
     next_stage_grid = _next_stage_grid(plans, configuration, data_folder) if str(fold) != "all" else None
-    model = load_trained_model(configuration_folder, plans, configuration_name, folds=[fold],
-                               checkpoint=checkpoint, device=device,
-                               previous_stage_from_files=previous_stage_folder is not None)
+    model = load_trained_model(results, plans, configuration_name, folds=[fold], checkpoint=checkpoint,
+                               device=device, previous_stage_from_files=previous_stage_folder is not None)
     settings = PredictionSettings(use_tta=use_tta)
-    output = Path(configuration_folder) / f"fold_{fold}" / "validation"
+    output = results.validation_folder(configuration_name, fold)
     output.mkdir(parents=True, exist_ok=True)
     references = find_segmentations(reference_folder)
     for case_id in val_ids:
@@ -68,7 +66,7 @@ def validate_fold(plans, configuration_name: str, configuration_folder: Path, fo
         if next_stage_grid is not None:
             next_stage_properties = load_case(next_stage_grid, case_id)[2]
             save_for_next_stage(prediction.segmentation, next_stage_properties,
-                                predictions_folder(results_folder, configuration_name), case_id)
+                                results.predicted_next_stage_folder(configuration_name), case_id)
         if on_case:
             on_case(case_id)
     labels = {int(v): name for v, name in plans.labels.items()}

@@ -1,0 +1,219 @@
+"""One case, arrays in and arrays out, in the input's own geometry.
+
+    prediction = predict_image(model, image, geometry, settings)
+
+Preprocess exactly as for training (transpose, crop, normalize, resample), sliding window with
+Gaussian weighting and mirror TTA over every fold's network (softmax averaged over passes and folds),
+each class resampled back to the cropped original grid, argmax, placed into the full image,
+postprocessing. A cascade stage runs its low-res model on the raw image first.
+
+Memory per case, in bytes per voxel (K classes, C channels; N' voxels of the network's grid, N of
+the original image): the image as read 4C N plus preprocessing temporaries; the accumulator 4K N'
+(the probabilities: no separate weight map, no second copy); restoring 4 N (best probability so far)
++ 4 N (one resampled class) + 2 N (int16 labels) + 1 N (comparison mask), never the restored (K, N)
+probabilities unless they are saved. `bench/predict.py` measures it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+from autoseg.device import inference_autocast_dtype
+from autoseg.errors import AutosegError
+from autoseg.inference.model import TrainedModel
+from autoseg.inference.sliding_window import DEFAULT_STEP_FRACTION
+from autoseg.io import Geometry
+
+
+@dataclass
+class PredictionSettings:
+    """How to predict: what `autoseg predict` options map onto (see its --help)."""
+
+    step_fraction: float = DEFAULT_STEP_FRACTION
+    use_tta: bool = True
+    batch_windows: int | None = None  # None: chosen from the device
+    device: str = "auto"
+    precision: str = "auto"  # auto: fp16 on CUDA, the trained precision's choice on CPU (fp32 unless bf16)
+    save_probabilities: bool = False
+    postprocess: bool = True
+
+
+@dataclass
+class Prediction:
+    segmentation: np.ndarray  # int16 (z, y, x), original grid, label values of dataset.json
+    probabilities: np.ndarray | None  # float32 (K, z, y, x), original grid, when asked for
+    geometry: Geometry
+
+
+def _batch_windows(model: TrainedModel, settings: PredictionSettings) -> int:
+    """--batch-windows, else from the device, its CPU count and free memory (autoseg.hardware)."""
+    if settings.batch_windows:
+        return settings.batch_windows
+    from autoseg.hardware import available_memory_bytes, inference_batch_windows, usable_cpus
+    from autoseg.network.architecture import feature_map_elements
+
+    configuration = model.configuration
+    # Forward only, but skip connections keep the encoder's maps alive: count every map, 4 bytes each.
+    bytes_per_window = 4 * feature_map_elements(configuration.architecture, configuration.patch_size)
+    if model.device.type == "cuda":
+        import torch
+
+        available = torch.cuda.mem_get_info(model.device)[0]
+    else:
+        available = available_memory_bytes()
+    return inference_batch_windows(model.device.type, usable_cpus(), available, bytes_per_window)
+
+
+def preprocess_for(model: TrainedModel, image: np.ndarray, geometry: Geometry, case_id: str = "",
+                   settings: PredictionSettings | None = None):
+    """(data (C', z', y', x') float32, CaseProperties) in the configuration's grid; a cascade stage
+    gets its previous stage's one-hot segmentation appended (that model runs here)."""
+    from autoseg.preprocessing.pipeline import preprocess_case
+
+    if image.shape[0] != model.num_input_channels:
+        raise AutosegError(f"case {case_id or '?'}: {image.shape[0]} channel(s), but the model was trained on "
+                           f"{model.num_input_channels} ({', '.join(model.plans.modality.values())})")
+    configuration = model.configuration
+    data, _, properties = preprocess_case(
+        image, None, geometry, transpose_forward=model.plans.transpose_forward,
+        target_spacing=configuration.spacing, normalization=configuration.normalization,
+        use_mask_for_norm=configuration.use_mask_for_norm,
+        intensity_stats={k: vars(v) for k, v in model.plans.intensity_per_channel.items()},
+        is_2d_config=configuration.dimension == 2, case_id=case_id)
+    if model.previous_stage is not None:
+        data = _append_previous_stage(model, data, properties, image, geometry, settings or PredictionSettings())
+    return data, properties
+
+
+def _append_previous_stage(model: TrainedModel, data: np.ndarray, properties, image, geometry,
+                           settings: PredictionSettings) -> np.ndarray:
+    """Run the low-res model on the raw image and append its one-hot segmentation to `data`."""
+    from dataclasses import replace
+
+    from autoseg.cascade import foreground_labels_of, one_hot, segmentation_to_grid
+
+    low_res = predict_image(model.previous_stage, image, geometry,
+                            replace(settings, save_probabilities=False, postprocess=False))
+    previous = segmentation_to_grid(low_res.segmentation, properties)
+    return np.concatenate([data, one_hot(previous, foreground_labels_of(model.plans))])
+
+
+def predict_probabilities(model: TrainedModel, data: np.ndarray, settings: PredictionSettings,
+                          progress: Callable[[int, int], None] | None = None):
+    """Class probabilities (K, z', y', x') float32 tensor on the CPU for preprocessed data: the
+    softmax averaged over windows (Gaussian-weighted), mirror passes and the model's folds."""
+    import torch
+
+    from autoseg.inference.stitching import predict_sliding_window
+
+    configuration = model.configuration
+    options = dict(num_classes=configuration.architecture.num_classes, step_fraction=settings.step_fraction,
+                   mirror_axes=None if settings.use_tta else (), batch_windows=_batch_windows(model, settings),
+                   device=model.device, progress=progress,
+                   autocast_dtype=inference_autocast_dtype(settings.precision, model.device, model.trained_precision))
+    image = torch.from_numpy(np.ascontiguousarray(data))
+    options.update(_accumulator_placement(model, image.shape[1:], configuration.architecture.num_classes))
+    # A 2d configuration's patch is (y, x): the volume is predicted slice by slice.
+    return predict_sliding_window(model.networks, image, configuration.patch_size, **options)
+
+
+def _accumulator_placement(model: TrainedModel, spatial_shape, num_classes: int) -> dict:
+    """On CUDA keep the accumulator on the GPU in float16 (probabilities are at most 1, so float16 is
+    safe) when it fits in a third of the free memory, so windows never travel back to the host;
+    otherwise stitch on the CPU in float32. The result comes back to the CPU as float32 either way."""
+    import torch
+
+    if model.device.type != "cuda":
+        return {}
+    free_bytes, _ = torch.cuda.mem_get_info(model.device)
+    needed = num_classes * 2 * int(np.prod(spatial_shape))
+    if needed < free_bytes / 3:
+        return {"accumulate_on": model.device, "accumulate_dtype": torch.float16}
+    return {}
+
+
+def _argmax_labels(classes: Iterable[np.ndarray], label_values: Sequence[int], shape) -> np.ndarray:
+    """int16 label map of `shape`: per voxel the label value of the largest of the class arrays
+    (one float array of `shape` per class, in label order; the first wins ties, as np.argmax).
+
+    Classes are consumed one at a time, so only the best value so far is held besides the labels:
+    4 + 2 bytes per voxel (+1 for the comparison), instead of the int64 of np.argmax on (K, ...)."""
+    labels = np.full(shape, label_values[0], dtype=np.int16)
+    best = None
+    for value, probability in zip(label_values, classes):
+        if best is None:
+            best = np.array(probability, dtype=np.float32)
+            continue
+        wins = probability > best
+        labels[wins] = value
+        np.maximum(best, probability, out=best)
+        del wins
+    return labels
+
+
+def _restored_labels(probabilities: np.ndarray, properties, label_values: Sequence[int]) -> np.ndarray:
+    """The segmentation on the original grid without the restored (K, z, y, x) probabilities:
+    each class is resampled to the cropped original grid in turn (linear, nearest slice along a
+    separate axis: as `restore_to_original`), the argmax taken there, and the labels placed into
+    the full image (0 outside the crop box), transposed back. int16 (z, y, x)."""
+    from autoseg.preprocessing.resampling import resample_probabilities, separate_axis_for
+
+    permutation = list(properties.transpose_forward)
+    geometry = properties.original_geometry
+    if list(probabilities.shape[1:]) != list(properties.shape_after_resampling):
+        raise ValueError(f"case {properties.case_id}: probabilities of spatial shape {list(probabilities.shape[1:])}, "
+                         f"expected {properties.shape_after_resampling}")
+    cropped_shape_t = [properties.shape_after_crop[axis] for axis in permutation]
+    crop_t = tuple(slice(*properties.crop_box[axis]) for axis in permutation)
+    separate_axis = separate_axis_for(properties.spacing_after_resampling,
+                                      [geometry.spacing_zyx[axis] for axis in permutation])
+
+    def resampled_classes():
+        for k in range(probabilities.shape[0]):
+            if list(probabilities.shape[1:]) == cropped_shape_t:  # the network's grid is the original one
+                yield probabilities[k]
+            else:
+                yield resample_probabilities(probabilities[k:k + 1], cropped_shape_t, separate_axis)[0]
+
+    segmentation = np.zeros(geometry.shape, dtype=np.int16)
+    segmentation.transpose(permutation)[crop_t] = _argmax_labels(resampled_classes(), label_values, cropped_shape_t)
+    return segmentation
+
+
+def probabilities_to_prediction(model: TrainedModel, probabilities, properties, keep_probabilities: bool,
+                                postprocess: bool = True) -> Prediction:
+    """Probabilities (K, z', y', x') on the network's grid -> segmentation in the original geometry
+    (label values of dataset.json), postprocessed; with `keep_probabilities` also the (K, z, y, x)
+    float32 probabilities on the original grid (1 for background outside the crop box)."""
+    probabilities = probabilities.numpy() if hasattr(probabilities, "numpy") else np.asarray(probabilities)
+    label_values = [int(v) for v in model.label_values]
+    restored = None
+    if keep_probabilities:
+        from autoseg.preprocessing.pipeline import restore_to_original
+
+        restored = restore_to_original(probabilities, properties, is_segmentation=False)
+        segmentation = _argmax_labels(iter(restored), label_values, restored.shape[1:])
+    else:
+        segmentation = _restored_labels(probabilities, properties, label_values)
+    del probabilities
+    if postprocess and model.postprocessing is not None:
+        from autoseg.postprocessing import apply_postprocessing
+
+        segmentation = apply_postprocessing(segmentation, model.postprocessing)
+    return Prediction(segmentation, restored, properties.original_geometry)
+
+
+def predict_image(model: TrainedModel, image: np.ndarray, geometry: Geometry,
+                  settings: PredictionSettings | None = None, progress=None, case_id: str = "") -> Prediction:
+    """Segment one image (C, z, y, x) given its geometry; the result is in the same grid."""
+    settings = settings or PredictionSettings()
+    data, properties = preprocess_for(model, image, geometry, case_id, settings)
+    del image  # the caller may still hold it; we no longer need it
+    probabilities = [predict_probabilities(model, data, settings, progress)]
+    del data
+    # Handed over without a local reference, so they are freed as soon as they are restored.
+    return probabilities_to_prediction(model, probabilities.pop(), properties, settings.save_probabilities,
+                                       settings.postprocess)
