@@ -122,11 +122,11 @@ def test_postprocess_applies_the_tasks_decision_or_a_given_file(tmp_path):
     write_segmentation(with_island, geometry, tmp_path / "pred" / "a.nii.gz")
     workspace = Workspace(tmp_path / "home")
     workspace.remember_task("Task001_X", None)
-    PostprocessingDecision(whole_foreground=True).save(workspace.task_results("Task001_X").root)
+    PostprocessingDecision(whole_foreground=True).save(workspace.task_results("Task001_X").postprocessing_file)
     result = api.postprocess(tmp_path / "pred", tmp_path / "out", workers=1, home=workspace.home)
     assert result.decision.whole_foreground and result.written == [tmp_path / "out" / "a.nii.gz"]
     assert read_segmentation(result.written[0])[0][6, 6, 6] == 0
-    PostprocessingDecision().save(tmp_path / "none")
+    PostprocessingDecision().save(tmp_path / "none" / "postprocessing.json")
     kept = api.postprocess(tmp_path / "pred", tmp_path / "kept",
                            decision_file=tmp_path / "none" / "postprocessing.json")
     assert not kept.decision.whole_foreground and read_segmentation(kept.written[0])[0][6, 6, 6] == 1
