@@ -6,8 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from autoseg.case_validation import CaseRequirements, image_problems, label_problems
 from autoseg.dataset import Case, Dataset
 from autoseg.errors import ImageReadError
 from autoseg.io import read_image, read_segmentation
@@ -23,43 +22,40 @@ class Problem:
         return f"{self.case_id}: {self.file}: {self.message}"
 
 
-def check_case(case: Case, dataset: Dataset) -> list[Problem]:
-    """All problems of one training case (image and label read once each)."""
+def check_case(case: Case, requirements: CaseRequirements) -> list[Problem]:
+    """All problems of one training case (image and label read once each; see `autoseg.case_validation`)."""
     problems: list[Problem] = []
 
-    def add(file, message):
-        problems.append(Problem(case.case_id, str(file), message))
+    def add(file, messages):
+        problems.extend(Problem(case.case_id, str(file), message) for message in messages)
 
-    image = geometry = None
+    geometry = None
     missing = [f for f in case.image_files if not f.is_file()]
     for file in missing:
-        add(file, "image file not found")
+        add(file, ["image file not found"])
     if not missing:
         try:
             image, geometry = read_image(case.image_files, case.pixel_spacing)
+            add(case.image_files[0], image_problems(image, geometry, requirements))
         except ImageReadError as e:
-            add(case.image_files[0], str(e).split(": ", 1)[-1])
-    if image is not None:
-        if image.shape[0] != dataset.num_channels:
-            add(case.image_files[0], f"{image.shape[0]} channels, but dataset.json 'modality' names {dataset.num_channels}")
-        if not np.all(np.isfinite(image)):
-            add(case.image_files[0], f"{int(np.size(image) - np.isfinite(image).sum())} NaN or inf voxels")
+            add(case.image_files[0], [_without_path(e)])
     if case.label_file is None:
         return problems
     if not case.label_file.is_file():
-        add(case.label_file, "label file not found")
+        add(case.label_file, ["label file not found"])
         return problems
     try:
         label, label_geometry = read_segmentation(case.label_file, case.pixel_spacing)
     except ImageReadError as e:
-        add(case.label_file, str(e).split(": ", 1)[-1])
+        add(case.label_file, [_without_path(e)])
         return problems
-    unknown = sorted(set(np.unique(label).tolist()) - set(dataset.labels))
-    if unknown:
-        add(case.label_file, f"label values {unknown} not in dataset.json labels {sorted(dataset.labels)}")
-    if geometry is not None and (difference := label_geometry.agrees_with(geometry)):
-        add(case.label_file, f"label does not match its image (label's != image's): {difference}")
+    add(case.label_file, label_problems(label, label_geometry, geometry, requirements))
     return problems
+
+
+def _without_path(error: ImageReadError) -> str:
+    """An io error's message without its leading "path: " (the problem names the file already)."""
+    return str(error).split(": ", 1)[-1]
 
 
 def dataset_json_problems(dataset: Dataset) -> list[Problem]:
@@ -80,8 +76,10 @@ def check_dataset(dataset: Dataset, workers: int = 1, on_case_done=None) -> list
     Pass a dataset loaded with `load_dataset(folder, strict=False)` to have unusable entries reported
     here rather than raised by the loader.
     """
+    requirements = CaseRequirements.of(dataset)
+
     def run(case):
-        result = check_case(case, dataset)
+        result = check_case(case, requirements)
         if on_case_done:
             on_case_done()
         return result

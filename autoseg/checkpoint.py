@@ -8,6 +8,7 @@ A checkpoint holds plain tensors and JSON-able values only:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from autoseg.artifacts import write_atomic
@@ -16,6 +17,8 @@ from autoseg.planning.plans import Plans
 from autoseg.workspace import CHECKPOINT_NAMES, checkpoint_file_name
 
 CHECKPOINT_FORMAT = 1
+# How torch's weights-only unpickler begins its refusal of a file that holds pickled Python objects.
+WEIGHTS_ONLY_REFUSAL = "Weights only load failed"
 
 
 def save_checkpoint(state: dict, path: Path) -> Path:
@@ -37,23 +40,44 @@ def remove_partial_checkpoints(folder: Path) -> list[Path]:
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:
     import pickle
-    import zipfile
+    import warnings
 
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: damaged or truncated checkpoint (the file is empty); "
+                              "delete it or resume from another one")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
-        # The first line of torch's message, or the exception's name when it has none (an empty file).
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-        raise CheckpointError(f"{path}: damaged or truncated checkpoint ({reason}); "
-                              "delete it or resume from another one") from None
+        with warnings.catch_warnings():  # e.g. torch's note on an unusual pickle protocol: the error says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if WEIGHTS_ONLY_REFUSAL in str(e):
+            raise CheckpointError(_pickled_code_message(path, str(e))) from None
+        raise _damaged(path, e) from None
+    except Exception as e:  # noqa: BLE001 - whatever torch raises on bytes it cannot parse, the file is unusable
+        raise _damaged(path, e) from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not an autoseg checkpoint of format {CHECKPOINT_FORMAT}")
     return state
+
+
+def _pickled_code_message(path: Path, torch_message: str) -> str:
+    """A checkpoint holding Python objects beyond tensors and plain containers: unpickling it could run
+    any code, so it is never loaded (torch names the first such object "GLOBAL module.name")."""
+    found = re.search(r"GLOBAL (\S+)", torch_message)
+    what = f" (it names {found.group(1)})" if found else ""
+    return (f"{path}: not a weights-only checkpoint: it holds pickled Python objects{what}, and unpickling them "
+            "could run code, so autoseg refuses to; use a checkpoint written by autoseg")
+
+
+def _damaged(path: Path, error: Exception) -> CheckpointError:
+    # The first line of torch's message, or the exception's name when it has none.
+    reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+    return CheckpointError(f"{path}: damaged or truncated checkpoint ({reason}); delete it or resume from another one")
 
 
 def resume_schedule(folder: Path) -> dict:

@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from autoseg.artifacts import build_versioned, load_artifact, read_json, write_atomic, write_json
+from autoseg.case_validation import unknown_label_values
 from autoseg.errors import AutosegError
 from autoseg.io import SUPPORTED_ENDINGS, file_ending
 from autoseg.metrics import METRIC_NAMES, LabelOrRegion, case_metrics, label_key
@@ -104,9 +105,13 @@ def map_cases(function, items: Sequence, workers: int) -> list:
         return list(pool.map(function, items))
 
 
-def _evaluate_pair(job: tuple[str, Path, Path, list[LabelOrRegion], tuple[float, float] | None]) -> "CaseEvaluation":
-    case_id, prediction_file, reference_file, labels_or_regions, pixel_spacing = job
+def _evaluate_pair(job: tuple[str, Path, Path, list[LabelOrRegion], tuple[float, float] | None,
+                               tuple[int, ...] | None]) -> "CaseEvaluation":
+    case_id, prediction_file, reference_file, labels_or_regions, pixel_spacing, allowed_labels = job
     prediction, reference, geometry = read_pair(prediction_file, reference_file, pixel_spacing)
+    if allowed_labels is not None and (unknown := unknown_label_values(prediction, allowed_labels)):
+        raise AutosegError(f"{prediction_file}: predicted label(s) {unknown} that the task does not have "
+                           f"(its labels: {list(allowed_labels)})")
     metrics = case_metrics(prediction, reference, labels_or_regions, geometry.spacing_zyx)
     return CaseEvaluation(case_id, str(prediction_file), str(reference_file), metrics)
 
@@ -146,12 +151,15 @@ def regions_of_dataset(dataset_folder: str | Path, labels: Mapping[int, str] | N
 
 def evaluate_folder(prediction_folder: str | Path, reference_folder: str | Path, labels: Mapping[int, str],
                     regions: Sequence[Sequence[int]] | Mapping[str, Sequence[int]] | None = None, workers: int = 1,
-                    case_ids: Sequence[str] | None = None,
-                    pixel_spacing: Sequence[float] | None = None) -> "EvaluationSummary":
+                    case_ids: Sequence[str] | None = None, pixel_spacing: Sequence[float] | None = None,
+                    refuse_other_labels: bool = False) -> "EvaluationSummary":
     """Evaluate every prediction against the reference file of the same name.
 
     labels: {label value: name} (background 0 is skipped); regions: label tuples scored as unions,
     or {name: label tuple} (e.g. from `regions_of_dataset`).
+    refuse_other_labels: `labels` are all the task's labels, so a prediction holding any other value
+    (a model of another task, a damaged file) is an error naming the file and the value; otherwise
+    other values are not scored (the caller chose which labels to score).
     case_ids: evaluate only these cases (e.g. one fold's validation cases); default all references.
     Spacing comes from the reference file; picture files (.png, ...) hold none, so their pixels are
     `pixel_spacing` (y, x) mm (the dataset's `pixel_spacing`, when known), else 1 x 1.
@@ -166,7 +174,8 @@ def evaluate_folder(prediction_folder: str | Path, reference_folder: str | Path,
     names = {str(v): labels[v] for v in foreground}
     names.update({label_key(r): str(name) for name, r in zip(regions, region_tuples)})
 
-    jobs = [(c, p, r, labels_or_regions, pixel_spacing)
+    allowed_labels = tuple(sorted({0, *labels})) if refuse_other_labels else None
+    jobs = [(c, p, r, labels_or_regions, pixel_spacing, allowed_labels)
             for c, p, r in pair_segmentations(prediction_folder, reference_folder, case_ids)]
     per_case = map_cases(_evaluate_pair, jobs, workers)
     return EvaluationSummary.from_cases(per_case, names, [str(v) for v in foreground])

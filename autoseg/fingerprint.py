@@ -6,6 +6,7 @@ and records spacing, shapes, class voxel counts and a seeded sample of foregroun
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -15,6 +16,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from autoseg.artifacts import build_versioned, load_artifact, write_json
+from autoseg.case_validation import CaseRequirements, read_case
 from autoseg.dataset import Case, Dataset
 from autoseg.errors import AutosegError
 from autoseg.io import is_picture_spacing
@@ -95,6 +97,19 @@ class Fingerprint:
     def is_2d_images(self) -> bool:
         return is_picture_spacing(self.median_spacing) and self.median_cropped_shape[0] == 1
 
+    @property
+    def label_warnings(self) -> list[str]:
+        """What in the label maps keeps a model from learning, one line each: no foreground in any case,
+        or a foreground label in none. [] without per-case entries (a reference fingerprint)."""
+        if not self.cases:
+            return []
+        present = {label for case in self.cases for label in case.class_voxel_counts if label != "0"}
+        if not present:
+            return [f"the label maps of all {len(self.cases)} training cases are empty (background only): "
+                    "a model trained on them learns to predict nothing"]
+        return [f"label {label} ({name!r}) is in no training case's label map: a model cannot learn it"
+                for label, name in self.labels.items() if label != "0" and label not in present]
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -133,17 +148,13 @@ def dataset_signature(dataset: Dataset) -> str:
     return digest.hexdigest()[:16]
 
 
-def analyze_case(case: Case) -> tuple[CaseFingerprint, np.ndarray]:
-    """Fingerprint of one case and its foreground intensity sample, float32 (C, n <= 10,000)."""
+def analyze_case(case: Case, requirements: CaseRequirements) -> tuple[CaseFingerprint, np.ndarray]:
+    """Fingerprint of one case and its foreground intensity sample, float32 (C, n <= 10,000). A case
+    that does not meet `requirements` raises a DatasetError naming the file (see `read_case`)."""
     from autoseg.cropping import bounding_box, nonzero_mask
-    from autoseg.io import read_image, read_segmentation
 
-    image, geometry = read_image(case.image_files, case.pixel_spacing)
-    segmentation, _ = read_segmentation(case.label_file, case.pixel_spacing)
-    if segmentation.shape != image.shape[1:]:
-        raise AutosegError(f"{case.label_file}: label shape {list(segmentation.shape)} != image shape "
-                           f"{list(image.shape[1:])}; run `autoseg check`")
-    counts = np.bincount(np.clip(segmentation, 0, None).ravel())
+    image, geometry, segmentation = read_case(case, requirements)
+    counts = np.bincount(segmentation.ravel())  # labels are 0..K: read_case refuses any other value
     # Only the box matters here (holes never change it), so the costly hole filling is skipped.
     box = bounding_box(nonzero_mask(image))
     slices = tuple(slice(a, b) for a, b in box)
@@ -205,7 +216,8 @@ def extract_fingerprint(dataset: Dataset, workers: int = 1,
     """Analyse every training case, `workers` processes at a time (memory: about `workers` cases)."""
     signature = dataset_signature(dataset)
     results = []
-    for result in _map_cases(analyze_case, dataset.cases, workers):
+    analyze = functools.partial(analyze_case, requirements=CaseRequirements.of(dataset))
+    for result in _map_cases(analyze, dataset.cases, workers):
         results.append(result)
         if on_case_done:
             on_case_done(result[0].case_id)

@@ -6,8 +6,10 @@ state any machine; `usable_cpus()` and `available_memory_bytes()` read the real 
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
+from typing import Sequence
 
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 MEMINFO = Path("/proc/meminfo")
@@ -52,6 +54,33 @@ def available_memory_bytes() -> int:
     except OSError:
         pass
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+# Voxels per channel beyond which an image is refused: flat indices into it overflow 32-bit integers.
+MAX_VOXELS_PER_CHANNEL = 2**31
+FLOAT32_BYTES = 4  # an image is read as float32
+
+
+def image_size_problem(size: Sequence[int], values_per_voxel: int, available_bytes: int) -> str | None:
+    """Why an image of `size` voxels (as its header states them, channels of a 4D file included) with
+    `values_per_voxel` values each cannot be read, or None: more than MAX_VOXELS_PER_CHANNEL voxels per
+    channel, or more float32 values than `available_bytes` of memory hold."""
+    claims = f"the header claims {' x '.join(str(n) for n in size)} voxels"
+    voxels = math.prod(size[:3])
+    if voxels > MAX_VOXELS_PER_CHANNEL:
+        return f"{claims}, more than the {MAX_VOXELS_PER_CHANNEL:,} per channel autoseg reads"
+    decoded = FLOAT32_BYTES * voxels * values_per_voxel
+    if decoded > available_bytes:
+        return f"{claims}, {_size(decoded)} once read, more than the {_size(available_bytes)} of memory available"
+    return None
+
+
+def _size(count: int) -> str:
+    """e.g. "3.2 GiB", "80.0 KiB", "512 bytes"."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} bytes"
 
 
 def training_workers(device_type: str, cpus: int, available_bytes: int, batch_bytes: int) -> int:

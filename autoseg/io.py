@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -68,13 +69,9 @@ class Geometry:
 
     @classmethod
     def from_json(cls, data: dict) -> "Geometry":
-        return cls(
-            shape=tuple(int(v) for v in data["shape"]),
-            spacing_zyx=tuple(float(v) for v in data["spacing_zyx"]),
-            origin_xyz=tuple(float(v) for v in data["origin_xyz"]),
-            direction=tuple(float(v) for v in data["direction"]),
-            is_natural_2d=bool(data.get("is_natural_2d", False)),
-        )
+        numbers = {name: tuple(float(v) for v in data[name]) for name in ("spacing_zyx", "origin_xyz", "direction")}
+        return cls(shape=tuple(int(v) for v in data["shape"]), **numbers,
+                   is_natural_2d=bool(data.get("is_natural_2d", False)))
 
     def agrees_with(self, other: "Geometry", tolerance: float = GEOMETRY_TOLERANCE) -> str | None:
         """None when both describe the same grid, else a description of the first difference."""
@@ -90,22 +87,14 @@ class Geometry:
 
 def file_ending(path: str | Path) -> str:
     name = str(path).lower()
-    for ending in SUPPORTED_ENDINGS:
-        if name.endswith(ending):
-            return ending
-    return Path(name).suffix
-
-
-def _check_readable(path: Path) -> None:
-    if not path.is_file():
-        raise ImageReadError(f"{path}: file not found")
-    if file_ending(path) not in SUPPORTED_ENDINGS:
-        raise ImageReadError(f"{path}: unsupported file type (supported: {', '.join(SUPPORTED_ENDINGS)})")
+    return next((ending for ending in SUPPORTED_ENDINGS if name.endswith(ending)), Path(name).suffix)
 
 
 def _unreadable(path: Path, error: Exception) -> ImageReadError:
     lines = str(error).strip().splitlines()
     reason = lines[-1][:200] if lines else type(error).__name__
+    if "Unable to determine ImageIO reader" in reason:  # SimpleITK's words for "no format matches these bytes"
+        reason = f"damaged, or not a {file_ending(path)} file"
     return ImageReadError(f"{path}: cannot be read ({reason})")
 
 
@@ -113,14 +102,32 @@ def _header_reader(path: Path):
     """A SimpleITK ImageFileReader that has read the file's header (no voxels)."""
     import SimpleITK as sitk
 
+    if not path.is_file():
+        raise ImageReadError(f"{path}: file not found")
+    if file_ending(path) not in SUPPORTED_ENDINGS:
+        raise ImageReadError(f"{path}: unsupported file type (supported: {', '.join(SUPPORTED_ENDINGS)})")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path}: the file is empty (0 bytes)")
     header = sitk.ImageFileReader()
     header.SetFileName(str(path))
-    header.ReadImageInformation()
+    try:
+        header.ReadImageInformation()
+    except (RuntimeError, OSError) as e:
+        raise _unreadable(path, e) from None
     return header
 
 
+def _check_size(header, path: Path) -> None:
+    """Refuse, from the header alone, an image too large to read (see `image_size_problem`): a damaged
+    or forged header must not end in a MemoryError or the out-of-memory killer."""
+    from autoseg.hardware import available_memory_bytes, image_size_problem
+
+    if problem := image_size_problem(header.GetSize(), _values_per_voxel(header), available_memory_bytes()):
+        raise ImageReadError(f"{path}: {problem}")
+
+
 def _read_voxels(path: Path):
-    """(array in SimpleITK's numpy order, header) of one file.
+    """(array in SimpleITK's numpy order, header) of one file, its size checked from the header first.
 
     NIfTI voxels come from nibabel: SimpleITK's NIfTI reader silently replaces NaN with 0, which
     would hide exactly the corruption `autoseg check` must find. The header (geometry, in ITK's
@@ -128,43 +135,38 @@ def _read_voxels(path: Path):
     """
     import SimpleITK as sitk
 
-    _check_readable(path)
+    header = _header_reader(path)
+    _check_size(header, path)
     try:
         if file_ending(path) in (".nii.gz", ".nii"):
             import nibabel
 
-            header = _header_reader(path)
             voxels = np.asanyarray(nibabel.load(str(path)).dataobj)
             if voxels.ndim <= 4 and header.GetNumberOfComponents() == 1:
                 return voxels.transpose(), header
         image = sitk.ReadImage(str(path))
         return sitk.GetArrayFromImage(image), image
-    except (RuntimeError, OSError, EOFError, ValueError) as e:
+    except (RuntimeError, OSError, EOFError, ValueError, zlib.error) as e:
         raise _unreadable(path, e) from None
 
 
 def read_header(path: str | Path, pixel_spacing: Sequence[float] | None = None) -> tuple[Geometry, int]:
     """(geometry, values per voxel) of one file from its header alone, without reading the voxels.
+    pixel_spacing: as for `read_image`."""
+    header = _header_reader(Path(path))
+    return _geometry_of(header, Path(path), pixel_spacing), _values_per_voxel(header)
 
-    Values per voxel are the file's channels (4D MSD files, vector and colour pixels), a picture's
-    alpha included. pixel_spacing: as for `read_image`.
-    """
-    path = Path(path)
-    _check_readable(path)
-    try:
-        header = _header_reader(path)
-    except (RuntimeError, OSError) as e:
-        raise _unreadable(path, e) from None
-    geometry = _geometry_of(header, path, pixel_spacing)
+
+def _values_per_voxel(header) -> int:
+    """The file's channels: 4D MSD files, vector and colour pixels (a picture's alpha included)."""
     size = header.GetSize()
-    return geometry, _components(header) * (int(size[3]) if len(size) == 4 else 1)
+    return _components(header) * (int(size[3]) if len(size) == 4 else 1)
 
 
 def _components(image) -> int:
     """Values per pixel of a SimpleITK Image or ImageFileReader (they name the method differently)."""
-    if hasattr(image, "GetNumberOfComponents"):
-        return image.GetNumberOfComponents()
-    return image.GetNumberOfComponentsPerPixel()
+    count = getattr(image, "GetNumberOfComponents", None) or image.GetNumberOfComponentsPerPixel
+    return count()
 
 
 def _is_picture(image, ending: str) -> bool:
@@ -237,8 +239,7 @@ def read_image(paths: str | Path | Sequence[str | Path],
     (nnU-Net v2 layout `case_0000.nii.gz`, `case_0001.nii.gz`); the channels are concatenated.
     pixel_spacing: (y, x) pixel size in mm of a picture (default 1 x 1); volumes ignore it.
     """
-    if isinstance(paths, (str, Path)):
-        paths = [paths]
+    paths = [paths] if isinstance(paths, (str, Path)) else paths
     arrays, geometry = [], None
     for path in map(Path, paths):
         voxels, header = _read_voxels(path)
@@ -339,17 +340,15 @@ def write_image(array_zyx: np.ndarray, geometry: Geometry, path: str | Path) -> 
 
 
 def write_image_channels(array_czyx: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
-    """Write a whole (C, z, y, x) image as `read_image` reads it back from one file: a scalar
-    image for one channel, else an RGB picture (C = 3) or a 4D MSD volume."""
+    """Write a (C, z, y, x) image as `read_image` reads it back: scalar, RGB picture (C = 3) or 4D MSD volume."""
     if tuple(array_czyx.shape[1:]) != tuple(geometry.shape):
         raise ValueError(f"array shape {array_czyx.shape} does not match (C, *{geometry.shape})")
     return _write_sitk(_to_sitk(array_czyx, geometry), Path(path))
 
 
 def segmentation_ending_for(image_ending: str) -> str:
-    """File ending for the label map of an image with `image_ending`: the same one, except that lossy
-    JPEG would corrupt labels at every edge (PNG instead) and a header/data pair becomes the single-file
-    variant of its format (MetaImage .mha, NRRD .nrrd)."""
+    """File ending for the label map of an image with `image_ending`: the same one, except that lossy JPEG
+    would corrupt labels at every edge (PNG instead) and a header/data pair becomes its single-file variant."""
     return {".jpg": ".png", ".jpeg": ".png", ".mhd": ".mha", ".nhdr": ".nrrd"}.get(image_ending, image_ending)
 
 

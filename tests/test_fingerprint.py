@@ -6,6 +6,7 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
+from autoseg.case_validation import CaseRequirements
 from autoseg.cli import app
 from autoseg.dataset import load_dataset
 from autoseg.errors import AutosegError, ImageReadError
@@ -90,12 +91,13 @@ def test_at_most_10000_foreground_voxels_per_case_seeded(tmp_path):
     (root / "dataset.json").write_text(json.dumps({
         "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "thing"},
         "training": [{"image": "./imagesTr/c.nii.gz", "label": "./labelsTr/c.nii.gz"}]}))
-    case = load_dataset(root).cases[0]
-    _, sample = analyze_case(case)
+    dataset = load_dataset(root)
+    case, requirements = dataset.cases[0], CaseRequirements.of(dataset)
+    _, sample = analyze_case(case, requirements)
     assert sample.shape == (1, 10_000)
     assert len(np.unique(sample)) == 10_000  # drawn without replacement
     assert set(sample.ravel().tolist()) <= set(image[label == 1].tolist())
-    np.testing.assert_array_equal(analyze_case(case)[1], sample)  # seeded: the same sample every run
+    np.testing.assert_array_equal(analyze_case(case, requirements)[1], sample)  # seeded: the same sample every run
 
 
 def test_added_or_removed_case_is_detected(tmp_path, small_ct_dataset):

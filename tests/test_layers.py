@@ -19,6 +19,7 @@ LAYERS = [
     ["autoseg.workspace", "autoseg.hardware", "autoseg.device", "autoseg.cropping"],
     ["autoseg.io"],
     ["autoseg.dataset", "autoseg.demo"],
+    ["autoseg.case_validation"],
     ["autoseg.check", "autoseg.fingerprint"],
     ["autoseg.metrics"],
     ["autoseg.evaluation", "autoseg.postprocessing", "autoseg.ensembling"],

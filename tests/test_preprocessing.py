@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from autoseg.case_validation import CaseRequirements
 from autoseg.dataset import Case
 from autoseg.errors import WorkspaceError
 from autoseg.io import Geometry, write_image, write_segmentation
@@ -14,6 +15,7 @@ from autoseg.preprocessing.pipeline import (CaseProperties, preprocess_case, res
 from autoseg.preprocessing.store import CasePreprocessor, load_case, preprocess_dataset, worker_count
 
 ZSCORE = dict(normalization=["zscore"], use_mask_for_norm=[True], intensity_stats={})
+ONE_CHANNEL_VOLUMES = CaseRequirements(num_channels=1, labels=(0, 1), pictures=False)  # what the cases below are
 
 
 def anisotropic_case():
@@ -127,7 +129,8 @@ def write_case(folder, case_id, shift=0):
 
 @pytest.fixture
 def preprocessor():
-    return CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[3.0, 1.6, 1.6], **ZSCORE)
+    return CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[3.0, 1.6, 1.6],
+                            requirements=ONE_CHANNEL_VOLUMES, **ZSCORE)
 
 
 def test_store_skips_finished_cases_and_redoes_modified_ones(tmp_path, preprocessor):
@@ -143,7 +146,8 @@ def test_store_skips_finished_cases_and_redoes_modified_ones(tmp_path, preproces
     os.utime(cases[1].image_files[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # surely a new mtime
     third = preprocess_dataset(cases, preprocessor, out, workers=0)
     assert third.skipped == ["a"] and third.written == ["b"]
-    other_settings = CasePreprocessor(transpose_forward=[0, 1, 2], target_spacing=[0.8, 3.0, 0.8], **ZSCORE)
+    other_settings = CasePreprocessor(transpose_forward=[0, 1, 2], target_spacing=[0.8, 3.0, 0.8],
+                                      requirements=ONE_CHANNEL_VOLUMES, **ZSCORE)
     assert preprocess_dataset(cases[:1], other_settings, out, workers=0).written == ["a"]
 
 
@@ -181,12 +185,14 @@ def test_worker_count_is_bounded_by_cpus_cases_and_memory():
 def test_peak_memory_estimate_reads_the_header_and_follows_the_target_spacing(tmp_path):
     case = write_case(tmp_path, "a")  # (24, 10, 32) at (0.8, 3.0, 0.8) mm: transposed (3.0, 0.8, 0.8)
     bytes_per_voxel = 4 * 4  # PEAK_MEMORY_FACTOR x float32, one channel
-    coarser = CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[3.0, 1.6, 1.6], **ZSCORE)
+    coarser = CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[3.0, 1.6, 1.6],
+                               requirements=ONE_CHANNEL_VOLUMES, **ZSCORE)
     assert coarser.estimated_peak_bytes(case) == bytes_per_voxel * 24 * 10 * 32  # the original is larger
-    finer = CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[1.5, 0.8, 0.8], **ZSCORE)
+    finer = CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[1.5, 0.8, 0.8],
+                             requirements=ONE_CHANNEL_VOLUMES, **ZSCORE)
     assert finer.estimated_peak_bytes(case) == bytes_per_voxel * 24 * 10 * 32 * 2
     in_plane = CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[1.5, 0.8, 0.8], is_2d_config=True,
-                                **ZSCORE)
+                                requirements=ONE_CHANNEL_VOLUMES, **ZSCORE)
     assert in_plane.estimated_peak_bytes(case) == bytes_per_voxel * 24 * 10 * 32  # 2d keeps axis 0
 
 
@@ -218,7 +224,8 @@ def test_stored_properties_give_back_the_original_geometry(tmp_path):
                         direction=(0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
     image_file = write_image(image[0], geometry, tmp_path / "c_0000.nii.gz")
     label_file = write_segmentation(seg, geometry, tmp_path / "c.nii.gz")
-    preprocessor = CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[3.0, 1.6, 1.6], **ZSCORE)
+    preprocessor = CasePreprocessor(transpose_forward=[1, 0, 2], target_spacing=[3.0, 1.6, 1.6],
+                                    requirements=ONE_CHANNEL_VOLUMES, **ZSCORE)
     assert preprocess_dataset([Case("c", (image_file,), label_file)], preprocessor, tmp_path / "pre", workers=0).written
     _, stored_seg, props = load_case(tmp_path / "pre", "c")
     from autoseg.io import read_image, read_segmentation

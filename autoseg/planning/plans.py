@@ -13,6 +13,8 @@ Inheritance is a shallow merge, as in nnU-Net: each top-level key of the child r
 from __future__ import annotations
 
 import copy
+import math
+import re
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -62,8 +64,10 @@ class Configuration:
         return data
 
     @classmethod
-    def from_json(cls, data: dict, where: str = "configuration", num_channels: int | None = None) -> "Configuration":
-        """Build from a fully resolved entry (no missing fields); validate every field."""
+    def from_json(cls, data: dict, where: str = "configuration", num_channels: int | None = None,
+                  num_labels: int | None = None) -> "Configuration":
+        """Build from a fully resolved entry (no missing fields); validate every field, against the plan's
+        channels and labels when given."""
         optional = {f.name for f in fields(cls) if f.default is not MISSING}
         _check_fields(data, {f.name for f in fields(cls)}, where, optional)
         data = {**{name: None for name in optional}, **data}
@@ -72,7 +76,7 @@ class Configuration:
         over_budget = data["over_budget"] and OverBudget.from_json(data["over_budget"], f"{where}: field 'over_budget'")
         configuration = cls(**{**data, "architecture": architecture, "budget": budget, "over_budget": over_budget})
         try:
-            _validate_configuration(configuration, where, num_channels)
+            _validate_configuration(configuration, where, num_channels, num_labels)
         except (TypeError, ValueError) as e:  # a field of the wrong JSON type
             raise PlanError(f"{where}: malformed configuration ({e})") from None
         return configuration
@@ -102,13 +106,15 @@ class Plans:
         if name not in self.configurations:
             raise PlanError(f"{where}: no configuration '{name}'; available: {', '.join(self.configurations)}")
         resolved = _resolve_inheritance(self.configurations, name, where)
-        if resolved.get("previous_stage") and "architecture" not in self.configurations[name]:
+        inherited = resolved.get("architecture") if "architecture" not in self.configurations[name] else None
+        if resolved.get("previous_stage") and isinstance(inherited, dict):
             # A cascade stage inherits its parent's network but also reads the previous stage's
             # segmentation as one-hot channels, one per foreground label.
-            architecture = dict(resolved["architecture"])
+            architecture = dict(inherited)
             architecture["input_channels"] = len(self.modality) + self.num_foreground_labels
             resolved = {**resolved, "architecture": architecture}
-        return Configuration.from_json(resolved, f"{where}: configuration '{name}'", len(self.modality))
+        return Configuration.from_json(resolved, f"{where}: configuration '{name}'", len(self.modality),
+                                       len(self.labels))
 
     @property
     def pixel_spacing(self) -> tuple[float, float] | None:
@@ -163,6 +169,8 @@ class Plans:
             data = read_json(path)
         except AutosegError as e:
             raise PlanError(str(e)) from None
+        except UnicodeDecodeError:
+            raise PlanError(f"{path}: not a text file; re-run `autoseg plan`") from None
         return cls.from_json(data, where=str(path))
 
 
@@ -194,6 +202,8 @@ def keep_user_configurations(plans: Plans, previous_entries: dict[str, Any]) -> 
 
 
 # --- validation ---------------------------------------------------------------------------------
+# Every field is checked for its type, range and length when plans.json is loaded: a hand-edited plan
+# fails here in one line naming the field, never later inside preprocessing or training.
 def _jsonable(entry: dict) -> dict:
     """A deep copy, so that editing the JSON never edits the plans."""
     return {k: (v.to_json() if isinstance(v, Architecture) else copy.deepcopy(v)) for k, v in entry.items()}
@@ -228,45 +238,64 @@ def _architecture_from_json(data: Any, where: str) -> Architecture:
     return Architecture.from_json(data)
 
 
-def _validate_architecture(architecture: Architecture, dimension: int, where: str) -> None:
-    where = f"{where}: field 'architecture'"
-    if architecture.dimension != dimension:
-        raise PlanError(f"{where}: dimension {architecture.dimension} != configuration dimension {dimension}")
-    n_stages = architecture.num_stages
+def _validate_architecture(architecture: Architecture, dimension: int, where: str,
+                           input_channels: int | None, num_classes: int | None) -> None:
+    a, where = architecture, f"{where}: field 'architecture'"
+    _require(a.dimension == dimension, where, "dimension", a.dimension, f"{dimension}, the configuration's dimension")
+    _require(_is_integer(a.input_channels), where, "input_channels", a.input_channels, "an integer >= 1")
+    _require(_is_integer(a.num_classes, minimum=2), where, "num_classes", a.num_classes, "an integer >= 2")
+    if input_channels is not None:
+        _require(a.input_channels == input_channels, where, "input_channels", a.input_channels,
+                 f"{input_channels}: one per channel of the plan's modality (in a cascade stage, and one per "
+                 "foreground label)")
+    if num_classes is not None:
+        _require(a.num_classes == num_classes, where, "num_classes", a.num_classes,
+                 f"{num_classes}: one per label of the plan, background included")
+    _require(_is_list(a.features_per_stage, None, _is_integer) and len(a.features_per_stage) > 0, where,
+             "features_per_stage", a.features_per_stage, "a list of positive integers, one per stage")
     for name in ("kernel_sizes", "strides"):
-        per_stage = getattr(architecture, name)
-        if len(per_stage) != n_stages or any(len(v) != dimension for v in per_stage):
-            raise PlanError(f"{where}: field '{name}' must have {n_stages} stages of {dimension} values, "
-                            f"got {per_stage}")
-    if architecture.input_channels < 1 or architecture.num_classes < 2:
-        raise PlanError(f"{where}: input_channels must be >= 1 and num_classes >= 2, got "
-                        f"{architecture.input_channels} and {architecture.num_classes}")
+        _require(_is_list(getattr(a, name), a.num_stages, lambda axes: _is_list(axes, dimension, _is_integer)),
+                 where, name, getattr(a, name), f"{a.num_stages} stages of {dimension} positive integers")
+    _require(_is_integer(a.convs_per_stage), where, "convs_per_stage", a.convs_per_stage, "an integer >= 1")
+    _require(isinstance(a.deep_supervision, bool), where, "deep_supervision", a.deep_supervision, "true or false")
 
 
-def _validate_configuration(configuration: Configuration, where: str, num_channels: int | None) -> None:
+def _validate_configuration(configuration: Configuration, where: str, num_channels: int | None,
+                            num_labels: int | None) -> None:
     c = configuration
-    if c.dimension not in (2, 3):
-        raise PlanError(f"{where}: field 'dimension' is {c.dimension!r}, expected 2 or 3")
+    _require(c.dimension in (2, 3) and _is_integer(c.dimension), where, "dimension", c.dimension, "2 or 3")
     for name in ("spacing", "median_shape"):
-        if len(getattr(c, name)) != 3:
-            raise PlanError(f"{where}: field '{name}' must have 3 values (z, y, x), got {getattr(c, name)}")
-    if len(c.patch_size) != c.dimension:
-        raise PlanError(f"{where}: field 'patch_size' {c.patch_size} has {len(c.patch_size)} values, "
-                        f"dimension is {c.dimension}")
-    if any(not isinstance(p, int) or isinstance(p, bool) or p < 1 for p in c.patch_size):
-        raise PlanError(f"{where}: field 'patch_size' {c.patch_size} must hold positive integers")
-    if not isinstance(c.batch_size, int) or c.batch_size < 1:
-        raise PlanError(f"{where}: field 'batch_size' is {c.batch_size!r}, must be an integer >= 1")
+        _require(_is_list(getattr(c, name), 3, _is_positive_number), where, name, getattr(c, name),
+                 "3 positive numbers (z, y, x)")
+    _require(_is_list(c.patch_size, c.dimension, _is_integer), where, "patch_size", c.patch_size,
+             f"{c.dimension} positive integers, one per axis of a {c.dimension}D configuration")
+    _require(_is_integer(c.batch_size), where, "batch_size", c.batch_size, "an integer >= 1")
+    _require(isinstance(c.batch_dice, bool), where, "batch_dice", c.batch_dice, "true or false")
+    _require(_is_list(c.normalization, None, lambda scheme: isinstance(scheme, str)), where, "normalization",
+             c.normalization, "a list of scheme names, one per channel")
     unknown = [n for n in c.normalization if n not in NORMALIZATION_SCHEMES]
     if unknown:
         raise PlanError(f"{where}: field 'normalization' has unknown scheme {unknown[0]!r} "
                         f"(known: {', '.join(NORMALIZATION_SCHEMES)})")
+    _require(_is_list(c.use_mask_for_norm, None, lambda masked: isinstance(masked, bool)), where,
+             "use_mask_for_norm", c.use_mask_for_norm, "a list of true or false, one per channel")
     if num_channels is not None:
         for name in ("normalization", "use_mask_for_norm"):
             if len(getattr(c, name)) != num_channels:
                 raise PlanError(f"{where}: field '{name}' has {len(getattr(c, name))} entries for "
                                 f"{num_channels} channels")
-    _validate_architecture(c.architecture, c.dimension, where)
+    _require(_is_finite_number(c.estimated_memory_gb) and c.estimated_memory_gb >= 0, where, "estimated_memory_gb",
+             c.estimated_memory_gb, "a number >= 0")
+    _require(isinstance(c.data_identifier, str) and re.fullmatch(r"[\w.-]+", c.data_identifier) is not None
+             and c.data_identifier.strip(".") != "", where, "data_identifier", c.data_identifier,
+             "a folder name (letters, digits, _ . -)")
+    for name in ("previous_stage", "next_stage", "inherits_from"):
+        value = getattr(c, name)
+        _require(value is None or (isinstance(value, str) and value != ""), where, name, value,
+                 "null or a configuration name")
+    cascade_inputs = num_labels - 1 if c.previous_stage and num_labels is not None else 0
+    _validate_architecture(c.architecture, c.dimension, where,
+                           None if num_channels is None else num_channels + cascade_inputs, num_labels)
     divisor = c.architecture.total_downsampling()
     if any(p % d for p, d in zip(c.patch_size, divisor)):
         raise PlanError(f"{where}: field 'patch_size' {c.patch_size} is not divisible by the network's "
@@ -294,14 +323,68 @@ def _resolve_inheritance(entries: dict[str, dict], name: str, where: str) -> dic
 
 
 def _validate_plans(plans: Plans, where: str) -> None:
-    n_axes = len(plans.transpose_forward)
-    if sorted(plans.transpose_forward) != list(range(n_axes)) or n_axes != 3:
-        raise PlanError(f"{where}: field 'transpose_forward' {plans.transpose_forward} is not a permutation of [0, 1, 2]")
-    inverse = [plans.transpose_forward.index(axis) for axis in range(n_axes)]
-    if list(plans.transpose_backward) != inverse:
-        raise PlanError(f"{where}: field 'transpose_backward' {plans.transpose_backward} does not undo "
-                        f"transpose_forward {plans.transpose_forward} (expected {inverse})")
-    if not isinstance(plans.configurations, dict) or not plans.configurations:
+    """The plan-wide fields, then every configuration (resolved) and the stages they name."""
+    p = plans
+    _require(isinstance(p.dataset_name, str) and p.dataset_name != "", where, "dataset_name", p.dataset_name,
+             "the dataset's name")
+    _require(isinstance(p.fingerprint_signature, str), where, "fingerprint_signature", p.fingerprint_signature,
+             "a string")
+    _require(_is_numbered(p.modality, minimum=1), where, "modality", p.modality,
+             'channel numbers "0", "1", ... with their names')
+    _require(_is_numbered(p.labels, minimum=2), where, "labels", p.labels,
+             'label values "0" (background), "1", ... with their names')
+    _require(_is_list(p.transpose_forward, 3, lambda axis: _is_integer(axis, minimum=0))
+             and sorted(p.transpose_forward) == [0, 1, 2], where, "transpose_forward", p.transpose_forward,
+             "a permutation of [0, 1, 2]")
+    inverse = [p.transpose_forward.index(axis) for axis in range(3)]
+    if p.transpose_backward != inverse:
+        raise PlanError(f"{where}: field 'transpose_backward' {p.transpose_backward} does not undo "
+                        f"transpose_forward {p.transpose_forward} (expected {inverse})")
+    for name in ("original_median_spacing", "original_median_shape"):
+        _require(_is_list(getattr(p, name), 3, _is_positive_number), where, name, getattr(p, name),
+                 "3 positive numbers")
+    _require(set(p.intensity_per_channel) == set(p.modality), where, "intensity_per_channel",
+             sorted(p.intensity_per_channel), f"statistics for the channels {sorted(p.modality)}")
+    for channel, statistics in p.intensity_per_channel.items():
+        _require(all(map(_is_finite_number, vars(statistics).values())) and statistics.std >= 0,
+                 where, f"intensity_per_channel.{channel}", vars(statistics), "finite numbers, std >= 0")
+    _require(_is_positive_number(p.gpu_memory_gb), where, "gpu_memory_gb", p.gpu_memory_gb, "a positive number")
+    if not isinstance(p.configurations, dict) or not p.configurations:
         raise PlanError(f"{where}: field 'configurations' must name at least one configuration")
-    for name in plans.configurations:
-        plans.configuration(name, where)
+    for name in p.configurations:
+        configuration = p.configuration(name, where)
+        for field_name in ("previous_stage", "next_stage"):
+            stage = getattr(configuration, field_name)
+            if stage is not None and stage not in p.configurations:
+                raise PlanError(f"{where}: configuration '{name}' field '{field_name}' names '{stage}', which does "
+                                f"not exist; available: {', '.join(p.configurations)}")
+
+
+def _require(ok: bool, where: str, name: str, value: Any, expected: str) -> None:
+    """The one-line PlanError for a field that is not what it must be."""
+    if not ok:
+        raise PlanError(f"{where}: field '{name}' is {value!r}, expected {expected}")
+
+
+def _is_integer(value: Any, minimum: int = 1) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_finite_number(value: Any) -> bool:
+    """A JSON number (not a string or a bool), neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_positive_number(value: Any) -> bool:
+    return _is_finite_number(value) and value > 0
+
+
+def _is_list(value: Any, length: int | None, is_item) -> bool:
+    """A list of `length` items (any number when None) that all pass `is_item`."""
+    return isinstance(value, list) and (length is None or len(value) == length) and all(map(is_item, value))
+
+
+def _is_numbered(names: Any, minimum: int) -> bool:
+    """{"0": name, "1": name, ...}: at least `minimum` entries numbered from 0 without gaps, named by strings."""
+    return (isinstance(names, dict) and len(names) >= minimum and set(names) == {str(i) for i in range(len(names))}
+            and all(isinstance(name, str) for name in names.values()))

@@ -28,8 +28,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from autoseg.artifacts import read_json, save_npy, write_json
+from autoseg.case_validation import CaseRequirements, read_case
 from autoseg.dataset import Case
-from autoseg.errors import AutosegError, DatasetError, WorkspaceError
+from autoseg.errors import AutosegError, WorkspaceError
+from autoseg.hardware import FLOAT32_BYTES, available_memory_bytes
 from autoseg.io import Geometry
 from autoseg.preprocessing.pipeline import CaseProperties, preprocess_case, target_spacing_for
 
@@ -40,7 +42,6 @@ PREPROCESSING_CODE_VERSION = 1
 # preprocess_case with the input counted; rounded up to 4 for the reader's own copies (SimpleITK
 # buffer + numpy array before the float32 conversion).
 PEAK_MEMORY_FACTOR = 4.0
-FLOAT32_BYTES = 4
 
 ProgressCallback = Callable[[str, str], None]  # (case_id, "written" | "skipped" | "failed")
 
@@ -62,7 +63,9 @@ class CasePreprocessor:
 
     Plain values only (picklable for worker processes, hashable into a signature): the lead builds
     it from a plan `Configuration` (spacing, normalization, use_mask_for_norm, 2d or not) and the
-    plan's transpose_forward and intensity_per_channel.
+    plan's transpose_forward and intensity_per_channel, and from the dataset the `requirements` every
+    case is checked against when it is read (they change nothing that is written, so they are not
+    part of the settings signature).
     """
 
     transpose_forward: tuple[int, ...]
@@ -70,6 +73,7 @@ class CasePreprocessor:
     normalization: tuple[str, ...]
     use_mask_for_norm: tuple[bool, ...]
     intensity_stats: Mapping[str, Any]
+    requirements: CaseRequirements
     is_2d_config: bool = False
 
     def __post_init__(self) -> None:
@@ -82,17 +86,12 @@ class CasePreprocessor:
     @property
     def settings_signature(self) -> str:
         settings = {"code_version": PREPROCESSING_CODE_VERSION, **_plain(asdict(self))}
+        del settings["requirements"]
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
     def __call__(self, case: Case) -> tuple[np.ndarray, np.ndarray | None, CaseProperties]:
-        from autoseg.io import read_image, read_segmentation
-
-        image, geometry = read_image(case.image_files, case.pixel_spacing)
-        segmentation = None
-        if case.label_file is not None:
-            segmentation, label_geometry = read_segmentation(case.label_file, case.pixel_spacing)
-            if difference := geometry.agrees_with(label_geometry):
-                raise DatasetError(f"{case.label_file}: label grid differs from its image: {difference}")
+        """Read `case`, check it against the requirements (a DatasetError names the file) and preprocess it."""
+        image, geometry, segmentation = read_case(case, self.requirements)
         return self.preprocess(image, segmentation, geometry, case.case_id)
 
     def preprocess(self, image: np.ndarray, segmentation: np.ndarray | None, geometry: Geometry,
@@ -147,18 +146,6 @@ def is_up_to_date(folder: Path, case: Case, signature: str) -> bool:
     return stored.get("source_signature") == signature and (case.label_file is None or seg_file.is_file())
 
 
-def available_memory_bytes() -> int:
-    """Memory the kernel can give without swapping (MemAvailable), else free physical pages."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-
-
 def worker_count(requested: int, peak_bytes_per_case: int, available_bytes: int, cpu_count: int, num_cases: int) -> int:
     """Processes to run: no more than asked, than CPUs, than cases, than fit in memory; 0 (run in
     this process) only when 0 was asked; at least 1 otherwise, even when memory looks short."""
@@ -184,11 +171,14 @@ class PreprocessSummary:
 
 
 def _write_case(case: Case, preprocessor: Callable, folder: Path, signature: str) -> CaseFailure | None:
-    """Preprocess and store one case (runs in a worker). Errors come back as a CaseFailure."""
+    """Preprocess and store one case (runs in a worker). Errors come back as a CaseFailure.
+
+    The case is read, checked and preprocessed in memory first: a case that fails leaves what was
+    stored for it untouched."""
     try:
         data_file, seg_file, json_file = case_files(folder, case.case_id)
-        json_file.unlink(missing_ok=True)  # the case is not done until its new .json is written
         data, segmentation, properties = preprocessor(case)
+        json_file.unlink(missing_ok=True)  # the case is not done until its new .json is written
         save_npy(data_file, data)
         del data
         if segmentation is not None:
@@ -221,8 +211,8 @@ def preprocess_dataset(cases: Sequence[Case], preprocessor: CasePreprocessor | C
     for case in cases:
         try:
             signature = source_signature(case, preprocessor.settings_signature)
-        except OSError as e:
-            summary.failures.append(CaseFailure(case.case_id, f"{type(e).__name__}: {e}"))
+        except OSError as e:  # an input file is missing or unreadable
+            summary.failures.append(CaseFailure(case.case_id, f"{type(e).__name__}: {e.filename}: {e.strerror}"))
             report(case.case_id, "failed")
             continue
         if is_up_to_date(folder, case, signature):

@@ -1,8 +1,9 @@
 """Preprocess a whole task: every planned configuration that needs its own arrays.
 
 Configurations that share a `data_identifier` (e.g. 2d reading the 3d_fullres arrays) are
-preprocessed once. Reference labels are copied to the workspace's reference segmentations
-(`Workspace.reference_segmentations`) so fold validation can be scored without the raw dataset.
+preprocessed once. The reference labels of the cases preprocessed without error are then copied to the
+workspace's reference segmentations (`Workspace.reference_segmentations`) so fold validation can be
+scored without the raw dataset.
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
-from autoseg.dataset import Dataset
+from autoseg.case_validation import CaseRequirements
+from autoseg.dataset import Case, Dataset
 from autoseg.errors import AutosegError, PlanError
 from autoseg.preprocessing.store import CasePreprocessor, PreprocessSummary, preprocess_dataset
 from autoseg.workspace import Workspace
 
 
-def preprocessor_for(plans, configuration_name: str) -> CasePreprocessor:
+def preprocessor_for(plans, configuration_name: str, requirements: CaseRequirements) -> CasePreprocessor:
     configuration = plans.configuration(configuration_name)
     return CasePreprocessor(
         transpose_forward=plans.transpose_forward,
@@ -25,6 +27,7 @@ def preprocessor_for(plans, configuration_name: str) -> CasePreprocessor:
         normalization=configuration.normalization,
         use_mask_for_norm=configuration.use_mask_for_norm,
         intensity_stats={k: vars(v) for k, v in plans.intensity_per_channel.items()},
+        requirements=requirements,
         is_2d_config=configuration.dimension == 2,
     )
 
@@ -44,9 +47,9 @@ def configurations_to_preprocess(plans, requested: Sequence[str] | None) -> dict
     return chosen
 
 
-def copy_reference_labels(dataset: Dataset, target: Path) -> None:
+def copy_reference_labels(cases: Sequence[Case], target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
-    for case in dataset.cases:
+    for case in cases:
         if case.label_file is None or not case.label_file.is_file():
             continue
         from autoseg.io import file_ending
@@ -81,11 +84,14 @@ def preprocess_task(dataset: Dataset, plans, workspace: Workspace, task_name: st
     if plans.dataset_name != dataset.name and plans.dataset_name != dataset.root.name:
         raise AutosegError(f"plans are for {plans.dataset_name!r}, but the dataset is {dataset.name!r}; re-run plan")
     check_plans_are_current(plans, dataset, workspace.plans_file(task_name))
-    copy_reference_labels(dataset, workspace.reference_segmentations(task_name))
+    requirements = CaseRequirements.of(dataset)
     summaries = {}
     for data_identifier, configuration_name in configurations_to_preprocess(plans, configurations).items():
         report = (lambda case_id, outcome, d=data_identifier: progress(d, case_id, outcome)) if progress else None
         summaries[data_identifier] = preprocess_dataset(
-            dataset.cases, preprocessor_for(plans, configuration_name),
+            dataset.cases, preprocessor_for(plans, configuration_name, requirements),
             workspace.preprocessed(task_name) / data_identifier, workers=workers, progress=report)
+    failed = {failure.case_id for summary in summaries.values() for failure in summary.failures}
+    preprocessed = [case for case in dataset.cases if case.case_id not in failed]
+    copy_reference_labels(preprocessed, workspace.reference_segmentations(task_name))
     return summaries
