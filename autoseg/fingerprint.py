@@ -7,7 +7,6 @@ and records spacing, shapes, class voxel counts and a seeded sample of foregroun
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -18,6 +17,7 @@ from autoseg.artifacts import build_versioned, load_artifact, write_json
 from autoseg.dataset import Case, Dataset
 from autoseg.errors import AutosegError
 from autoseg.io import is_picture_spacing
+from autoseg.processes import process_pool
 
 # 2: dataset-level percentiles of spacings and cropped shapes (`spacing_percentiles`, `cropped_shape_percentiles`).
 FINGERPRINT_SCHEMA_VERSION = 2
@@ -221,11 +221,10 @@ def _map_cases(function, cases: list[Case], workers: int) -> Iterable:
     if workers <= 1:
         yield from map(function, cases)
         return
-    import multiprocessing
     from concurrent.futures.process import BrokenProcessPool
 
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with process_pool(workers) as pool:
             yield from pool.map(function, cases)
     except BrokenProcessPool:
         raise AutosegError(f"a fingerprint worker process died (killed, most likely out of memory) with "
