@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import math
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -32,6 +31,7 @@ from autoseg.case_validation import unknown_label_values
 from autoseg.errors import AutosegError
 from autoseg.io import SUPPORTED_ENDINGS, file_ending
 from autoseg.metrics import METRIC_NAMES, LabelOrRegion, case_metrics, label_key
+from autoseg.processes import process_pool
 
 EVALUATION_SCHEMA_VERSION = 1
 SUMMARY_JSON = "summary.json"
@@ -95,13 +95,14 @@ def read_pair(prediction_file: Path, reference_file: Path, pixel_spacing: Sequen
 
 
 def map_cases(function, items: Sequence, workers: int) -> list:
-    """`[function(item) for item in items]`, in `workers` processes when workers > 1.
+    """`[function(item) for item in items]`, in `workers` processes when workers > 1 (`process_pool`:
+    `function` must be importable, a module-level function).
 
     A failing worker re-raises its original exception here.
     """
     if workers <= 1 or len(items) <= 1:
         return [function(item) for item in items]
-    with ProcessPoolExecutor(max_workers=min(workers, len(items))) as pool:
+    with process_pool(min(workers, len(items))) as pool:
         return list(pool.map(function, items))
 
 

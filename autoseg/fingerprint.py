@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -20,6 +19,7 @@ from autoseg.case_validation import CaseRequirements, read_case
 from autoseg.dataset import Case, Dataset
 from autoseg.errors import AutosegError
 from autoseg.io import is_picture_spacing
+from autoseg.processes import process_pool
 
 # 2: dataset-level percentiles of spacings and cropped shapes (`spacing_percentiles`, `cropped_shape_percentiles`).
 FINGERPRINT_SCHEMA_VERSION = 2
@@ -233,11 +233,10 @@ def _map_cases(function, cases: list[Case], workers: int) -> Iterable:
     if workers <= 1:
         yield from map(function, cases)
         return
-    import multiprocessing
     from concurrent.futures.process import BrokenProcessPool
 
     try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with process_pool(workers) as pool:
             yield from pool.map(function, cases)
     except BrokenProcessPool:
         raise AutosegError(f"a fingerprint worker process died (killed, most likely out of memory) with "

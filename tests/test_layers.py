@@ -16,7 +16,7 @@ PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "autoseg"
 LAYERS = [
     ["autoseg", "autoseg.errors"],
     ["autoseg.artifacts"],
-    ["autoseg.workspace", "autoseg.hardware", "autoseg.device", "autoseg.cropping"],
+    ["autoseg.workspace", "autoseg.hardware", "autoseg.device", "autoseg.cropping", "autoseg.processes"],
     ["autoseg.io"],
     ["autoseg.dataset", "autoseg.demo"],
     ["autoseg.case_validation"],

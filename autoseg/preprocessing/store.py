@@ -18,10 +18,9 @@ import hashlib
 import json
 import os
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field, replace
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -34,6 +33,7 @@ from autoseg.errors import AutosegError, WorkspaceError
 from autoseg.hardware import FLOAT32_BYTES, available_memory_bytes
 from autoseg.io import Geometry
 from autoseg.preprocessing.pipeline import CaseProperties, preprocess_case, target_spacing_for
+from autoseg.processes import process_pool
 
 # Bump when the preprocessing code changes what it writes: every stored case is then redone.
 PREPROCESSING_CODE_VERSION = 1
@@ -233,7 +233,7 @@ def preprocess_dataset(cases: Sequence[Case], preprocessor: CasePreprocessor | C
         for case, signature in todo:
             record(case, _write_case(case, preprocessor, folder, signature))
         return summary
-    with ProcessPoolExecutor(summary.workers, mp_context=get_context("spawn")) as pool:
+    with process_pool(summary.workers) as pool:
         futures = {pool.submit(_write_case, case, preprocessor, folder, signature): case for case, signature in todo}
         for future in as_completed(futures):
             try:

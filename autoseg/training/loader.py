@@ -12,7 +12,7 @@ dies without a word (killed by a signal, e.g. the out-of-memory killer) is repor
 code as soon as its pipe closes (the consumer keeps no sending end of it).
 
 A worker whose consumer dies without closing it (SIGKILL, the out-of-memory killer) exits on its own
-within PARENT_CHECK_INTERVAL_S: with fork, sibling workers inherit each other's pipe ends, so a
+(`autoseg.processes.exit_when_gone`): with fork, sibling workers inherit each other's pipe ends, so a
 worker blocked sending a batch would otherwise wait forever, holding its memory.
 
 Seeding: the sampler draws from an `np.random.Generator(seed + worker_index)`; batchgenerators' transforms
@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from autoseg.errors import BackgroundWorkerError
+from autoseg.processes import exit_when_gone
 
 # Batches buffered per worker: enough to hide jitter, small enough to bound memory (a 128^3 batch of 2 with
 # one channel is 16 MB of data + 8 MB of seg).
@@ -44,8 +45,6 @@ DEFAULT_QUEUE_SIZE_PER_WORKER = 2
 DEFAULT_POLL_INTERVAL_S = 0.5
 # How long close() waits for workers to stop on their own before terminating them.
 SHUTDOWN_GRACE_S = 3.0
-# How often a worker checks that the process that started it is still alive.
-PARENT_CHECK_INTERVAL_S = 1.0
 
 
 class BatchProducer:
@@ -111,25 +110,12 @@ def _batch_indices(worker_index: int, num_workers: int, num_batches: int | None)
         index += num_workers
 
 
-def _exit_when_orphaned(parent_pid: int, interval_s: float = PARENT_CHECK_INTERVAL_S) -> None:
-    """Start a daemon thread that ends this process at once when its parent is gone (re-parented)."""
-    import time
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(interval_s)
-        os._exit(1)  # no cleanup: the batches in flight belong to nobody
-
-    threading.Thread(target=watch, name="autoseg-parent-watch", daemon=True).start()
-
-
 def _worker_main(worker_index: int, num_workers: int, num_batches: int | None, sampler, transforms, seed: int,
-                 connection, stop_event, parent_pid: int | None = None) -> None:
+                 connection, stop_event, consumer_pid: int) -> None:
     """Body of a worker process: send ("batch", dict) messages, or ("error", text) on failure, then return."""
+    exit_when_gone(consumer_pid)
     # Ctrl-C goes to the whole process group; the consumer decides how to stop the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if parent_pid is not None:
-        _exit_when_orphaned(parent_pid)
     try:
         producer = BatchProducer(sampler, transforms, seed + worker_index)
         for _ in _batch_indices(worker_index, num_workers, num_batches):
