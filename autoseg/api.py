@@ -27,42 +27,20 @@ from autoseg.io import Geometry, read_image
 from autoseg.workspace import Workspace
 
 
-def trained_configurations(results_folder: Path, checkpoint: str = "final") -> list[str]:
-    return sorted(p.name for p in results_folder.iterdir()
-                  if p.is_dir() and any(p.glob(f"fold_*/checkpoint_{checkpoint}.pt"))) if results_folder.is_dir() else []
-
-
-def default_configurations(results_folder: Path, plans, checkpoint: str) -> list[str]:
-    """find-best's choice; else the only trained configuration; else 3d_fullres, then 2d, if trained."""
-    choice_file = results_folder / "find_best.json"
-    if choice_file.is_file():
-        from autoseg.selection import load_choice
-
-        choice = load_choice(results_folder)
-        if choice is not None:
-            return list(choice.chosen)
-    trained = [c for c in trained_configurations(results_folder, checkpoint) if c in plans.configurations]
-    if not trained:
-        raise AutosegError(f"{results_folder}: no trained configuration with checkpoint_{checkpoint}.pt; "
-                           "run `autoseg train` first")
-    for preferred in ("3d_fullres", "3d_cascade_fullres", "2d"):
-        if preferred in trained and len(trained) > 1:
-            return [preferred]
-    return trained[:1]
-
-
 def load_models(workspace: Workspace, task: str | None = None, configurations: Sequence[str] | None = None, *,
                 folds: Sequence[str] | None = None, checkpoint: str = "final", device: str = "auto",
                 postprocess: bool = True) -> list[TrainedModel]:
     """The models `predict` uses: one per configuration (two when find-best chose an ensemble)."""
     from autoseg.planning import Plans
     from autoseg.postprocessing import PostprocessingDecision
+    from autoseg.stages.choice import default_prediction_configurations
 
     task_name = task if task is not None and not (Path(task) / "dataset.json").is_file() else None
     task_name = task_name or (workspace.task_name(task) if task else workspace.current_task())
     plans = Plans.load(workspace.plans_file(task_name))
     results = workspace.results(task_name)
-    names = list(configurations) if configurations else default_configurations(results, plans, checkpoint)
+    names = list(configurations) if configurations else default_prediction_configurations(
+        workspace.task_results(task_name), plans, checkpoint)
     decision_file = results / "postprocessing.json"
     decision = PostprocessingDecision.load(decision_file) if postprocess and decision_file.is_file() else None
     models = []
@@ -200,3 +178,19 @@ def _sitk_to_array(image) -> tuple[np.ndarray, Geometry]:
     geometry = Geometry(shape=tuple(int(n) for n in array.shape[1:]), spacing_zyx=tuple(reversed(spacing)),
                         origin_xyz=tuple(float(v) for v in origin), direction=tuple(float(v) for v in direction))
     return array, geometry
+
+
+# ---------------------------------------------------------------------------------- planning and training
+# The stages behind `autoseg plan` and `autoseg train`, and the rules for which configuration to use when
+# none is named, for Python users:
+#
+#     from autoseg.api import TrainRequest, plan_task, train_fold
+#     from autoseg.workspace import Workspace
+#     workspace = Workspace(Path("autoseg_workspace"))
+#     plan_task(workspace, "Task900_Demo", time_budget="15m")        # then preprocess
+#     result = train_fold(workspace, TrainRequest(fold="0"))          # the default configuration
+#     print(result.validation.format_table())
+
+from autoseg.stages.choice import default_prediction_configurations, default_training_configuration  # noqa: E402, F401
+from autoseg.stages.plan import PlanResult, plan_task  # noqa: E402, F401
+from autoseg.stages.train import TrainRequest, TrainResult, train_fold  # noqa: E402, F401

@@ -318,75 +318,50 @@ def plan(
     workers: int = typer.Option(2, "-j", "--workers", min=1),
 ) -> None:
     """Plan preprocessing, networks and batch sizes from the dataset fingerprint; print a summary."""
-    from autoseg.fingerprint import Fingerprint, load_or_extract
-    from autoseg.planning import format_plan_summary, plan_experiment
-    from autoseg.planning.plans import keep_user_configurations
+    from autoseg.planning import format_plan_summary
+    from autoseg.stages.plan import plan_task
 
-    workspace = state.workspace
-    if fingerprint_file is not None:
-        if task is not None:
-            fail("give either TASK or --fingerprint, not both")
-        fingerprint = Fingerprint.load(fingerprint_file)
-        name, dataset_folder = fingerprint.dataset_name, None
-    else:
-        if task is None:
-            fail("missing TASK (a name under raw/ or a dataset folder), or --fingerprint FILE")
-        from autoseg.dataset import load_dataset
-
-        dataset = load_dataset(workspace.dataset_folder(task))
-        name, dataset_folder = dataset.root.name, dataset.root
-        with progress_bar(len(dataset.cases), "case", "fingerprint") as bar:
-            fingerprint, _ = load_or_extract(dataset, workspace.fingerprint_file(name), workers,
-                                             on_case_done=lambda _: bar.update())
-    plans = plan_experiment(fingerprint, gpu_memory_gb=gpu_memory)
-    if time_budget is not None:
-        plans = _fit_time_budget(plans, time_budget, device, fingerprint.num_cases, remeasure=remeasure)
-    plans, kept, dropped = keep_user_configurations(plans, _previous_configurations(workspace.plans_file(name)))
-    path = plans.save(workspace.plans_file(name))
-    typer.echo(format_plan_summary(plans))
-    for configuration in kept:
-        typer.echo(f"kept your configuration {configuration} from the previous plans.json")
-    for reason in dropped:
-        typer.echo(f"warning: dropped configuration {reason}", err=True)
-    typer.echo(f"wrote {path}")
-    if dataset_folder is not None:
-        workspace.remember_task(name, dataset_folder)
-        typer.echo(f"current task: {name}")
-
-
-def _previous_configurations(plans_file: Path) -> dict:
-    """The configuration entries of an existing plans.json as stored; {} when there is none or it is
-    unreadable (re-planning is how a broken plan is replaced)."""
-    from autoseg.artifacts import read_json
-
-    if not plans_file.is_file():
-        return {}
+    fingerprinting = _StepBar("case", "fingerprint")
     try:
-        entries = read_json(plans_file).get("configurations")
-    except (AutosegError, AttributeError):
-        return {}
-    return entries if isinstance(entries, dict) else {}
+        result = plan_task(state.workspace, task, fingerprint_file, gpu_memory_gb=gpu_memory, time_budget=time_budget,
+                           device=device, remeasure=remeasure, workers=workers, on_case_done=fingerprinting.step,
+                           on_measure=_show_speed_lookup)
+    finally:
+        fingerprinting.close()
+    typer.echo(format_plan_summary(result.plans))
+    for configuration in result.kept:
+        typer.echo(f"kept your configuration {configuration} from the previous plans.json")
+    for reason in result.dropped:
+        typer.echo(f"warning: dropped configuration {reason}", err=True)
+    typer.echo(f"wrote {result.plans_file}")
+    if result.dataset_folder is not None:
+        typer.echo(f"current task: {result.task_name}")
 
 
-def _fit_time_budget(plans, time_budget: str, device: str, num_cases: int, *, remeasure: bool = False,
-                     configurations: Optional[List[str]] = None):
-    """Plans whose configurations train one fold within `time_budget` on `device` (measured once, cached)."""
-    from autoseg.planning.time_budget import parse_duration
-    from autoseg.budget.compute_aware import measure_speeds, plan_within_budget
-    from autoseg.device import device_type
+class _StepBar:
+    """A progress bar opened at the first step, when the total is known, and closed after the last."""
 
-    seconds = parse_duration(time_budget)
-    resolved_device = device_type(device)
-    cache = state.workspace.device_speed_file
+    def __init__(self, unit: str, description: str):
+        self.unit, self.description = unit, description
+        self.bar = None
 
-    def on_measure(dimension: int, precision: str) -> None:
-        typer.echo(f"device speed: {dimension}D networks on {resolved_device} at {precision} "
-                   f"(measured once per machine, cached in {cache})")
+    def step(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = progress_bar(total, self.unit, self.description)
+        self.bar.update(1)
+        if done == total:
+            self.close()
 
-    speeds = measure_speeds(plans, resolved_device, cache, refresh=remeasure, on_measure=on_measure)
-    budgeted, _ = plan_within_budget(plans, seconds, speeds, num_training_cases=num_cases,
-                                     configurations=configurations)
-    return budgeted
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _show_speed_lookup(lookup) -> None:
+    """One line per device speed lookup of compute-aware planning (a measurement not cached takes a while)."""
+    typer.echo(f"device speed: {lookup.dimension}D networks on {lookup.device} at {lookup.precision} "
+               f"(measured once per machine, cached in {lookup.cache_file})")
 
 
 @command("preprocess")
@@ -424,33 +399,10 @@ def preprocess(
 # ------------------------------------------------------------------------------------- training
 
 
-def _within_budget(plans) -> list[str]:
-    """Configurations not marked over_budget (all of them for a plan without a time budget)."""
-    return [n for n in plans.configuration_names if plans.configuration(n).over_budget is None]
-
-
-def _default_configuration(plans) -> str:
-    """3d_fullres, else 2d, else the first configuration; among those within the time budget, if any."""
-    fitting = _within_budget(plans)
-    for name in ("3d_fullres", "2d"):
-        if name in fitting:
-            return name
-    return (fitting or plans.configuration_names)[0]
-
-
-def _over_budget_refusal(plans, configuration: str, over_budget) -> str:
-    from autoseg.planning.time_budget import format_duration
-
-    fitting = _within_budget(plans)
-    return (f"{configuration} does not fit the plan's time budget of {format_duration(over_budget.time_budget_seconds)}: "
-            f"one fold needs at least {format_duration(over_budget.minimum_budget_seconds)} on "
-            f"{over_budget.device}; train {' or '.join(fitting) or 'another configuration'} instead, re-plan with "
-            f"--time-budget {format_duration(over_budget.minimum_budget_seconds)} or more, or give --epochs to "
-            "train it anyway")
-
-
 def _init_distributed_from_torchrun(device: str = "auto"):
-    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; read them here, at the boundary, not in the core.
+    """This process's DistributedRank under torchrun (None without it), its process group initialised.
+
+    torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; read them here, at the boundary, not in the core.
     One GPU per rank over NCCL when CUDA is there (and --device is not cpu), else CPU ranks over gloo."""
     import os
 
@@ -459,13 +411,17 @@ def _init_distributed_from_torchrun(device: str = "auto"):
     import torch
     import torch.distributed as dist
 
+    from autoseg.stages.train import DistributedRank
+
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available() and device != "cpu":
         torch.cuda.set_device(local_rank)
         dist.init_process_group("nccl")
-        return f"cuda:{local_rank}"
-    dist.init_process_group("gloo")
-    return "cpu"
+        rank_device = f"cuda:{local_rank}"
+    else:
+        dist.init_process_group("gloo")
+        rank_device = "cpu"
+    return DistributedRank(rank_device, rank=dist.get_rank(), world_size=dist.get_world_size())
 
 
 def _launch_torchrun(gpus: int) -> None:
@@ -515,174 +471,87 @@ def train(
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Predict and score the fold's cases."),
 ) -> None:
     """Train one fold of a configuration; checkpoints, progress.png and validation in results/."""
+    from autoseg.stages.train import TrainRequest, train_fold
+
     if gpus > 1:
         _launch_torchrun(gpus)
-    if precision not in ("auto", "fp32", "bf16", "fp16"):
-        fail(f"--precision {precision!r}: expected auto, fp32, bf16 or fp16")
-    from autoseg.planning import Plans
-    from autoseg.budget.compute_aware import training_schedule
-    from autoseg.training.splits import fold_cases, load_or_create_splits
-    from autoseg.training.trainer import TrainingEvents, TrainingJob, TrainingSettings, run_training
-    from autoseg.training.progress import format_epoch
-
-    distributed_device = _init_distributed_from_torchrun(device)
-    is_main = distributed_device is None or __import__("torch.distributed").distributed.get_rank() == 0
-    workspace = state.workspace
-    name = resolve_task(task)[0]
-    plans = Plans.load(workspace.plans_file(name))
-    configuration = configuration or _default_configuration(plans)
-    if time_budget is not None and is_main:
-        plans = _replan_for_budget(name, plans, configuration, fold, time_budget, distributed_device or device)
-    elif time_budget is not None:
-        plans = Plans.load(workspace.plans_file(name))  # rank 0 re-plans (ranks start together under torchrun)
-    config = plans.configuration(configuration)
-    if config.over_budget is not None and epochs is None and not resume:
-        fail(_over_budget_refusal(plans, configuration, config.over_budget))
-    if resume:  # a resumed run keeps its own schedule unless told otherwise
-        epochs, iterations, validation_iterations = _resumed_schedule(
-            workspace.results(name) / configuration / f"fold_{fold}", epochs, iterations, validation_iterations)
-    schedule = training_schedule(config.budget, epochs=epochs, iterations=iterations,
-                                 validation_iterations_per_epoch=validation_iterations, precision=precision)
-    data_folder = workspace.preprocessed(name) / config.data_identifier
-    case_ids = sorted(p.name[:-len(".json")] for p in data_folder.glob("*.json"))
-    if not case_ids:
-        fail(f"{data_folder}: no preprocessed cases; run `autoseg preprocess` first")
-    splits = load_or_create_splits(workspace.results(name) / "splits.json", case_ids)
-    train_ids, val_ids = fold_cases(splits, fold, case_ids)
-    configuration_folder = workspace.results(name) / configuration
-    output = configuration_folder / f"fold_{fold}"
-    job = TrainingJob(plans, configuration, fold, data_folder, output, train_ids, val_ids, resume=resume)
-    settings = TrainingSettings(epochs=schedule.epochs, iterations_per_epoch=schedule.iterations_per_epoch,
-                                validation_iterations=schedule.validation_iterations,
-                                num_workers=_training_workers(workers, config, distributed_device or device),
-                                device=distributed_device or device, precision=schedule.precision,
-                                confirm_precision=schedule.confirm_precision,
-                                expected_epoch_seconds=schedule.expected_epoch_seconds,
-                                cpu_threads=_cpu_threads(distributed_device),
-                                seed=seed, checkpoint_every=checkpoint_every)
-    bar = None
-
-    def on_iteration(done, total):
-        nonlocal bar
-        if not is_main:
-            return
-        if bar is None:
-            bar = progress_bar(total, "it", "epoch")
-        bar.update(1)
-        if done == total:
-            bar.close()
-            bar = None
-
-    events = TrainingEvents(on_message=lambda m: is_main and typer.echo(m),
-                            on_iteration=on_iteration,
-                            on_epoch_end=lambda record: is_main and typer.echo(format_epoch(record)))
-    if is_main:
-        typer.echo(f"training {name} {configuration} fold {fold}: {len(train_ids)} training / {len(val_ids)} "
-                   f"validation cases, {settings.epochs} epochs x {settings.iterations_per_epoch} iterations, "
-                   f"patch {config.patch_size}, batch {config.batch_size}, {settings.num_workers} worker(s), "
-                   f"precision {settings.precision}")
-        if config.budget is not None:
-            from autoseg.planning.time_budget import format_duration
-
-            typer.echo(f"  planned for {format_duration(config.budget.time_budget_seconds)} on "
-                       f"{config.budget.device}: predicted {format_duration(config.budget.seconds_per_fold)} "
-                       f"per fold")
-    import time
-
-    started = time.perf_counter()
-    run_training(job, settings, events)
-    if not is_main:
-        return
-    typer.echo(f"checkpoints and progress.png in {output}")
-    if validate:
-        from autoseg.training.validation import validate_fold
-
-        with progress_bar(len(val_ids), "case", "validation") as vbar:
-            summary = validate_fold(plans, configuration, configuration_folder, fold, data_folder,
-                                    workspace.preprocessed(name) / "gt_segmentations", val_ids,
-                                    device=distributed_device or device, use_tta=schedule.final_validation_mirroring,
-                                    on_case=lambda _: vbar.update())
-        typer.echo(summary.format_table())
-    if config.budget is not None and not resume and epochs is None and iterations is None:
-        from autoseg.training.expectations import timing_report
-
-        text, _ = timing_report("time for the fold" + (" (validation included)" if validate else ""),
-                                config.budget.seconds_per_fold - (0 if validate else
-                                                                     config.budget.seconds_final_validation),
-                                time.perf_counter() - started)
-        typer.echo(text)
+    request = TrainRequest(configuration=configuration, fold=fold, task=task, epochs=epochs, iterations=iterations,
+                           validation_iterations=validation_iterations, time_budget=time_budget, workers=workers,
+                           device=device, precision=precision, resume=resume, seed=seed,
+                           checkpoint_every=checkpoint_every, validate=validate,
+                           distributed=_init_distributed_from_torchrun(device))
+    display = _TrainingDisplay(request)
+    try:
+        result = train_fold(state.workspace, request, display.training_events(), on_measure=_show_speed_lookup,
+                            on_replanned=display.replanned, on_start=display.start, on_trained=display.trained,
+                            on_validation_case=display.validation_case)
+    finally:
+        display.close()
+    if result.validation is not None:
+        typer.echo(result.validation.format_table())
+    if result.timing_report is not None:
+        typer.echo(result.timing_report)
 
 
-def _resumed_schedule(fold_folder: Path, epochs: Optional[int], iterations: Optional[int],
-                      validation_iterations: Optional[int]) -> tuple:
-    """(epochs, iterations, validation iterations): those given, else the checkpoint's in fold_folder."""
-    from autoseg.checkpoint import resume_schedule
+class _TrainingDisplay:
+    """What `autoseg train` shows as it goes: lines and progress bars, from the main process only (the
+    other torchrun ranks train quietly)."""
 
-    stored = resume_schedule(fold_folder)
-    return (epochs or stored.get("epochs"), iterations or stored.get("iterations_per_epoch"),
-            validation_iterations or stored.get("validation_iterations"))
+    def __init__(self, request):
+        self.shown = request.is_main
+        self.time_budget = request.time_budget
+        self.validate = request.validate
+        self.iterations = _StepBar("it", "epoch")
+        self.validation_bar = None
+        self.validation_cases = 0
 
+    def training_events(self):
+        from autoseg.training.trainer import TrainingEvents
 
-def _training_workers(requested: Optional[int], config, device: str) -> int:
-    """--workers, else the default for this device, CPU count and free memory (autoseg.hardware)."""
-    if requested is not None:
-        return requested
-    import math
+        return TrainingEvents(on_message=self.line, on_iteration=self.iteration, on_epoch_end=self.epoch_end)
 
-    from autoseg.hardware import available_memory_bytes, training_workers, usable_cpus
-    from autoseg.device import device_type
+    def line(self, text: str) -> None:
+        if self.shown:
+            typer.echo(text)
 
-    batch_bytes = 4 * config.batch_size * (config.architecture.input_channels + 1) * math.prod(config.patch_size)
-    return training_workers(device_type(device.split(":")[0]), usable_cpus(), available_memory_bytes(), batch_bytes)
+    def iteration(self, done: int, total: int) -> None:
+        if self.shown:
+            self.iterations.step(done, total)
 
+    def epoch_end(self, record: dict) -> None:
+        from autoseg.training.progress import format_epoch
 
-def _cpu_threads(distributed_device: Optional[str]) -> Optional[int]:
-    """Intra-op threads for CPU training: every usable CPU (one process), or a share of them per rank."""
-    from autoseg.hardware import usable_cpus
+        if self.shown:
+            typer.echo(format_epoch(record))
 
-    if distributed_device is None:
-        return usable_cpus()
-    import torch.distributed as dist
+    def replanned(self, configuration: str, plans_file: Path) -> None:
+        typer.echo(f"re-planned {configuration} for {self.time_budget} per fold; wrote {plans_file}")
 
-    return max(1, usable_cpus() // dist.get_world_size())
+    def start(self, setup) -> None:
+        from autoseg.planning.time_budget import format_duration
 
+        typer.echo(f"training {setup.task} {setup.configuration} fold {setup.fold}: {len(setup.train_ids)} training / "
+                   f"{len(setup.val_ids)} validation cases, {setup.epochs} epochs x {setup.iterations_per_epoch} "
+                   f"iterations, patch {setup.patch_size}, batch {setup.batch_size}, {setup.workers} worker(s), "
+                   f"precision {setup.precision}")
+        if setup.budget is not None:
+            typer.echo(f"  planned for {format_duration(setup.budget.time_budget_seconds)} on {setup.budget.device}: "
+                       f"predicted {format_duration(setup.budget.seconds_per_fold)} per fold")
+        self.validation_cases = len(setup.val_ids)
 
-def _replan_for_budget(name: str, plans, configuration: str, fold: str, time_budget: str, device: str):
-    """plans.json with `configuration` re-planned from the fingerprint to train within `time_budget`.
+    def trained(self, output_folder: Path) -> None:
+        typer.echo(f"checkpoints and progress.png in {output_folder}")
+        if self.validate:
+            self.validation_bar = progress_bar(self.validation_cases, "case", "validation")
 
-    Refused for a configuration that inherits its network (plan the parent with `autoseg plan
-    --time-budget`) and when other folds were trained with the current network (they could no longer be
-    ensembled with this one).
-    """
-    from dataclasses import replace
+    def validation_case(self, case_id: str) -> None:
+        self.validation_bar.update()
 
-    from autoseg.fingerprint import Fingerprint
-    from autoseg.planning import plan_experiment
-    from autoseg.checkpoint import identity_of_configuration
-
-    workspace = state.workspace
-    if plans.configurations[configuration].get("inherits_from"):
-        fail(f"--time-budget: {configuration} inherits its network from "
-             f"{plans.configurations[configuration]['inherits_from']}; plan both with `autoseg plan TASK "
-             f"--time-budget {time_budget}`")
-    fresh = plan_experiment(Fingerprint.load(workspace.fingerprint_file(name)), gpu_memory_gb=plans.gpu_memory_gb)
-    if configuration not in fresh.configurations:
-        fail(f"--time-budget: {configuration} is not a configuration autoseg plans for {name}")
-    budgeted = _fit_time_budget(fresh, time_budget, device, Fingerprint.load(workspace.fingerprint_file(name)).num_cases,
-                                configurations=[configuration])
-    entries = dict(plans.configurations)
-    entries[configuration] = budgeted.configurations[configuration]
-    replanned = replace(plans, configurations=entries)
-    if identity_of_configuration(replanned, configuration) != identity_of_configuration(plans, configuration):
-        trained = sorted(p.parent.name for p in (workspace.results(name) / configuration).glob("fold_*/checkpoint_final.pt")
-                         if p.parent.name != f"fold_{fold}")
-        if trained:
-            fail(f"--time-budget: {', '.join(trained)} of {configuration} were trained with the current plan's network; "
-                 f"re-planning would leave them unusable with this fold. Train without --time-budget, or re-plan "
-                 f"with `autoseg plan --time-budget` and train every fold again")
-    replanned.save(workspace.plans_file(name))
-    typer.echo(f"re-planned {configuration} for {time_budget} per fold; wrote {workspace.plans_file(name)}")
-    return replanned
+    def close(self) -> None:
+        self.iterations.close()
+        if self.validation_bar is not None:
+            self.validation_bar.close()
+            self.validation_bar = None
 
 
 @command("find-best")
