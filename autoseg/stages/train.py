@@ -26,6 +26,7 @@ from typing import Callable
 from autoseg.budget.compute_aware import TrainingSchedule, training_schedule
 from autoseg.device import check_precision
 from autoseg.errors import PlanError, WorkspaceError
+from autoseg.evaluation import EvaluationSummary
 from autoseg.planning.plans import Configuration, Plans
 from autoseg.planning.time_budget import BudgetDecision, OverBudget, format_duration
 from autoseg.stages.choice import configurations_within_budget, default_training_configuration
@@ -96,10 +97,10 @@ class FoldSetup:
 
 @dataclass
 class TrainResult:
-    """A trained fold. On ranks other than 0 only `setup` is set."""
+    """A trained fold and what `autoseg train` reports about it. On ranks other than 0 only `setup` is set."""
 
     setup: FoldSetup
-    validation: object | None  # autoseg.evaluation.EvaluationSummary; None without validation
+    validation: EvaluationSummary | None  # None without validation (and on ranks other than 0)
     timing_report: str | None  # measured against predicted time of the fold; None without a budget to compare
 
     @property
@@ -245,7 +246,7 @@ def training_cpu_threads(world_size: int = 1) -> int:
 
 
 def _validate(workspace: Workspace, task_name: str, job: TrainingJob, device: str, use_tta: bool,
-              on_case: Callable[[str], None]):
+              on_case: Callable[[str], None]) -> EvaluationSummary:
     """The fold's validation predictions, written to its validation/ folder, and their EvaluationSummary."""
     from autoseg.training.validation import validate_fold
 
