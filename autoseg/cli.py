@@ -471,15 +471,21 @@ def train(
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Predict and score the fold's cases."),
 ) -> None:
     """Train one fold of a configuration; checkpoints, progress.png and validation in results/."""
-    from autoseg.stages.train import TrainRequest, train_fold
+    from autoseg.stages.train import TrainRequest
 
     if gpus > 1:
         _launch_torchrun(gpus)
-    request = TrainRequest(configuration=configuration, fold=fold, task=task, epochs=epochs, iterations=iterations,
-                           validation_iterations=validation_iterations, time_budget=time_budget, workers=workers,
-                           device=device, precision=precision, resume=resume, seed=seed,
-                           checkpoint_every=checkpoint_every, validate=validate,
-                           distributed=_init_distributed_from_torchrun(device))
+    _train_and_show(TrainRequest(configuration=configuration, fold=fold, task=task, epochs=epochs,
+                                 iterations=iterations, validation_iterations=validation_iterations,
+                                 time_budget=time_budget, workers=workers, device=device, precision=precision,
+                                 resume=resume, seed=seed, checkpoint_every=checkpoint_every, validate=validate,
+                                 distributed=_init_distributed_from_torchrun(device)))
+
+
+def _train_and_show(request) -> None:
+    """train_fold with its progress shown as it goes, then the fold's validation and timing report."""
+    from autoseg.stages.train import train_fold
+
     display = _TrainingDisplay(request)
     try:
         result = train_fold(state.workspace, request, display.training_events(), on_measure=_show_speed_lookup,
