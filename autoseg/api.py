@@ -5,7 +5,9 @@ as keyword arguments and typed results. `home` is the workspace folder (the CLI'
     api.demo_data("autoseg_workspace/raw", cases=10)                      # -> the dataset folder
     report = api.check("Task900_Demo")                                    # -> CheckReport (.problems)
     api.fingerprint("Task900_Demo")                                       # -> FingerprintResult
+    api.plan("Task900_Demo", time_budget="15m")                           # -> PlanResult (.plans)
     api.preprocess()                                                      # the task planned last
+    result = api.train(TrainRequest(fold="0", epochs=50))                 # -> TrainResult (.validation)
     run = api.evaluate("pred/", "labelsTr/", labels=[1, 2])               # -> EvaluationRun (.summary)
     api.ensemble(["a/", "b/"], "out/")                                    # -> written segmentations
     api.postprocess("pred/", "out/")                                      # -> PostprocessResult
@@ -47,30 +49,11 @@ from autoseg.stages import dataset as dataset_stages
 from autoseg.stages import evaluate as evaluate_stage
 from autoseg.stages import find_best as find_best_stage
 from autoseg.stages import postprocess as postprocess_stage
+from autoseg.stages.choice import default_prediction_configurations
+from autoseg.stages.plan import PlanResult, SpeedLookup, plan_task
 from autoseg.stages.predict import predict_folder_with_models
-from autoseg.workspace import DEFAULT_HOME, TaskResults, Workspace
-
-
-def trained_configurations(results: TaskResults, checkpoint: str = "final") -> list[str]:
-    """The configurations with at least one fold holding that checkpoint."""
-    return [c for c in results.configurations_with_folds() if results.trained_folds(c, checkpoint)]
-
-
-def default_configurations(results: TaskResults, plans, checkpoint: str) -> list[str]:
-    """find-best's choice; else the only trained configuration; else 3d_fullres, then 2d, if trained."""
-    from autoseg.selection import load_choice
-
-    choice = load_choice(results)
-    if choice is not None:
-        return list(choice.chosen)
-    trained = [c for c in trained_configurations(results, checkpoint) if c in plans.configurations]
-    if not trained:
-        raise AutosegError(f"{results.root}: no trained configuration with checkpoint_{checkpoint}.pt; "
-                           "run `autoseg train` first")
-    for preferred in ("3d_fullres", "3d_cascade_fullres", "2d"):
-        if preferred in trained and len(trained) > 1:
-            return [preferred]
-    return trained[:1]
+from autoseg.stages.train import TrainRequest, TrainResult, train_fold
+from autoseg.workspace import DEFAULT_HOME, Workspace
 
 
 def load_models(workspace: Workspace, task: str | None = None, configurations: Sequence[str] | None = None, *,
@@ -84,7 +67,7 @@ def load_models(workspace: Workspace, task: str | None = None, configurations: S
     task_name = task_name or (workspace.task_name(task) if task else workspace.current_task())
     plans = Plans.load(workspace.plans_file(task_name))
     results = workspace.task_results(task_name)
-    names = list(configurations) if configurations else default_configurations(results, plans, checkpoint)
+    names = list(configurations) if configurations else default_prediction_configurations(results, plans, checkpoint)
     decision_file = results.postprocessing_file
     decision = PostprocessingDecision.load(decision_file) if postprocess and decision_file.is_file() else None
     models = []
@@ -130,6 +113,26 @@ def fingerprint(task: str | Path, *, workers: int = 2, home: str | Path = DEFAUL
                 progress: Callable[[int, int], None] | None = None) -> dataset_stages.FingerprintResult:
     """`autoseg fingerprint`: the dataset fingerprint (reused when the dataset has not changed)."""
     return dataset_stages.fingerprint(Workspace(Path(home)), task, workers=workers, progress=progress)
+
+
+def plan(task: str | Path | None = None, *, fingerprint_file: str | Path | None = None, gpu_memory_gb: float = 8.0,
+         time_budget: str | None = None, device: str = "auto", remeasure: bool = False, workers: int = 2,
+         home: str | Path = DEFAULT_HOME, progress: Callable[[int, int], None] | None = None,
+         on_measure: Callable[[SpeedLookup], None] | None = None) -> PlanResult:
+    """`autoseg plan`: plans.json from the task's fingerprint (or a fingerprint file alone), sized for
+    `gpu_memory_gb`, or with `time_budget` ("15m", "2h") for one fold per configuration on `device`."""
+    options = {"on_case_done": progress} if progress else {}
+    if on_measure:
+        options["on_measure"] = on_measure
+    return plan_task(Workspace(Path(home)), task, Path(fingerprint_file) if fingerprint_file else None,
+                     gpu_memory_gb=gpu_memory_gb, time_budget=time_budget, device=device, remeasure=remeasure,
+                     workers=workers, **options)
+
+
+def train(request: TrainRequest | None = None, *, home: str | Path = DEFAULT_HOME, **options) -> TrainResult:
+    """`autoseg train`: one fold of a configuration (`TrainRequest`: configuration, fold, epochs, ...;
+    default: fold 0 of the default configuration), validated; `options` are train_fold's callbacks."""
+    return train_fold(Workspace(Path(home)), request or TrainRequest(), **options)
 
 
 def preprocess(task: str | Path | None = None, *, configurations: Sequence[str] | None = None, workers: int = 2,

@@ -273,7 +273,7 @@ def test_all_label_maps_empty_is_a_warning(task):
                         "on them learns to predict nothing"]
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py (being rewritten elsewhere) does not print Fingerprint.label_warnings yet")
+
 def test_plan_prints_the_label_warnings(task):
     dataset, home = task
     for case in range(6):
@@ -430,8 +430,6 @@ def test_a_predicted_label_the_task_does_not_have_is_an_error(predictions):
     assert evaluate_folder(predicted, references, labels).per_case  # labels chosen by the caller: 3 is not scored
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py (being rewritten elsewhere) does not pass refuse_other_labels=True "
-                                       "to evaluate_folder for --task yet")
 def test_evaluate_with_a_task_refuses_a_label_the_task_does_not_have(predictions):
     dataset, home, predicted, references = predictions
     rewrite(prediction(predicted), set_voxel(3))

@@ -34,7 +34,7 @@ LAYERS = [
     ["autoseg.selection"],
     ["autoseg.stages"],
     ["autoseg.api"],
-    ["autoseg.cli"],
+    ["autoseg.cli", "autoseg.console", "autoseg.torchrun"],
 ]
 
 

@@ -379,27 +379,14 @@ def test_cli_plan_fingerprints_first_records_the_task_and_prints_the_summary(sma
     assert json.loads((home / "current_task.json").read_text())["task"] == "Task900_Demo"
 
 
-def test_cli_plan_replans_from_a_changed_dataset(writable_dataset, tmp_path):
-    from tests.conftest import edit_dataset_json
-
-    home = tmp_path / "home"
-    assert _cli("--home", home, "plan", writable_dataset).exit_code == 0
-    edit_dataset_json(writable_dataset, lambda m: m.update(training=m["training"][:3]))
-    assert _cli("--home", home, "plan", writable_dataset).exit_code == 0
-    assert Fingerprint.load(home / "preprocessed" / "Task900_Demo" / "fingerprint.json").num_cases == 3
-
-
 def test_cli_plan_from_a_fingerprint_file_with_a_memory_budget(tmp_path):
+    """What the plan holds: tests/stages/test_plan.py."""
     reference = Path(__file__).resolve().parents[1] / "fingerprints" / "Task03_Liver.json"
     home = tmp_path / "home"
     result = _cli("--home", home, "plan", "--fingerprint", reference, "--gpu-memory", "4")
     assert result.exit_code == 0, result.output
-    plans = Plans.load(home / "preprocessed" / "Task03_Liver" / "plans.json")
-    assert plans.gpu_memory_gb == 4.0 and "plans for a 4 GB GPU" in result.output
-    assert all(plans.configuration(name).estimated_memory_gb <= 4.0 for name in plans.configurations)
-    eight = plan_experiment(Fingerprint.load(reference), gpu_memory_gb=8).configuration("3d_fullres")
-    assert np.prod(plans.configuration("3d_fullres").patch_size) < np.prod(eight.patch_size)
-    assert not (home / "current_task.json").exists()  # no dataset: nothing for later stages to run on
+    assert "plans for a 4 GB GPU" in result.output
+    assert "current task" not in result.output
     both = _cli("--home", home, "plan", "Task03_Liver", "--fingerprint", reference)
     assert both.exit_code == 1 and "not both" in both.output
 
@@ -412,7 +399,8 @@ def test_cli_plan_bad_fingerprint_file_is_one_line(tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_cli_replanning_keeps_the_users_derived_configurations(tmp_path):
+def test_cli_replanning_names_the_configurations_kept_and_dropped(tmp_path):
+    """Which configurations are kept, and the plan they follow: tests/stages/test_plan.py."""
     reference = Path(__file__).resolve().parents[1] / "fingerprints" / "Task03_Liver.json"
     home = tmp_path / "home"
     assert _cli("--home", home, "plan", "--fingerprint", reference).exit_code == 0
@@ -425,12 +413,5 @@ def test_cli_replanning_keeps_the_users_derived_configurations(tmp_path):
 
     result = _cli("--home", home, "plan", "--fingerprint", reference, "--gpu-memory", "4")
     assert result.exit_code == 0, result.output
-    plans = Plans.load(plans_file)
-    assert plans.configuration("3d_fullres_bs4").batch_size == 4
-    # The derived entry follows the new plan (sized for 4 GB now: a smaller patch), not the old one.
-    old_patch = data["configurations"]["3d_fullres"]["patch_size"]
-    assert plans.configuration("3d_fullres_bs4").patch_size == plans.configuration("3d_fullres").patch_size
-    assert np.prod(plans.configuration("3d_fullres_bs4").patch_size) < np.prod(old_patch)
-    assert "from_lowres" not in plans.configurations and "copied" not in plans.configurations
     assert "kept your configuration 3d_fullres_bs4 from the previous plans.json" in result.output
     assert "dropped configuration from_lowres" in result.stderr and "dropped configuration copied" in result.stderr

@@ -159,13 +159,14 @@ def test_find_best_json_round_trips(tmp_path):
 
 
 def test_predict_defaults_to_the_choice(tmp_path):
-    from autoseg.api import default_configurations
+    from autoseg.stages.choice import default_prediction_configurations
+    from autoseg.workspace import TaskResults
 
     results, references = make_workspace(tmp_path, {"A": COMPLEMENT_A, "B": COMPLEMENT_B})
     find_best(TaskResults(results), references, LABELS)
-    assert default_configurations(TaskResults(results), plans=None, checkpoint="final") == ["A", "B"]  # the ensemble
+    assert default_prediction_configurations(TaskResults(results), plans=None, checkpoint="final") == ["A", "B"]
     find_best(TaskResults(results), references, LABELS, allow_ensembles=False)
-    assert default_configurations(TaskResults(results), plans=None, checkpoint="final") == ["B"]
+    assert default_prediction_configurations(TaskResults(results), plans=None, checkpoint="final") == ["B"]
 
 
 def test_picture_distances_are_in_mm_at_the_plans_pixel_spacing(tmp_path):

@@ -272,24 +272,6 @@ def test_cli_resume_from_truncated_checkpoint_is_a_one_line_error(workspace, tra
     assert "checkpoint_latest.pt: damaged or truncated checkpoint" in errors[0]
 
 
-def test_cli_trains_fold_all_and_reuses_the_saved_splits(workspace):
-    from autoseg.cli import app
-
-    splits_file = workspace / "results" / TASK_NAME / "splits.json"
-    arguments = ["--home", str(workspace), "train", CONFIGURATION, "--epochs", "1", "--iterations", "1",
-                 "--val-iterations", "1", "--workers", "0", "--device", "cpu", "--seed", "0", "--no-validate"]
-    result = CliRunner().invoke(app, arguments + ["--fold", "all"])
-    assert result.exit_code == 0, result.output
-    assert "10 training / 10 validation cases" in result.output
-    assert (workspace / "results" / TASK_NAME / CONFIGURATION / "fold_all" / "checkpoint_final.pt").is_file()
-    written = splits_file.read_text()
-    # A second command reads the same splits.json back (it must not reject its own file).
-    result = CliRunner().invoke(app, arguments + ["--fold", "1"])
-    assert result.exit_code == 0, result.output
-    assert "8 training / 2 validation cases" in result.output
-    assert splits_file.read_text() == written
-
-
 # ------------------------------------------------------------------------------------ seeds, workers
 def test_same_seed_gives_identical_cpu_runs_and_another_seed_does_not(small_task, tmp_path):
     def losses(seed, folder):
@@ -559,30 +541,6 @@ def test_progress_plot_and_log_lines_hold_every_curve(tmp_path):
         "2.5 s (0.1 s waiting for data)",
     ]
     assert format_epoch({"epoch": 2, **{k: v[1] for k, v in vars(log).items() if k != "notes"}}).startswith("epoch 2")
-
-
-def test_cli_resume_keeps_the_runs_schedule_unless_told_otherwise(workspace):
-    from autoseg.cli import app
-
-    fold = workspace / "results" / TASK_NAME / CONFIGURATION / "fold_0"
-    common = ["--home", str(workspace), "train", CONFIGURATION, "--fold", "0", "--workers", "0", "--device", "cpu",
-              "--seed", "0", "--no-validate"]
-    result = CliRunner().invoke(app, common + ["--epochs", "1", "--iterations", "2", "--val-iterations", "1"])
-    assert result.exit_code == 0, result.output
-    # --resume alone: the run had 1 epoch of 2 iterations; it is finished, nothing more to do (not 1000 x 250).
-    result = CliRunner().invoke(app, common + ["--resume"])
-    assert result.exit_code == 0, result.output
-    assert "1 epochs x 2 iterations" in result.output and "already trained for 1 epochs" in result.output
-    # --resume --epochs 2 extends it with the same iterations; --iterations changes them, and the log says so.
-    result = CliRunner().invoke(app, common + ["--resume", "--epochs", "2"])
-    assert result.exit_code == 0, result.output
-    assert "2 epochs x 2 iterations" in result.output
-    result = CliRunner().invoke(app, common + ["--resume", "--epochs", "3", "--iterations", "1"])
-    assert result.exit_code == 0, result.output
-    final = load_checkpoint(fold / "checkpoint_final.pt")
-    assert (final["epoch"], final["planned_epochs"], final["iterations_per_epoch"]) == (3, 3, 1)
-    notes = [line for line in (fold / "training_log.txt").read_text().splitlines() if line.startswith("note")]
-    assert notes[-1] == "note after epoch 2: training iterations per epoch now 1 (was 2)"
 
 
 def test_a_job_writes_into_its_fold_of_the_task_results(tmp_path):

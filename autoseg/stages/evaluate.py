@@ -95,6 +95,7 @@ def evaluate(workspace: Workspace, predictions: Path, references: Path, *, label
         spacing = _picture_spacing(pixel_spacing)
     else:
         spacing = load_dataset(choice.dataset_folder).pixel_spacing if choice.dataset_folder is not None else None
+    # With the task's labels (--task), a predicted label the task does not have is an error, not ignored.
     summary = evaluate_folder(predictions, references, choice.labels, regions=regions, workers=workers,
-                              pixel_spacing=spacing)
+                              pixel_spacing=spacing, refuse_other_labels=labels is None and task is not None)
     return EvaluationRun(summary, choice, spacing, summary.save(predictions))

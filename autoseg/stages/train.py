@@ -1,0 +1,267 @@
+"""Training one fold of one configuration, as `autoseg train` does, then validating it.
+
+    result = train_fold(workspace, TrainRequest(configuration="3d_fullres", fold="0"))
+    print(result.validation.format_table())
+
+In order: the configuration (the one named, else `default_training_configuration`); with a time
+budget, that configuration re-planned for it (`replan_for_budget`); a configuration the plan marks
+over budget refused unless the request gives a schedule; the schedule (the request's, else the
+resumed run's, else the plan's budget, else nnU-Net's); the fold's cases from splits.json (made on
+first use); worker processes and CPU threads for this machine; then the trainer, the fold's
+validation and the measured time against the plan's prediction.
+
+Under torchrun each rank calls `train_fold` with its `DistributedRank`. Rank 0 re-plans, validates
+and reports: the stage callbacks (on_start, ...) are called on rank 0 only, the trainer's
+`TrainingEvents` on every rank.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from autoseg.budget.compute_aware import TrainingSchedule, training_schedule
+from autoseg.device import check_precision
+from autoseg.errors import PlanError, WorkspaceError
+from autoseg.evaluation import EvaluationSummary
+from autoseg.planning.plans import Configuration, Plans
+from autoseg.planning.time_budget import BudgetDecision, OverBudget, format_duration
+from autoseg.stages.choice import configurations_within_budget, default_training_configuration
+from autoseg.stages.plan import SpeedLookup, replan_for_budget
+from autoseg.training.job import TrainingEvents, TrainingJob, TrainingSettings
+from autoseg.training.trainer import run_training
+from autoseg.workspace import TaskResults, Workspace
+
+# float32 bytes per voxel of a batch held by a data worker (the images' channels and the segmentation).
+BATCH_BYTES_PER_VOXEL = 4
+
+
+@dataclass(frozen=True)
+class DistributedRank:
+    """This process's place in a multi-process run (torchrun, DistributedDataParallel)."""
+
+    device: str  # this rank's device: cuda:N (one GPU per rank) or cpu
+    rank: int  # 0: the main process, which writes and reports
+    world_size: int
+
+
+@dataclass
+class TrainRequest:
+    """The options of `autoseg train`; None means the plan's or the machine's default."""
+
+    configuration: str | None = None  # None: default_training_configuration
+    fold: str = "0"  # a fold number of splits.json, or "all"
+    task: str | None = None  # a name under raw/ or a dataset folder; None: the task planned last
+    epochs: int | None = None  # default: the plan's time budget's, else 1000
+    iterations: int | None = None  # training iterations per epoch (default: the plan's, else 250)
+    validation_iterations: int | None = None
+    time_budget: str | None = None  # re-plan the configuration to train within it ("15m", "2h") first
+    workers: int | None = None  # augmentation worker processes (0: in-process)
+    device: str = "auto"  # auto, cuda, cpu or mps
+    precision: str = "auto"  # auto (the plan's, confirmed on the first epochs), fp32, bf16 or fp16
+    resume: bool = False  # continue from checkpoint_latest.pt
+    seed: int | None = None
+    checkpoint_every: int | None = None  # epochs
+    validate: bool = True  # predict and score the fold's validation cases after training
+    distributed: DistributedRank | None = None  # None: one process
+
+    @property
+    def is_main(self) -> bool:
+        return self.distributed is None or self.distributed.rank == 0
+
+    @property
+    def training_device(self) -> str:
+        return self.distributed.device if self.distributed is not None else self.device
+
+
+@dataclass(frozen=True)
+class FoldSetup:
+    """What `train_fold` is about to train, once every default is decided."""
+
+    task: str
+    configuration: str
+    fold: str
+    train_ids: list[str]
+    val_ids: list[str]
+    epochs: int
+    iterations_per_epoch: int
+    patch_size: list[int]
+    batch_size: int
+    workers: int
+    precision: str
+    budget: BudgetDecision | None  # the plan's time budget decision, if it has one
+    output_folder: Path  # the fold's folder: checkpoints, progress.png, validation/
+
+
+@dataclass
+class TrainResult:
+    """A trained fold and what `autoseg train` reports about it. On ranks other than 0 only `setup` is set."""
+
+    setup: FoldSetup
+    validation: EvaluationSummary | None  # None without validation (and on ranks other than 0)
+    timing_report: str | None  # measured against predicted time of the fold; None without a budget to compare
+
+    @property
+    def output_folder(self) -> Path:
+        return self.setup.output_folder
+
+
+def _ignore(*_) -> None:
+    pass
+
+
+def train_fold(workspace: Workspace, request: TrainRequest, events: TrainingEvents | None = None, *,
+               on_measure: Callable[[SpeedLookup], None] = _ignore,
+               on_replanned: Callable[[str, Path], None] = _ignore,
+               on_start: Callable[[FoldSetup], None] = _ignore,
+               on_trained: Callable[[Path], None] = _ignore,
+               on_validation_case: Callable[[str], None] = _ignore) -> TrainResult:
+    """Train (and validate) one fold as `request` says; the module docstring gives the steps.
+
+    on_measure: a device speed lookup while re-planning for a time budget; on_replanned(configuration,
+    plans_file): plans.json was rewritten for the budget; on_start(setup): training begins;
+    on_trained(output_folder): checkpoints are written, validation follows; on_validation_case(case_id).
+    """
+    check_precision(request.precision)
+    task_name = workspace.task_name(request.task) if request.task is not None else workspace.current_task()
+    plans = Plans.load(workspace.plans_file(task_name))
+    configuration = request.configuration or default_training_configuration(plans)
+    if request.time_budget is not None:
+        plans = _plans_for_time_budget(workspace, task_name, plans, configuration, request, on_measure, on_replanned)
+    config = plans.configuration(configuration)
+    if config.over_budget is not None and request.epochs is None and not request.resume:
+        raise PlanError(over_budget_refusal(plans, configuration, config.over_budget))
+    task_results = workspace.task_results(task_name)
+    schedule = fold_schedule(task_results, configuration, config.budget, request)
+    job = _training_job(workspace, task_name, plans, configuration, request)
+    settings = _training_settings(config, schedule, request)
+    setup = FoldSetup(task_name, configuration, request.fold, job.train_ids, job.val_ids, settings.epochs,
+                      settings.iterations_per_epoch, config.patch_size, config.batch_size, settings.num_workers,
+                      settings.precision, config.budget, job.output_folder)
+    if request.is_main:
+        on_start(setup)
+    started = time.perf_counter()
+    run_training(job, settings, events)
+    if not request.is_main:
+        return TrainResult(setup, validation=None, timing_report=None)
+    on_trained(job.output_folder)
+    validation = None
+    if request.validate:
+        validation = _validate(workspace, task_name, job, request.training_device,
+                               schedule.final_validation_mirroring, on_validation_case)
+    return TrainResult(setup, validation, _timing_report(config.budget, request, time.perf_counter() - started))
+
+
+def _plans_for_time_budget(workspace: Workspace, task_name: str, plans: Plans, configuration: str,
+                           request: TrainRequest, on_measure, on_replanned) -> Plans:
+    """The plan with `configuration` re-planned for the request's time budget (by rank 0)."""
+    if not request.is_main:  # rank 0 re-plans (ranks start together under torchrun)
+        return Plans.load(workspace.plans_file(task_name))
+    replanned = replan_for_budget(workspace, task_name, plans, configuration, request.fold, request.time_budget,
+                                  request.training_device, on_measure=on_measure)
+    on_replanned(configuration, workspace.plans_file(task_name))
+    return replanned
+
+
+def over_budget_refusal(plans: Plans, configuration: str, over_budget: OverBudget) -> str:
+    """Why a configuration the plan marks over budget is not trained, and what to do instead."""
+    fitting = configurations_within_budget(plans)
+    return (f"{configuration} does not fit the plan's time budget of {format_duration(over_budget.time_budget_seconds)}: "
+            f"one fold needs at least {format_duration(over_budget.minimum_budget_seconds)} on "
+            f"{over_budget.device}; train {' or '.join(fitting) or 'another configuration'} instead, re-plan with "
+            f"--time-budget {format_duration(over_budget.minimum_budget_seconds)} or more, or give --epochs to "
+            "train it anyway")
+
+
+def fold_schedule(task_results: TaskResults, configuration: str, budget: BudgetDecision | None,
+                  request: TrainRequest) -> TrainingSchedule:
+    """Epochs, iterations and precision: the request's; else, resuming, those the run was started with;
+    else the plan's budget decision's; else nnU-Net's (`training_schedule`)."""
+    from autoseg.checkpoint import resume_schedule
+
+    epochs, iterations, validation_iterations = request.epochs, request.iterations, request.validation_iterations
+    if request.resume:  # a resumed run keeps its own schedule unless told otherwise
+        stored = resume_schedule(task_results.fold_folder(configuration, request.fold))
+        epochs = epochs or stored.get("epochs")
+        iterations = iterations or stored.get("iterations_per_epoch")
+        validation_iterations = validation_iterations or stored.get("validation_iterations")
+    return training_schedule(budget, epochs=epochs, iterations=iterations,
+                             validation_iterations_per_epoch=validation_iterations, precision=request.precision)
+
+
+def preprocessed_case_ids(data_folder: Path) -> list[str]:
+    """The cases stored in a configuration's preprocessed folder (a case is complete once its CASE.json
+    is written: `autoseg.preprocessing.store`), sorted."""
+    return sorted(p.name[:-len(".json")] for p in data_folder.glob("*.json"))
+
+
+def _training_job(workspace: Workspace, task_name: str, plans: Plans, configuration: str,
+                  request: TrainRequest) -> TrainingJob:
+    """The fold's training and validation cases (from splits.json, made on first use) and folders."""
+    from autoseg.training.splits import fold_cases, load_or_create_splits
+
+    data_folder = workspace.preprocessed(task_name) / plans.configuration(configuration).data_identifier
+    case_ids = preprocessed_case_ids(data_folder)
+    if not case_ids:
+        raise WorkspaceError(f"{data_folder}: no preprocessed cases; run `autoseg preprocess` first")
+    task_results = workspace.task_results(task_name)
+    splits = load_or_create_splits(task_results.splits_file, case_ids)
+    train_ids, val_ids = fold_cases(splits, request.fold, case_ids)
+    return TrainingJob(plans, configuration, request.fold, data_folder, task_results, train_ids, val_ids,
+                       resume=request.resume)
+
+
+def _training_settings(config: Configuration, schedule: TrainingSchedule, request: TrainRequest) -> TrainingSettings:
+    device = request.training_device
+    workers = request.workers if request.workers is not None else default_training_workers(config, device)
+    world_size = request.distributed.world_size if request.distributed is not None else 1
+    return TrainingSettings(epochs=schedule.epochs, iterations_per_epoch=schedule.iterations_per_epoch,
+                            validation_iterations=schedule.validation_iterations, num_workers=workers,
+                            device=device, precision=schedule.precision,
+                            confirm_precision=schedule.confirm_precision,
+                            expected_epoch_seconds=schedule.expected_epoch_seconds,
+                            cpu_threads=training_cpu_threads(world_size), seed=request.seed,
+                            checkpoint_every=request.checkpoint_every)
+
+
+def default_training_workers(config: Configuration, device: str) -> int:
+    """Augmentation workers for this device, CPU count and free memory (`autoseg.hardware.training_workers`),
+    given the bytes of one batch of the configuration."""
+    from autoseg.device import device_type
+    from autoseg.hardware import available_memory_bytes, training_workers, usable_cpus
+
+    batch_bytes = (BATCH_BYTES_PER_VOXEL * config.batch_size * (config.architecture.input_channels + 1)
+                   * math.prod(config.patch_size))
+    return training_workers(device_type(device.split(":")[0]), usable_cpus(), available_memory_bytes(), batch_bytes)
+
+
+def training_cpu_threads(world_size: int = 1) -> int:
+    """Intra-op threads for CPU training: every usable CPU (one process), or a share of them per rank."""
+    from autoseg.hardware import usable_cpus
+
+    return max(1, usable_cpus() // world_size)
+
+
+def _validate(workspace: Workspace, task_name: str, job: TrainingJob, device: str, use_tta: bool,
+              on_case: Callable[[str], None]) -> EvaluationSummary:
+    """The fold's validation predictions, written to its validation/ folder, and their EvaluationSummary."""
+    from autoseg.training.validation import validate_fold
+
+    return validate_fold(job.plans, job.configuration_name, job.results, job.fold, job.data_folder,
+                         workspace.reference_segmentations(task_name), job.val_ids, device=device, use_tta=use_tta,
+                         on_case=on_case)
+
+
+def _timing_report(budget: BudgetDecision | None, request: TrainRequest, seconds: float) -> str | None:
+    """The fold's measured time against the plan's prediction, for a run on the budget's own schedule."""
+    from autoseg.training.expectations import timing_report
+
+    if budget is None or request.resume or request.epochs is not None or request.iterations is not None:
+        return None
+    predicted = budget.seconds_per_fold - (0 if request.validate else budget.seconds_final_validation)
+    text, _ = timing_report("time for the fold" + (" (validation included)" if request.validate else ""),
+                            predicted, seconds)
+    return text

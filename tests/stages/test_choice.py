@@ -1,0 +1,69 @@
+"""Which configuration train and predict use when none is named (autoseg.stages.choice).
+
+find-best's choice taking precedence is tested with real selections in tests/test_selection.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from autoseg.errors import WorkspaceError
+from autoseg.fingerprint import Fingerprint
+from autoseg.planning import plan_experiment
+from autoseg.planning.time_budget import OverBudget
+from autoseg.stages.choice import (configurations_within_budget, default_prediction_configurations,
+                                   default_training_configuration)
+from autoseg.workspace import TaskResults
+
+REFERENCE = Path(__file__).resolve().parents[2] / "fingerprints" / "Task03_Liver.json"
+OVER_BUDGET = OverBudget(time_budget_seconds=600.0, minimum_budget_seconds=7300.0, device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def plans():
+    """The liver plan: 2d, 3d_fullres, 3d_lowres and 3d_cascade_fullres."""
+    return plan_experiment(Fingerprint.load(REFERENCE))
+
+
+def over_budget(plans, *names: str):
+    entries = {name: dict(entry) for name, entry in plans.configurations.items()}
+    for name in names:
+        entries[name]["over_budget"] = OVER_BUDGET.to_json()
+    return replace(plans, configurations=entries)
+
+
+def test_training_prefers_3d_fullres_then_2d_among_those_within_the_budget(plans):
+    assert {"2d", "3d_fullres", "3d_lowres"} <= set(plans.configuration_names)
+    assert configurations_within_budget(plans) == plans.configuration_names
+    assert default_training_configuration(plans) == "3d_fullres"
+    assert default_training_configuration(over_budget(plans, "3d_fullres")) == "2d"
+    fitting = [n for n in plans.configuration_names if n not in ("3d_fullres", "2d")]
+    assert default_training_configuration(over_budget(plans, "3d_fullres", "2d")) == fitting[0]
+    # Nothing fits: the first configuration (train refuses it unless given a schedule).
+    assert default_training_configuration(over_budget(plans, *plans.configuration_names)) == \
+        plans.configuration_names[0]
+
+
+def trained(results: TaskResults, configuration: str, fold: str = "0", checkpoint: str = "final") -> None:
+    path = results.checkpoint_file(configuration, fold, checkpoint)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+
+
+def test_prediction_takes_the_only_trained_configuration_else_the_preferred(plans, tmp_path):
+    results = TaskResults(tmp_path / "results" / "Task03_Liver")
+    with pytest.raises(WorkspaceError, match="no trained configuration with checkpoint_final.pt; run `autoseg train`"):
+        default_prediction_configurations(results, plans, "final")
+    trained(results, "3d_lowres")
+    trained(results, "not_in_the_plan")
+    assert default_prediction_configurations(results, plans, "final") == ["3d_lowres"]
+    trained(results, "2d", fold="1")
+    assert default_prediction_configurations(results, plans, "final") == ["2d"]
+    trained(results, "3d_fullres", checkpoint="best")  # not a final checkpoint
+    assert default_prediction_configurations(results, plans, "final") == ["2d"]
+    assert default_prediction_configurations(results, plans, "best") == ["3d_fullres"]
+    trained(results, "3d_fullres")
+    assert default_prediction_configurations(results, plans, "final") == ["3d_fullres"]
