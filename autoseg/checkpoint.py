@@ -2,8 +2,10 @@
 
 A checkpoint holds plain tensors and JSON-able values only:
 {"format": 1, "network_weights", "optimizer_state", "scaler_state" (or None), "epoch" (epochs done),
- "planned_epochs", "iterations_per_epoch", "validation_iterations", "log" {name: [per-epoch values]}, "best_ema", "identity" {dataset_name, configuration,
- architecture, patch_size, fingerprint_signature}, "inference" {"mirror_axes": [...], "precision": ...}}
+ "planned_epochs", "iterations_per_epoch", "validation_iterations", "log" {name: [per-epoch values]}, "best_ema",
+ "batches_drawn" {"train", "validation"} (where a resumed run continues its data streams), "identity" {dataset_name,
+ configuration, architecture, patch_size, fingerprint_signature}, "inference" {"mirror_axes": [...], "precision": ...},
+ "precision_checked"}
 """
 
 from __future__ import annotations

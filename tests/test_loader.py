@@ -72,19 +72,32 @@ def test_in_process_loader_is_reproducible_and_leaves_global_state_alone():
     assert not np.array_equal(first[0], other[0])
 
 
-def test_worker_i_is_seeded_with_seed_plus_i():
-    seed_5 = take(make_loader(CountingSampler(), AddGlobalNoise(), num_workers=0, seed=5), 2)
-    seed_6 = take(make_loader(CountingSampler(), AddGlobalNoise(), num_workers=0, seed=6), 2)
-    with make_loader(CountingSampler(), AddGlobalNoise(), num_workers=2, seed=5) as loader:
-        parallel = take(loader, 4)
-    # worker 0 makes batches 0, 2; worker 1 (seed 6) makes batches 1, 3
-    for got, expected in zip(parallel, [seed_5[0], seed_6[0], seed_5[1], seed_6[1]]):
-        np.testing.assert_array_equal(got, expected)
+def test_batch_k_depends_only_on_seed_and_k_whatever_the_workers():
+    """The stream is a pure function of (seed, batch index): the same batches from any number of workers,
+    and a loader started at batch k (a resumed run) continues the stream exactly."""
+    expected = take(make_loader(CountingSampler(), AddGlobalNoise(), num_workers=0, seed=5), 6)
+    for workers in (1, 2, 3):
+        with make_loader(CountingSampler(), AddGlobalNoise(), num_workers=workers, seed=5) as loader:
+            got = take(loader, 6)
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a, b)
+    for workers in (0, 2):
+        with make_loader(CountingSampler(), AddGlobalNoise(), num_workers=workers, seed=5, first_batch=4) as loader:
+            assert loader.next_index == 4
+            got = take(loader, 2)
+            assert loader.next_index == 6
+        for a, b in zip(got, expected[4:]):
+            np.testing.assert_array_equal(a, b)
+    # No two batches of a stream are alike.
+    assert len({batch.tobytes() for batch in expected}) == len(expected)
 
 
 def test_finite_loader_stops_and_closes():
     loader = make_loader(CountingSampler(), None, num_workers=2, seed=0, num_batches=3)
     assert len(list(loader)) == 3
+    assert not any(p.is_alive() for p in loader._processes)
+    loader = make_loader(CountingSampler(), None, num_workers=2, seed=0, first_batch=5, num_batches=3)
+    assert len(list(loader)) == 3 and loader.next_index == 8
     assert not any(p.is_alive() for p in loader._processes)
 
 

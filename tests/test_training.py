@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ from helpers_training import (CONFIGURATION, LEARNING_EPOCHS, LEARNING_ITERATION
 
 CHECKPOINT_KEYS = {"format", "network_weights", "optimizer_state", "scaler_state", "epoch", "planned_epochs",
                    "iterations_per_epoch", "validation_iterations", "log",
-                   "best_ema", "identity", "inference", "precision_checked"}
+                   "best_ema", "batches_drawn", "identity", "inference", "precision_checked"}
 # Organ Dice on the 2 held-out cases, sliding window without TTA: measured 0.95 (0.97 after 80
 # iterations); 0.8 leaves margin for other CPUs' arithmetic.
 MIN_ORGAN_DICE = 0.8
@@ -88,6 +89,8 @@ def test_checkpoint_holds_only_plain_types(trained_fold, small_task, name):
         assert state["epoch"] == LEARNING_EPOCHS
         assert state["log"]["train_loss"] == log.train_loss
         assert state["best_ema"] == max(log.ema_pseudo_dice)
+        assert state["batches_drawn"] == {"train": LEARNING_EPOCHS * LEARNING_ITERATIONS,
+                                          "validation": LEARNING_EPOCHS * 2}
         json.dumps(state["log"])  # the history is JSON-able (NaN aside)
 
 
@@ -223,6 +226,58 @@ def test_resume_from_a_latest_checkpoint_older_than_the_best_keeps_the_best_scor
     assert trainer.best_ema == 1.0
     trainer.run()  # no later epoch beats 1.0, so checkpoint_best.pt is left as it was
     assert load_checkpoint(folder / "checkpoint_best.pt")["best_ema"] == 1.0
+
+
+# ------------------------------------------------------------------------------------ exact resume
+# 3 short epochs with the automatic checkpoint interval (checkpoint_latest after epoch 1, then every N).
+EXACT_RESUME_SETTINGS = dict(epochs=3, iterations_per_epoch=2, validation_iterations=1, seed=7,
+                             checkpoint_every=None)
+LOGGED_CURVES = ("train_loss", "val_loss", "pseudo_dice", "ema_pseudo_dice", "learning_rate")
+
+
+def _assert_same_run(log: dict, weights: dict, reference_log: dict, reference_weights: dict) -> None:
+    """Bit-identical: every logged curve (NaN equal to NaN) and every tensor of the final weights."""
+    for name in LOGGED_CURVES:
+        np.testing.assert_array_equal(np.asarray(log[name], dtype=np.float64),
+                                      np.asarray(reference_log[name], dtype=np.float64), err_msg=name)
+    assert weights.keys() == reference_weights.keys()
+    differing = [key for key in weights if not torch.equal(weights[key], reference_weights[key])]
+    assert not differing, f"final weights differ from the uninterrupted run's: {differing[:5]}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_seeded_run(small_task, tmp_path_factory) -> dict:
+    """The final checkpoint of a seeded run of EXACT_RESUME_SETTINGS, never interrupted (in-process data)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    run_training(training_job(small_task, folder), tiny_settings(**EXACT_RESUME_SETTINGS))
+    return load_checkpoint(folder / "checkpoint_final.pt")
+
+
+def test_a_seeded_run_killed_after_its_first_epoch_resumes_to_the_uninterrupted_run(small_task, tmp_path,
+                                                                                   uninterrupted_seeded_run):
+    """The data streams continue where the checkpoint left them, with any number of workers (the
+    reference ran in-process, this run with 2 workers)."""
+    settings = tiny_settings(**EXACT_RESUME_SETTINGS, num_workers=2)
+    with pytest.raises(_Killed):
+        run_training(training_job(small_task, tmp_path), settings, _kill_after(1))
+    trainer = Trainer(training_job(small_task, tmp_path, resume=True), settings)
+    torch_random_state = torch.get_rng_state()
+    log = trainer.run()
+    # Training draws nothing from torch's random state (no dropout), so checkpoints need not hold it.
+    assert torch.equal(torch.get_rng_state(), torch_random_state)
+    reference = uninterrupted_seeded_run
+    _assert_same_run(asdict(log), trainer.model.state_dict(), reference["log"], reference["network_weights"])
+    final = load_checkpoint(tmp_path / "checkpoint_final.pt")
+    assert final["batches_drawn"] == reference["batches_drawn"] == {"train": 6, "validation": 3}
+
+
+def test_the_precision_checks_validation_batches_count_in_the_checkpointed_stream_position(small_task, tmp_path):
+    """The mixed-precision check after epoch 1 draws validation_iterations more validation batches: a run
+    resumed after it must continue the validation stream after those too."""
+    run_training(training_job(small_task, tmp_path), tiny_settings(precision="bf16", confirm_precision=True))
+    state = load_checkpoint(tmp_path / "checkpoint_latest.pt")
+    assert state["precision_checked"] and state["epoch"] == 1
+    assert state["batches_drawn"] == {"train": 1, "validation": 2}
 
 
 @pytest.mark.parametrize("keep", [0, 100, 0.5, -50])
@@ -475,19 +530,13 @@ def _session_processes(session_id: int) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
-def test_sigkill_at_any_moment_then_resume_finishes_the_run(workspace):
-    """A real SIGKILL of `autoseg train` (workers included) during its second epoch: the checkpoints left
-    load, no data worker outlives it, and --resume finishes the run with one log line per epoch."""
+def _sigkill_during_second_epoch(arguments: list[str], fold: Path) -> None:
+    """Start `arguments` (an `autoseg train` command line), SIGKILL the trainer alone somewhere in its
+    second epoch (training, validating or saving), and assert that no data worker outlives it."""
     import os
     import signal
     import subprocess
-    import sys
 
-    fold = workspace / "results" / TASK_NAME / CONFIGURATION / "fold_0"
-    arguments = [sys.executable, "-m", "autoseg.cli", "--home", str(workspace), "train", CONFIGURATION, "--fold",
-                 "0", "--epochs", "3", "--iterations", "3", "--val-iterations", "1", "--workers", "2",
-                 "--device", "cpu", "--seed", "0", "--checkpoint-every", "1", "--no-validate"]
     run = subprocess.Popen(arguments, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
@@ -508,6 +557,25 @@ def test_sigkill_at_any_moment_then_resume_finishes_the_run(workspace):
         if _session_processes(run.pid):
             os.killpg(run.pid, signal.SIGKILL)
         run.wait()
+
+
+def _train_command(home: Path, *options: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "autoseg.cli", "--home", str(home), "train", CONFIGURATION, "--fold", "0",
+            "--epochs", "3", "--device", "cpu", "--no-validate", *options]
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_sigkill_at_any_moment_then_resume_finishes_the_run(workspace):
+    """A real SIGKILL of `autoseg train` (workers included) during its second epoch: the checkpoints left
+    load, no data worker outlives it, and --resume finishes the run with one log line per epoch."""
+    import subprocess
+
+    fold = workspace / "results" / TASK_NAME / CONFIGURATION / "fold_0"
+    arguments = _train_command(workspace, "--iterations", "3", "--val-iterations", "1", "--workers", "2",
+                               "--seed", "0", "--checkpoint-every", "1")
+    _sigkill_during_second_epoch(arguments, fold)
     latest = load_checkpoint(fold / "checkpoint_latest.pt")
     assert latest["epoch"] in (1, 2)
     result = subprocess.run(arguments + ["--resume"], capture_output=True, text=True, timeout=300)
@@ -517,6 +585,29 @@ def test_sigkill_at_any_moment_then_resume_finishes_the_run(workspace):
     lines = [line for line in (fold / "training_log.txt").read_text().splitlines() if line.startswith("epoch")]
     assert [line.split(":")[0] for line in lines] == ["epoch 1", "epoch 2", "epoch 3"]
     assert load_checkpoint(fold / "checkpoint_final.pt")["epoch"] == 3
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_a_seeded_run_sigkilled_in_its_second_epoch_resumes_to_the_uninterrupted_run(workspace, tmp_path):
+    """`autoseg train --seed` with the automatic checkpoint interval, SIGKILLed mid-epoch 2 and resumed
+    (redoing what the killed run had done after its last checkpoint), ends bit-identical to the same
+    command never interrupted: final weights and every logged curve."""
+    import subprocess
+
+    reference_home = tmp_path / "reference"
+    shutil.copytree(workspace, reference_home)
+    options = ("--iterations", "2", "--val-iterations", "1", "--workers", "2", "--seed", "7")
+    subprocess.run(_train_command(reference_home, *options), capture_output=True, text=True, timeout=300, check=True)
+    fold = workspace / "results" / TASK_NAME / CONFIGURATION / "fold_0"
+    arguments = _train_command(workspace, *options)
+    _sigkill_during_second_epoch(arguments, fold)
+    result = subprocess.run(arguments + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from checkpoint_latest.pt at epoch" in result.stdout
+    final = load_checkpoint(fold / "checkpoint_final.pt")
+    reference = load_checkpoint(reference_home / "results" / TASK_NAME / CONFIGURATION / "fold_0"
+                                / "checkpoint_final.pt")
+    _assert_same_run(final["log"], final["network_weights"], reference["log"], reference["network_weights"])
 
 
 def test_progress_plot_and_log_lines_hold_every_curve(tmp_path):

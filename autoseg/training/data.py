@@ -28,10 +28,13 @@ def read_patch_size_for(patch_size: Sequence[int], setup: SpatialAugmentationSet
 
 def make_training_loaders(*, data_folder: Path, configuration, train_ids: Sequence[str], val_ids: Sequence[str],
                           batch_size: int, num_workers: int, seed: int,
+                          first_train_batch: int = 0, first_validation_batch: int = 0,
                           previous_stage_predictions: Path | None = None, foreground_labels: Sequence[int] = (),
                           first_global_index: int = 0, global_batch_size: int | None = None):
     """(training loader, validation loader): endless iterators of {"data", "seg"} batches.
 
+    seed: the streams' seed; first_train_batch, first_validation_batch: the index of each stream's first
+    batch (a resumed run continues its streams where its checkpoint left them, see `autoseg.training.loader`).
     batch_size: samples per batch of this process; with DDP, `first_global_index` and
     `global_batch_size` place them in the global batch (see `PatchSampler`), so that a third of the
     global batch is forced onto foreground however it is split.
@@ -60,7 +63,8 @@ def make_training_loaders(*, data_folder: Path, configuration, train_ids: Sequen
         image_channels=image_channels,
         masked_channels=None if image_channels is None else list(range(image_channels)))
     val_sampler = PatchSampler(cases, val_ids, patch_size, batch_size, **slot)
-    train = make_loader(train_sampler, train_transforms, num_workers, seed)
+    train = make_loader(train_sampler, train_transforms, num_workers, seed, first_batch=first_train_batch)
     # Validation batches are cheap (no augmentation): one worker at most keeps them off the main thread.
-    val = make_loader(val_sampler, validation_transforms(val_extra), min(1, num_workers), seed + 10_000)
+    val = make_loader(val_sampler, validation_transforms(val_extra), min(1, num_workers), seed + 10_000,
+                      first_batch=first_validation_batch)
     return train, val

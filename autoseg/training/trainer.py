@@ -59,6 +59,8 @@ class Trainer:
         self.log = EpochLog()
         self.epoch = 0
         self.best_ema: float | None = None
+        # Batches each data stream has delivered: where a resumed run continues them (exact resume).
+        self.batches_drawn = {"train": 0, "validation": 0}
         self.checkpoint_every = settings.checkpoint_every
         self.identity = identity_of_configuration(job.plans, job.configuration_name)
 
@@ -110,14 +112,15 @@ class Trainer:
     def _loaders(self):
         from autoseg.training.data import make_training_loaders
 
-        seed = self._data_seed() + 1000 * self.dist.rank + 7919 * self.epoch
+        seed = self._data_seed() + 1000 * self.dist.rank
         first_sample, batch_size, global_batch_size = self._batch_slot()
         cascade = self._previous_stage_inputs()
         return make_training_loaders(
             data_folder=self.job.data_folder, configuration=self.configuration,
             train_ids=self.job.train_ids, val_ids=self.job.val_ids,
             batch_size=batch_size, first_global_index=first_sample, global_batch_size=global_batch_size,
-            num_workers=self.settings.num_workers, seed=seed, **cascade)
+            num_workers=self.settings.num_workers, seed=seed, first_train_batch=self.batches_drawn["train"],
+            first_validation_batch=self.batches_drawn["validation"], **cascade)
 
     # ------------------------------------------------------------------------------------ state
     def state(self) -> dict:
@@ -131,6 +134,7 @@ class Trainer:
             "validation_iterations": self.settings.validation_iterations,
             "log": asdict(self.log),
             "best_ema": self.best_ema,
+            "batches_drawn": dict(self.batches_drawn),
             "identity": self.identity,
             "inference": {"mirror_axes": list(range(self.configuration.dimension)),
                           "precision": self.precision},
@@ -147,6 +151,10 @@ class Trainer:
         self.epoch = int(state["epoch"])
         self.log = EpochLog(**state["log"])
         self.best_ema = self._best_ema_so_far(state.get("best_ema"))
+        # Older checkpoints lack the positions: those of a run of these iterations without a precision check.
+        self.batches_drawn = state.get("batches_drawn") or {
+            "train": self.epoch * self.settings.iterations_per_epoch,
+            "validation": self.epoch * self.settings.validation_iterations}
         if state.get("precision_checked"):  # keep the check's verdict (e.g. a fall-back to fp32)
             self.precision_checked = True
             self._set_precision(state["inference"]["precision"])
@@ -316,6 +324,7 @@ class Trainer:
                                   time.perf_counter() - started, waited)
             if self._precision_check_due():
                 self.check_mixed_precision(val_loader)
+            self.batches_drawn = {"train": train_loader.next_index, "validation": val_loader.next_index}
             self._checkpoints_after_epoch(record)
             self._write_logs(record)
             self.events.on_epoch_end(record)
