@@ -250,7 +250,7 @@ def uninterrupted_seeded_run(small_task, tmp_path_factory) -> dict:
     """The final checkpoint of a seeded run of EXACT_RESUME_SETTINGS, never interrupted (in-process data)."""
     folder = tmp_path_factory.mktemp("uninterrupted")
     run_training(training_job(small_task, folder), tiny_settings(**EXACT_RESUME_SETTINGS))
-    return load_checkpoint(folder / "checkpoint_final.pt")
+    return load_checkpoint(fold_folder(folder) / "checkpoint_final.pt")
 
 
 def test_a_seeded_run_killed_after_its_first_epoch_resumes_to_the_uninterrupted_run(small_task, tmp_path,
@@ -267,7 +267,7 @@ def test_a_seeded_run_killed_after_its_first_epoch_resumes_to_the_uninterrupted_
     assert torch.equal(torch.get_rng_state(), torch_random_state)
     reference = uninterrupted_seeded_run
     _assert_same_run(asdict(log), trainer.model.state_dict(), reference["log"], reference["network_weights"])
-    final = load_checkpoint(tmp_path / "checkpoint_final.pt")
+    final = load_checkpoint(fold_folder(tmp_path) / "checkpoint_final.pt")
     assert final["batches_drawn"] == reference["batches_drawn"] == {"train": 6, "validation": 3}
 
 
@@ -275,7 +275,7 @@ def test_the_precision_checks_validation_batches_count_in_the_checkpointed_strea
     """The mixed-precision check after epoch 1 draws validation_iterations more validation batches: a run
     resumed after it must continue the validation stream after those too."""
     run_training(training_job(small_task, tmp_path), tiny_settings(precision="bf16", confirm_precision=True))
-    state = load_checkpoint(tmp_path / "checkpoint_latest.pt")
+    state = load_checkpoint(fold_folder(tmp_path) / "checkpoint_latest.pt")
     assert state["precision_checked"] and state["epoch"] == 1
     assert state["batches_drawn"] == {"train": 1, "validation": 2}
 
