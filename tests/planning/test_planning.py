@@ -381,7 +381,7 @@ def test_cli_plan_fingerprints_first_records_the_task_and_prints_the_summary(sma
 
 def test_cli_plan_from_a_fingerprint_file_with_a_memory_budget(tmp_path):
     """What the plan holds: tests/stages/test_plan.py."""
-    reference = Path(__file__).resolve().parents[1] / "fingerprints" / "Task03_Liver.json"
+    reference = Path(__file__).resolve().parents[2] / "fingerprints" / "Task03_Liver.json"
     home = tmp_path / "home"
     result = _cli("--home", home, "plan", "--fingerprint", reference, "--gpu-memory", "4")
     assert result.exit_code == 0, result.output
@@ -401,7 +401,7 @@ def test_cli_plan_bad_fingerprint_file_is_one_line(tmp_path):
 
 def test_cli_replanning_names_the_configurations_kept_and_dropped(tmp_path):
     """Which configurations are kept, and the plan they follow: tests/stages/test_plan.py."""
-    reference = Path(__file__).resolve().parents[1] / "fingerprints" / "Task03_Liver.json"
+    reference = Path(__file__).resolve().parents[2] / "fingerprints" / "Task03_Liver.json"
     home = tmp_path / "home"
     assert _cli("--home", home, "plan", "--fingerprint", reference).exit_code == 0
     plans_file = home / "preprocessed" / "Task03_Liver" / "plans.json"

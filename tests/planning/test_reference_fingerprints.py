@@ -12,7 +12,7 @@ import pytest
 from autoseg.fingerprint import Fingerprint
 from autoseg.planning import Plans, plan_experiment
 
-FINGERPRINTS = Path(__file__).resolve().parents[1] / "fingerprints"
+FINGERPRINTS = Path(__file__).resolve().parents[2] / "fingerprints"
 TASKS = ["Task01_BrainTumour", "Task02_Heart", "Task03_Liver", "Task04_Hippocampus", "Task05_Prostate",
          "Task06_Lung", "Task07_Pancreas", "Task08_HepaticVessel", "Task09_Spleen", "Task10_Colon"]
 # Thick slices after resampling: Prostate 3.6 / 0.63 mm, Pancreas 2.5 / 0.8, Spleen 1.6 / 0.79, Colon 3 / 0.78

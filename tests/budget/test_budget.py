@@ -26,7 +26,7 @@ from autoseg.budget.measurement import load_or_measure, measure_device_speed
 from autoseg.budget.speed import CostModel, DeviceSpeed, Probe, SpeedSample, convolution_macs, fit_cost_model, work_of
 from autoseg.device import choose_precision, cpu_supports_bf16
 
-FINGERPRINTS = Path(__file__).resolve().parents[1] / "fingerprints"
+FINGERPRINTS = Path(__file__).resolve().parents[2] / "fingerprints"
 INTENSITY = ChannelIntensity(mean=0.0, std=1.0, median=0.0, min=-1.0, max=1.0, percentile_00_5=-1.0,
                              percentile_99_5=1.0)
 # (seconds fixed, per activation element, per MAC): an H100-like GPU, a mid-range GPU, a slow 2-core CPU
