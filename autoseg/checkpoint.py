@@ -116,9 +116,11 @@ def identity_of_configuration(plans: Plans, configuration_name: str) -> dict:
 
 
 def check_identity(state: dict, expected: dict, path: Path) -> None:
-    """Refuse a checkpoint made for another plan (different network, patch or dataset)."""
+    """Refuse a checkpoint made for another plan (different dataset, network, patch or data)."""
     found = state.get("identity", {})
-    for key in ("dataset_name", "configuration", "architecture"):
+    for key in ("dataset_name", "configuration", "architecture", "patch_size", "fingerprint_signature"):
         if found.get(key) != expected.get(key):
-            raise CheckpointError(f"{path}: checkpoint was trained for a different plan ({key} differs); "
+            # An architecture is too long for a one-line message; the other values are short.
+            values = "" if key == "architecture" else f": checkpoint {found.get(key)!r}, plan {expected.get(key)!r}"
+            raise CheckpointError(f"{path}: checkpoint was trained for a different plan ({key} differs{values}); "
                                   "re-plan or train from scratch")

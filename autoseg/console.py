@@ -128,6 +128,10 @@ class PredictionReport:
     def on_models(self, models) -> None:
         names = " + ".join(f"{m.configuration_name} (folds {','.join(m.folds)})" for m in models)
         typer.echo(f"predicting with {names}, TTA {'on' if self.use_tta else 'off'}")
+        for model in models:
+            stages = [model.previous_stage, model] if model.previous_stage else [model]
+            for note in (note for stage in stages for note in stage.notes):
+                typer.echo(f"note: {note}")
         self.started = self.shown_at = time.perf_counter()
         self.first = (0, self.started)
 

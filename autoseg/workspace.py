@@ -75,6 +75,11 @@ class TaskResults:
         """checkpoint_final.pt, checkpoint_best.pt or checkpoint_latest.pt of a fold."""
         return self.fold_folder(configuration, fold) / checkpoint_file_name(which)
 
+    def fold_plans_file(self, configuration: str, fold: int | str) -> Path:
+        """The plan the fold was trained with, copied when its run started (as nnU-Net keeps plans.json
+        next to its results): prediction uses it even after the workspace is re-planned."""
+        return self.fold_folder(configuration, fold) / "plans.json"
+
     def training_log_file(self, configuration: str, fold: int | str) -> Path:
         """One line per epoch, and notes on what happened to the run (`autoseg.training.progress`)."""
         return self.fold_folder(configuration, fold) / "training_log.txt"

@@ -2,7 +2,7 @@
 the callbacks through which a run reports its progress.
 
 A job's files all lie in the fold's folder of the task's results (`autoseg.workspace.TaskResults`):
-checkpoints, training log, progress plot. A cascade stage also reads its previous stage's predictions
+checkpoints, the copy of the plan it trains with, training log, progress plot. A cascade stage also reads its previous stage's predictions
 from there.
 """
 
@@ -60,6 +60,11 @@ class TrainingJob:
     def checkpoint_file(self, which: str) -> Path:
         """The fold's "final", "best" or "latest" checkpoint."""
         return self.results.checkpoint_file(self.configuration_name, self.fold, which)
+
+    @property
+    def plans_copy_file(self) -> Path:
+        """Where the run keeps the plan it trains with (`TaskResults.fold_plans_file`)."""
+        return self.results.fold_plans_file(self.configuration_name, self.fold)
 
     @property
     def log_file(self) -> Path:

@@ -274,13 +274,15 @@ class Trainer:
         plot_progress(self.log, self.job.progress_plot_file)
 
     def _prepare_output_folder(self) -> None:
-        """Rank 0: drop half-written checkpoints of a killed save; a run from scratch starts a new log."""
+        """Rank 0: drop half-written checkpoints of a killed save; keep a copy of the plan the run trains
+        with (prediction uses it after a re-plan); a run from scratch starts a new log."""
         if not self.dist.is_main:
             return
         from autoseg.checkpoint import remove_partial_checkpoints
         from autoseg.training.progress import rewrite_log
 
         remove_partial_checkpoints(self.job.output_folder)
+        self.job.plans.save(self.job.plans_copy_file)
         if not self.job.resume:
             rewrite_log(self.job.log_file, self.log)
 

@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 
 from autoseg.errors import AutosegError, CheckpointError
 from autoseg.checkpoint import load_checkpoint
+from autoseg.planning.plans import Plans
 from autoseg.training.splits import NUM_FOLDS, SPLIT_SEED, fold_cases, load_or_create_splits, make_splits
 from autoseg.training.step import INITIAL_LR, poly_lr
 from autoseg.training.job import TrainingEvents
@@ -92,6 +93,11 @@ def test_checkpoint_holds_only_plain_types(trained_fold, small_task, name):
         assert state["batches_drawn"] == {"train": LEARNING_EPOCHS * LEARNING_ITERATIONS,
                                           "validation": LEARNING_EPOCHS * 2}
         json.dumps(state["log"])  # the history is JSON-able (NaN aside)
+
+
+def test_the_fold_keeps_a_copy_of_the_plan_it_was_trained_with_for_its_checkpoints(trained_fold, small_task):
+    folder, _, _, _ = trained_fold
+    assert Plans.load(folder / "plans.json").to_json() == small_task.plans.to_json()
 
 
 def test_best_checkpoint_is_the_epoch_of_the_highest_ema_pseudo_dice(trained_fold):
