@@ -203,7 +203,8 @@ def _training_job(workspace: Workspace, task_name: str, dataset_folder: Path | N
     case_ids = preprocessed_case_ids(data_folder)
     if not case_ids:
         raise WorkspaceError(f"{data_folder}: no preprocessed cases; run `autoseg preprocess` first")
-    if dataset_folder is not None:  # unknown for a task planned from a fingerprint only: nothing to compare
+    # Unknown for a task planned from a fingerprint only, or whose dataset has moved: nothing to compare.
+    if dataset_folder is not None and (dataset_folder / "dataset.json").is_file():
         check_all_cases_preprocessed(dataset_folder, plans, configuration, data_folder)
     task_results = workspace.task_results(task_name)
     splits = load_or_create_splits(task_results.splits_file, case_ids)
