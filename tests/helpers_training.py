@@ -72,7 +72,9 @@ class SmallTask:
 
     @property
     def case_ids(self) -> list[str]:
-        return sorted(p.name[:-len(".json")] for p in self.data_folder.glob("*.json"))
+        from autoseg.preprocessing.store import preprocessed_case_ids
+
+        return preprocessed_case_ids(self.data_folder)
 
 
 def make_small_task(home: Path, spec: DemoSpec = SMALL_SPEC, patch_size=SMALL_PATCH,

@@ -445,3 +445,18 @@ def test_the_labels_found_mode_of_evaluate_still_scores_every_label_found(predic
     result = autoseg(home / "elsewhere", "evaluate", predicted, references, "-j", "1")  # no task planned there
     assert_succeeded(result)
     assert "scoring labels found in the files: 1, 2, 3" in result.output
+
+
+# ------------------------------------------------------------------------- an incomplete preprocessed set
+def test_train_refuses_a_case_whose_preprocessed_arrays_are_stale(task):
+    from autoseg.workspace import Workspace
+
+    dataset, home = task
+    rewrite(label(dataset, 2), set_voxel(0))  # changed since it was preprocessed
+    result = autoseg(home, "train", CONFIGURATION, "--task", dataset, "--epochs", "1", "--iterations", "1",
+                     "--workers", "0", "--device", "cpu", "--no-validate")
+    assert result.exit_code == 1
+    assert_refused(result, re.escape("1 of 6 training cases are not preprocessed (or are stale): demo_002; "
+                                     "run `autoseg preprocess`"))
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert not Workspace(home).task_results(TASK).splits_file.exists()

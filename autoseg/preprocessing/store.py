@@ -146,6 +146,26 @@ def is_up_to_date(folder: Path, case: Case, signature: str) -> bool:
     return stored.get("source_signature") == signature and (case.label_file is None or seg_file.is_file())
 
 
+def preprocessed_case_ids(folder: Path) -> list[str]:
+    """The cases stored in `folder` (a case is complete once its CASE.json is written), sorted."""
+    return sorted(p.name[:-len(".json")] for p in Path(folder).glob("*.json"))
+
+
+def cases_not_up_to_date(folder: Path, cases: Sequence[Case], settings_signature: str) -> list[str]:
+    """The ids of `cases` that `preprocess_dataset` would not skip: not stored in `folder`, or stored from
+    other files or settings (`is_up_to_date`), or whose input files are gone."""
+    stale = []
+    for case in cases:
+        try:
+            signature = source_signature(case, settings_signature)
+        except OSError:  # an input file is missing or unreadable: preprocessing it would fail
+            stale.append(case.case_id)
+            continue
+        if not is_up_to_date(folder, case, signature):
+            stale.append(case.case_id)
+    return stale
+
+
 def worker_count(requested: int, peak_bytes_per_case: int, available_bytes: int, cpu_count: int, num_cases: int) -> int:
     """Processes to run: no more than asked, than CPUs, than cases, than fit in memory; 0 (run in
     this process) only when 0 was asked; at least 1 otherwise, even when memory looks short."""

@@ -12,10 +12,12 @@ import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
+from autoseg.artifacts import write_atomic
 from autoseg.case_validation import CaseRequirements
 from autoseg.dataset import Case, Dataset
 from autoseg.errors import AutosegError, PlanError
-from autoseg.preprocessing.store import CasePreprocessor, PreprocessSummary, preprocess_dataset
+from autoseg.preprocessing.store import (CasePreprocessor, PreprocessSummary, cases_not_up_to_date,
+                                        preprocess_dataset)
 from autoseg.workspace import Workspace
 
 
@@ -48,15 +50,26 @@ def configurations_to_preprocess(plans, requested: Sequence[str] | None) -> dict
 
 
 def copy_reference_labels(cases: Sequence[Case], target: Path) -> None:
+    """Copy each case's label into `target` unless a copy newer than the label is there. Each copy is
+    written under a temporary name and renamed (`write_atomic`): a copy cut short is never mistaken
+    for a whole one."""
+    from autoseg.io import file_ending
+
     target.mkdir(parents=True, exist_ok=True)
     for case in cases:
         if case.label_file is None or not case.label_file.is_file():
             continue
-        from autoseg.io import file_ending
-
         destination = target / f"{case.case_id}{file_ending(case.label_file)}"
         if not destination.is_file() or destination.stat().st_mtime_ns < case.label_file.stat().st_mtime_ns:
-            shutil.copy2(case.label_file, destination)
+            write_atomic(destination, lambda tmp, source=case.label_file: shutil.copy2(source, tmp))
+
+
+def cases_not_preprocessed(dataset: Dataset, plans, configuration_name: str, data_folder: Path) -> list[str]:
+    """The ids of the dataset's cases that `preprocess_task` would (re)write into `data_folder` for the
+    configuration: missing there, or stored from other files or settings."""
+    [owner] = configurations_to_preprocess(plans, [configuration_name]).values()
+    settings_signature = preprocessor_for(plans, owner, CaseRequirements.of(dataset)).settings_signature
+    return cases_not_up_to_date(data_folder, dataset.cases, settings_signature)
 
 
 def check_plans_are_current(plans, dataset: Dataset, plans_file: Path) -> None:

@@ -6,8 +6,9 @@
 In order: the configuration (the one named, else `default_training_configuration`); with a time
 budget, that configuration re-planned for it (`replan_for_budget`); a configuration the plan marks
 over budget refused unless the request gives a schedule; the schedule (the request's, else the
-resumed run's, else the plan's budget, else nnU-Net's); the fold's cases from splits.json (made on
-first use); worker processes and CPU threads for this machine; then the trainer, the fold's
+resumed run's, else the plan's budget, else nnU-Net's); every training case of dataset.json
+preprocessed and up to date (when the dataset folder is known); the fold's cases from splits.json
+(made on first use); worker processes and CPU threads for this machine; then the trainer, the fold's
 validation and the measured time against the plan's prediction.
 
 Under torchrun each rank calls `train_fold` with its `DistributedRank`. Rank 0 re-plans, validates
@@ -126,7 +127,7 @@ def train_fold(workspace: Workspace, request: TrainRequest, events: TrainingEven
     on_trained(output_folder): checkpoints are written, validation follows; on_validation_case(case_id).
     """
     check_precision(request.precision)
-    task_name = workspace.task_name(request.task) if request.task is not None else workspace.current_task()
+    task_name, dataset_folder = workspace.resolve_task(request.task)
     plans = Plans.load(workspace.plans_file(task_name))
     configuration = request.configuration or default_training_configuration(plans)
     if request.time_budget is not None:
@@ -136,7 +137,7 @@ def train_fold(workspace: Workspace, request: TrainRequest, events: TrainingEven
         raise PlanError(over_budget_refusal(plans, configuration, config.over_budget))
     task_results = workspace.task_results(task_name)
     schedule = fold_schedule(task_results, configuration, config.budget, request)
-    job = _training_job(workspace, task_name, plans, configuration, request)
+    job = _training_job(workspace, task_name, dataset_folder, plans, configuration, request)
     settings = _training_settings(config, schedule, request)
     setup = FoldSetup(task_name, configuration, request.fold, job.train_ids, job.val_ids, settings.epochs,
                       settings.iterations_per_epoch, config.patch_size, config.batch_size, settings.num_workers,
@@ -192,26 +193,37 @@ def fold_schedule(task_results: TaskResults, configuration: str, budget: BudgetD
                              validation_iterations_per_epoch=validation_iterations, precision=request.precision)
 
 
-def preprocessed_case_ids(data_folder: Path) -> list[str]:
-    """The cases stored in a configuration's preprocessed folder (a case is complete once its CASE.json
-    is written: `autoseg.preprocessing.store`), sorted."""
-    return sorted(p.name[:-len(".json")] for p in data_folder.glob("*.json"))
-
-
-def _training_job(workspace: Workspace, task_name: str, plans: Plans, configuration: str,
-                  request: TrainRequest) -> TrainingJob:
+def _training_job(workspace: Workspace, task_name: str, dataset_folder: Path | None, plans: Plans,
+                  configuration: str, request: TrainRequest) -> TrainingJob:
     """The fold's training and validation cases (from splits.json, made on first use) and folders."""
+    from autoseg.preprocessing.store import preprocessed_case_ids
     from autoseg.training.splits import fold_cases, load_or_create_splits
 
     data_folder = workspace.preprocessed(task_name) / plans.configuration(configuration).data_identifier
     case_ids = preprocessed_case_ids(data_folder)
     if not case_ids:
         raise WorkspaceError(f"{data_folder}: no preprocessed cases; run `autoseg preprocess` first")
+    # Unknown for a task planned from a fingerprint only, or whose dataset has moved: nothing to compare.
+    if dataset_folder is not None and (dataset_folder / "dataset.json").is_file():
+        check_all_cases_preprocessed(dataset_folder, plans, configuration, data_folder)
     task_results = workspace.task_results(task_name)
     splits = load_or_create_splits(task_results.splits_file, case_ids)
     train_ids, val_ids = fold_cases(splits, request.fold, case_ids)
     return TrainingJob(plans, configuration, request.fold, data_folder, task_results, train_ids, val_ids,
                        resume=request.resume)
+
+
+def check_all_cases_preprocessed(dataset_folder: Path, plans: Plans, configuration: str, data_folder: Path) -> None:
+    """Raise a WorkspaceError naming the dataset's training cases missing from `data_folder` or stored from
+    other files: splits.json must never be made from an incomplete set of cases."""
+    from autoseg.dataset import load_dataset
+    from autoseg.preprocessing.task import cases_not_preprocessed
+
+    dataset = load_dataset(dataset_folder)
+    missing = cases_not_preprocessed(dataset, plans, configuration, data_folder)
+    if missing:
+        raise WorkspaceError(f"{data_folder}: {len(missing)} of {len(dataset.cases)} training cases are not "
+                             f"preprocessed (or are stale): {', '.join(missing)}; run `autoseg preprocess`")
 
 
 def _training_settings(config: Configuration, schedule: TrainingSchedule, request: TrainRequest) -> TrainingSettings:

@@ -307,3 +307,30 @@ def test_a_case_interrupted_before_its_properties_is_redone(tmp_path, preprocess
     (out / "a.json").unlink()
     with pytest.raises(WorkspaceError, match="case 'a' is not preprocessed"):
         load_case(out, "a")  # the trainer never reads a half-written case either
+
+
+def test_reference_labels_are_copied_whole_or_not_at_all(tmp_path, monkeypatch):
+    import shutil
+
+    from autoseg.preprocessing.task import copy_reference_labels
+
+    label = tmp_path / "labelsTr" / "case_1.nii.gz"
+    label.parent.mkdir()
+    label.write_bytes(os.urandom(100_000))
+    case, target = Case("case_1", (tmp_path / "imagesTr" / "case_1.nii.gz",), label), tmp_path / "references"
+    copy = target / "case_1.nii.gz"
+    real_copy = shutil.copy2
+
+    def killed_mid_copy(source, destination):
+        with open(destination, "wb") as f:
+            f.write(open(source, "rb").read()[:1000])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "copy2", killed_mid_copy)
+    with pytest.raises(KeyboardInterrupt):
+        copy_reference_labels([case], target)
+    assert list(target.iterdir()) == []  # neither a truncated copy (newer than its label) nor the temporary file
+    monkeypatch.setattr(shutil, "copy2", real_copy)
+    copy_reference_labels([case], target)
+    assert list(target.iterdir()) == [copy] and copy.read_bytes() == label.read_bytes()
+    assert copy.stat().st_mtime_ns == label.stat().st_mtime_ns  # kept: a newer label is copied again

@@ -1,5 +1,5 @@
 """Training one fold (autoseg.stages.train) on the small synthetic task (tests/helpers_training.py): the
-defaults it decides, splits, an over-budget configuration refused, a resumed run's schedule, and the
+defaults it decides, splits, a task with cases not preprocessed refused, an over-budget configuration refused, a resumed run's schedule, and the
 workers and threads it sizes for the machine.
 
 What `autoseg train` prints, and its one-line errors, are tested in tests/test_training.py and
@@ -14,8 +14,10 @@ import shutil
 import pytest
 
 from autoseg.checkpoint import load_checkpoint
-from autoseg.errors import AutosegError, PlanError
+from autoseg.errors import AutosegError, PlanError, WorkspaceError
 from autoseg.hardware import training_workers
+from autoseg.planning.plans import Plans
+from autoseg.preprocessing.store import preprocessed_case_ids
 from autoseg.stages.train import (DistributedRank, TrainRequest, default_training_workers, train_fold,
                                   training_cpu_threads)
 from autoseg.training.trainer import TrainingEvents
@@ -121,3 +123,33 @@ def test_workers_fit_the_memory_and_threads_are_shared_between_ranks(small_task,
     assert TrainRequest(device="cuda", distributed=DistributedRank("cpu", rank=1, world_size=2)).training_device == "cpu"
     assert not TrainRequest(distributed=DistributedRank("cpu", rank=1, world_size=2)).is_main
     assert TrainRequest().is_main and TrainRequest(device="cpu").training_device == "cpu"
+
+
+def data_folder_of(workspace: Workspace):
+    return workspace.preprocessed(TASK_NAME) / Plans.load(workspace.plans_file(TASK_NAME)).configuration(
+        CONFIGURATION).data_identifier
+
+
+def test_a_case_not_preprocessed_or_stale_is_named_and_no_splits_are_written(workspace):
+    data_folder = data_folder_of(workspace)
+    case_ids = preprocessed_case_ids(data_folder)
+    missing, stale = case_ids[1], case_ids[4]
+    (data_folder / f"{missing}.json").unlink()  # its preprocessing failed, or never ran
+    properties = json.loads((data_folder / f"{stale}.json").read_text())
+    properties["source_signature"] = "other files"  # preprocessed from files since changed
+    (data_folder / f"{stale}.json").write_text(json.dumps(properties))
+    with pytest.raises(WorkspaceError) as refused:
+        train_fold(workspace, TrainRequest(CONFIGURATION, validate=False, **TINY))
+    assert str(refused.value) == (f"{data_folder}: 2 of 10 training cases are not preprocessed (or are stale): "
+                                  f"{missing}, {stale}; run `autoseg preprocess`")
+    assert not workspace.task_results(TASK_NAME).splits_file.exists()
+
+
+def test_without_a_dataset_folder_the_preprocessed_cases_are_trained(workspace):
+    # A task planned from a fingerprint only: no dataset.json to compare the preprocessed cases with.
+    workspace.remember_task(TASK_NAME, None)
+    shutil.rmtree(workspace.raw / TASK_NAME)
+    data_folder = data_folder_of(workspace)
+    (data_folder / f"{preprocessed_case_ids(data_folder)[0]}.json").unlink()
+    result = train_fold(workspace, TrainRequest(CONFIGURATION, fold="all", validate=False, **TINY))
+    assert len(result.setup.train_ids) == 9
