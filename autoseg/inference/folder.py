@@ -10,6 +10,7 @@ and written in another. A case that fails is recorded and the others go on.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -116,6 +117,18 @@ def _export(model, holder: list, properties, output_path: Path, settings: Predic
     return str(output_path)
 
 
+def writable_folder(folder: Path) -> Path:
+    """`folder`, created if needed; a one-line error when it cannot be made or written into (checked before
+    any case is predicted, so a batch does not fail case by case)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AutosegError(f"{folder}: cannot create the output folder ({error.strerror or error})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise AutosegError(f"{folder}: the output folder is not writable")
+    return folder
+
+
 def predict_folder(model: TrainedModel, input_folder: Path, output_folder: Path,
                    settings: PredictionSettings | None = None, *, overwrite: bool = False,
                    part: tuple[int, int] = (0, 1), on_case: Callable[[str, str], None] | None = None,
@@ -137,8 +150,7 @@ def predict_folder(model: TrainedModel, input_folder: Path, output_folder: Path,
         raise AutosegError(f"--part {index}/{count}: expected 0 <= I < N")
     cases = group_input_files(Path(input_folder), model.num_input_channels)
     chosen = sorted(cases)[index::count]
-    output_folder = Path(output_folder)
-    output_folder.mkdir(parents=True, exist_ok=True)
+    output_folder = writable_folder(Path(output_folder))
     summary = FolderSummary()
 
     def report(case_id: str, status: str) -> None:
