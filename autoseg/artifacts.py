@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -37,6 +38,32 @@ def write_atomic(path: str | Path, write: Callable[[str], None]) -> Path:
             os.unlink(tmp_name)
         raise
     return path
+
+
+# write_atomic's temporary names: .NAME.PID.HEX.tmp, and .NAME.PID.HEX.tmp.ENDING where a writer needs the ending.
+TEMPORARY_NAME = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{12}\.tmp(\..+)?$")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+def remove_abandoned_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that writes killed before their rename left in `folder` (those whose
+    writing process is gone); a rerun of the stage calls it, so a kill leaves no debris behind."""
+    removed = []
+    for path in sorted(Path(folder).glob(".*.tmp*")):
+        match = TEMPORARY_NAME.match(path.name)
+        if match and not _process_alive(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -1,6 +1,7 @@
 """The versioned-artifact helpers of autoseg.artifacts, and the four artifacts that use them."""
 
 import json
+import os
 import re
 
 import pytest
@@ -81,3 +82,21 @@ def test_every_versioned_artifact_rejects_another_version_naming_its_file(tmp_pa
         write_json(path, {k: v for k, v in current.items() if k not in ("chosen", "per_case", "whole_foreground")})
         with pytest.raises(AutosegError, match=rf"^{re.escape(str(path))}: malformed "):
             cls.load(path)
+
+
+def test_temporaries_of_a_killed_writer_are_removed_and_a_live_writers_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from autoseg.artifacts import remove_abandoned_temporaries
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, live_pid = int(finished.stdout), os.getpid()
+    dead = [tmp_path / f".case.nii.gz.{dead_pid}.0123456789ab.tmp",
+            tmp_path / f".case.nii.gz.{dead_pid}.0123456789ab.tmp.nii.gz"]
+    live = tmp_path / f".other.json.{live_pid}.abcdefabcdef.tmp"
+    unrelated = tmp_path / ".hidden.tmp"
+    for path in (*dead, live, unrelated):
+        path.write_bytes(b"half")
+    assert remove_abandoned_temporaries(tmp_path) == sorted(dead)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, unrelated.name])

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from autoseg.artifacts import remove_abandoned_temporaries
 from autoseg.errors import AutosegError
 from autoseg.inference.case import PredictionSettings, predict_probabilities, preprocess_for, \
     probabilities_to_prediction
@@ -126,6 +127,7 @@ def writable_folder(folder: Path) -> Path:
         raise AutosegError(f"{folder}: cannot create the output folder ({error.strerror or error})") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise AutosegError(f"{folder}: the output folder is not writable")
+    remove_abandoned_temporaries(folder)  # of an earlier run killed while writing
     return folder
 
 

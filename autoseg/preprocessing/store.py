@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from autoseg.artifacts import read_json, save_npy, write_json
+from autoseg.artifacts import read_json, remove_abandoned_temporaries, save_npy, write_json
 from autoseg.case_validation import CaseRequirements, read_case
 from autoseg.dataset import Case
 from autoseg.errors import AutosegError, WorkspaceError
@@ -225,6 +225,7 @@ def preprocess_dataset(cases: Sequence[Case], preprocessor: CasePreprocessor | C
     """
     folder = Path(output_folder)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_temporaries(folder)  # of an earlier run killed while writing
     summary = PreprocessSummary()
     report = progress or (lambda case_id, outcome: None)
     todo: list[tuple[Case, str]] = []
