@@ -86,7 +86,7 @@ def test_only_rank_0_writes_and_its_checkpoint_has_the_single_process_format(dis
     assert list(rank_1.iterdir()) == []
     written = {p.name for p in rank_0.iterdir()}
     assert written == {"checkpoint_best.pt", "checkpoint_latest.pt", "checkpoint_final.pt", "progress.png",
-                       "training_log.txt"}
+                       "training_log.txt", "plans.json"}  # plans.json: the plan the fold was trained with
     distributed = torch.load(rank_0 / "checkpoint_final.pt", map_location="cpu", weights_only=True)
     run_training(training_job(small_task, tmp_path), tiny_settings(seed=3, iterations_per_epoch=2))
     single = torch.load(fold_folder(tmp_path) / "checkpoint_final.pt", map_location="cpu", weights_only=True)
