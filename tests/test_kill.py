@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from autoseg.processes import ORPHAN_EXIT_CODE, PARENT_CHECK_INTERVAL_S
+from helpers_processes import session_processes
 from helpers_training import CONFIGURATION, TASK_NAME, small_task  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds a command's processes in /proc")
@@ -34,19 +35,6 @@ EXIT_TIMEOUT_S = 10
 LATE_WRITE_SLACK_S = 2.0
 # Two cases of 8 windows each (step 1, no TTA): a window takes up to a second on a busy 2-core machine.
 PREDICTED_CASES = 2
-
-
-def session_processes(session_id: int) -> list[int]:
-    """Running (non-zombie) processes of a session, from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[3]) == session_id:
-            found.append(int(stat.parent.name))
-    return found
 
 
 def running(pid: int) -> bool:

@@ -26,6 +26,7 @@ from autoseg.training.splits import NUM_FOLDS, SPLIT_SEED, fold_cases, load_or_c
 from autoseg.training.step import INITIAL_LR, poly_lr
 from autoseg.training.job import TrainingEvents
 from autoseg.training.trainer import Trainer, run_training
+from helpers_processes import session_processes
 from helpers_training import (CONFIGURATION, LEARNING_EPOCHS, LEARNING_ITERATIONS, TASK_NAME,  # noqa: F401
                               fold_folder, small_task, tiny_settings, trained_small_fold, training_job)
 
@@ -523,19 +524,6 @@ def test_automatic_checkpoint_interval_keeps_saving_under_3_percent(small_task, 
     assert [epoch for epoch, which in saved if which == "best"] == list(range(1, 10))  # EMA rose
 
 
-def _session_processes(session_id: int) -> list[int]:
-    """Running (non-zombie) processes of a session, from /proc."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[3]) == session_id:
-            found.append(int(stat.parent.name))
-    return found
-
-
 def _sigkill_during_second_epoch(arguments: list[str], fold: Path) -> None:
     """Start `arguments` (an `autoseg train` command line), SIGKILL the trainer alone somewhere in its
     second epoch (training, validating or saving), and assert that no data worker outlives it."""
@@ -556,11 +544,11 @@ def _sigkill_during_second_epoch(arguments: list[str], fold: Path) -> None:
         os.kill(run.pid, signal.SIGKILL)  # the trainer alone: its workers must notice and exit
         run.wait()
         deadline = time.monotonic() + 15
-        while _session_processes(run.pid) and time.monotonic() < deadline:
+        while session_processes(run.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _session_processes(run.pid), "data workers outlived the killed trainer"
+        assert not session_processes(run.pid), "data workers outlived the killed trainer"
     finally:
-        if _session_processes(run.pid):
+        if session_processes(run.pid):
             os.killpg(run.pid, signal.SIGKILL)
         run.wait()
 
