@@ -1,0 +1,52 @@
+"""The predict command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from autoseg import console
+from autoseg.cli.common import command, fail, state
+
+def _parse_part(part: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in part.split("/"))
+    except ValueError:
+        fail(f"--part {part!r}: expected I/N, e.g. 0/4")
+    return index, count
+
+
+@command("predict")
+def predict(
+    input_path: Path = typer.Argument(..., help="Folder of images (or one image file)."),
+    output_folder: Path = typer.Argument(...),
+    task: Optional[str] = typer.Option(None, "--task"),
+    configuration: Optional[str] = typer.Option(None, "--config", help="Default: find-best's choice."),
+    folds: Optional[str] = typer.Option(None, "--folds", help="Comma-separated folds; default: every trained fold."),
+    checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
+    step_size: float = typer.Option(0.5, "--step-size", min=0.05, max=1.0),
+    no_tta: bool = typer.Option(False, "--no-tta", help="Skip mirror test-time augmentation (8x faster in 3D)."),
+    save_probabilities: bool = typer.Option(False, "--save-probabilities"),
+    device: str = typer.Option("auto", "--device"),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
+    batch_windows: Optional[int] = typer.Option(None, "--batch-windows", min=1),
+    overwrite: bool = typer.Option(False, "--overwrite"),
+    part: str = typer.Option("0/1", "--part", help="I/N: predict every N-th case starting at I."),
+    postprocess: bool = typer.Option(True, "--postprocess/--no-postprocess"),
+) -> None:
+    """Segment images: sliding window, Gaussian weighting, mirror TTA, fold ensemble, postprocessing."""
+    from autoseg import api
+
+    report = console.PredictionReport(use_tta=not no_tta)
+    summary = api.predict(input_path, output_folder, task=task, configuration=configuration,
+                          folds=folds.split(",") if folds else None, checkpoint=checkpoint, step_size=step_size,
+                          use_tta=not no_tta, save_probabilities=save_probabilities, device=device,
+                          precision=precision, batch_windows=batch_windows, overwrite=overwrite,
+                          part=_parse_part(part), postprocess=postprocess, home=state.workspace.home,
+                          on_models=report.on_models, progress=report.on_windows,
+                          on_case=lambda case_id, status: typer.echo(f"  {case_id}: {status}"))
+    report.finished(summary)
+    if summary.failures:
+        fail(f"{len(summary.failures)} case(s) failed: " + "; ".join(f"{c}: {e}" for c, e in summary.failures.items()))
