@@ -184,12 +184,13 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
             configuration: str | None = None, folds: Sequence[str] | None = None, checkpoint: str = "final",
             step_size: float = 0.5, use_tta: bool = True, save_probabilities: bool = False, device: str = "auto",
             precision: str = "auto", batch_windows: int | None = None, overwrite: bool = False,
-            part: tuple[int, int] = (0, 1), postprocess: bool = True, home: str | Path = DEFAULT_HOME,
-            on_models: Callable[[list[TrainedModel]], None] | None = None,
+            part: tuple[int, int] = (0, 1), postprocess: bool = True, output_format: str = "nifti",
+            home: str | Path = DEFAULT_HOME, on_models: Callable[[list[TrainedModel]], None] | None = None,
             on_case: Callable[[str, str], None] | None = None,
             progress: Callable[[int, int], None] | None = None) -> FolderSummary:
     """`autoseg predict`: segment a folder of images (or one image file) with find-best's choice (or
-    `configuration`). on_models(models) once they are loaded; on_case(case id, status) per case;
+    `configuration`), as label map files or (output_format "dicom-seg", DICOM input) DICOM-SEGs.
+    on_models(models) once they are loaded; on_case(case id, status) per case;
     progress(windows done, windows total) inside a case. Failed cases are in the summary's failures."""
     check_precision(precision)
     models = load_models(Workspace(Path(home)), task, [configuration] if configuration else None, folds=folds,
@@ -200,7 +201,7 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
                                   device=device, precision=precision, save_probabilities=save_probabilities,
                                   postprocess=postprocess)
     return predict_folder_with_models(models, Path(input_path), Path(output_folder), settings, overwrite=overwrite,
-                                      part=part, on_case=on_case, progress=progress)
+                                      part=part, on_case=on_case, progress=progress, output_format=output_format)
 
 
 class Segmenter:

@@ -30,7 +30,7 @@ def check_case(case: Case, requirements: CaseRequirements) -> list[Problem]:
         problems.extend(Problem(case.case_id, str(file), message) for message in messages)
 
     geometry = None
-    missing = [f for f in case.image_files if not f.is_file()]
+    missing = [f for f in case.image_files if not f.exists()]  # a file, or a folder of DICOM series
     for file in missing:
         add(file, ["image file not found"])
     if not missing:
@@ -91,6 +91,6 @@ def check_dataset(dataset: Dataset, workers: int = 1, on_case_done=None) -> list
     problems += [p for case_problems in per_case for p in case_problems]
     for case in dataset.test_cases:
         for file in case.image_files:
-            if not Path(file).is_file():
+            if not Path(file).exists():
                 problems.append(Problem(case.case_id, str(file), "test image file not found"))
     return problems

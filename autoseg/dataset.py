@@ -4,6 +4,8 @@ MSD (v1): `modality` {"0": "CT"}, `labels` {"0": "background", "1": "liver"}, `t
 [{"image": "./imagesTr/x.nii.gz", "label": "./labelsTr/x.nii.gz"}], multi-channel images as 4D files.
 nnU-Net v2: `channel_names`, `labels` {"background": 0}, `file_ending`, one file per channel
 `imagesTr/CASE_0000.nii.gz`, labels `labelsTr/CASE.nii.gz`.
+An MSD `image` may name a folder holding one DICOM series (`autoseg.dicom`; one channel), its `label`
+a label map file on the series' grid; the dataset's `file_ending` is then that of its label files.
 Either form may state the pixel size of a picture dataset (.png, .jpg, .bmp, .tif): `pixel_spacing`
 [y_mm, x_mm], or one number for both (default 1 x 1: picture files hold no physical pixel size).
 """
@@ -93,7 +95,7 @@ def _entry_path(root: Path, relative: str) -> Path:
 
 
 def case_id_from_filename(path: Path, ending: str) -> str:
-    return path.name[: -len(ending)] if path.name.endswith(ending) else path.name.split(".")[0]
+    return path.name[: -len(ending)] if ending and path.name.endswith(ending) else path.name.split(".")[0]
 
 
 def _parse_modality(meta: dict, json_path: Path) -> dict[int, str]:
@@ -212,6 +214,12 @@ def _v2_cases(root: Path, folder: str, ending: str, num_channels: int, with_labe
     return cases
 
 
+def _case_file_ending(case: Case) -> str:
+    """The ending of a case's image file, or of its label file where the image is a DICOM series folder."""
+    image = case.image_files[0]
+    return file_ending(case.label_file if image.is_dir() else image)
+
+
 def load_dataset(folder: str | Path, strict: bool = True) -> Dataset:
     """Read `folder/dataset.json` and list the cases. Files are not opened (see `autoseg.check`).
 
@@ -243,7 +251,7 @@ def load_dataset(folder: str | Path, strict: bool = True) -> Dataset:
         if invalid and strict:
             first = invalid[0]
             raise DatasetError(f"{json_path}: {first.where}: {first.message}")
-        ending = ending or (file_ending(cases[0].image_files[0]) if cases else ".nii.gz")
+        ending = ending or (_case_file_ending(cases[0]) if cases else ".nii.gz")
     else:
         if not ending:
             raise DatasetError(f"{json_path}: needs 'training' (MSD) or 'file_ending' (nnU-Net v2 layout)")

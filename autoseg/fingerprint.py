@@ -17,6 +17,7 @@ import numpy as np
 from autoseg.artifacts import build_versioned, load_artifact, write_json
 from autoseg.case_validation import CaseRequirements, read_case
 from autoseg.dataset import Case, Dataset
+from autoseg.dicom import files_of
 from autoseg.errors import AutosegError
 from autoseg.io import is_picture_spacing
 from autoseg.processes import process_pool
@@ -137,7 +138,7 @@ def dataset_signature(dataset: Dataset) -> str:
     """Changes when dataset.json or any listed file is added, removed, resized or touched."""
     digest = hashlib.sha256((dataset.root / "dataset.json").read_bytes())
     for case in dataset.cases:
-        for path in (*case.image_files, case.label_file):
+        for path in [file for path in case.image_files for file in files_of(path)] + [case.label_file]:
             if path is None:
                 continue
             try:

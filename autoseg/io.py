@@ -6,8 +6,8 @@ Volumes (.nii.gz, .nii, .mhd/.raw, .nrrd, .mha) go through SimpleITK; 2D natural
 (.png, .jpg, .bmp, .tif) become pseudo-3D arrays with a single z slice, whose pixels are 1 x 1 mm
 unless the caller states their size (`pixel_spacing`, from dataset.json or the plan).
 
-This is the only module that imports SimpleITK: in-memory SimpleITK images (the Python API) are
-converted here too (`image_from_sitk`, `segmentation_to_sitk`).
+A folder is a DICOM series (`autoseg.dicom`). Only this module and that one import SimpleITK:
+in-memory SimpleITK images (the Python API) are converted here too (`image_from_sitk`, `segmentation_to_sitk`).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from autoseg.artifacts import write_atomic
+from autoseg.dicom import DicomSeries, dicom_series_of, read_series, series_layout
 from autoseg.errors import ImageReadError
 
 VOLUME_ENDINGS = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
@@ -117,15 +118,6 @@ def _header_reader(path: Path):
     return header
 
 
-def _check_size(header, path: Path) -> None:
-    """Refuse, from the header alone, an image too large to read (see `image_size_problem`): a damaged
-    or forged header must not end in a MemoryError or the out-of-memory killer."""
-    from autoseg.hardware import available_memory_bytes, image_size_problem
-
-    if problem := image_size_problem(header.GetSize(), _values_per_voxel(header), available_memory_bytes()):
-        raise ImageReadError(f"{path}: {problem}")
-
-
 def _read_voxels(path: Path):
     """(array in SimpleITK's numpy order, header) of one file, its size checked from the header first.
 
@@ -135,8 +127,13 @@ def _read_voxels(path: Path):
     """
     import SimpleITK as sitk
 
+    from autoseg.hardware import available_memory_bytes, image_size_problem
+
     header = _header_reader(path)
-    _check_size(header, path)
+    # An image too large to read is refused from its header: a damaged or forged header must not end in a
+    # MemoryError or the out-of-memory killer (see `image_size_problem`).
+    if problem := image_size_problem(header.GetSize(), _values_per_voxel(header), available_memory_bytes()):
+        raise ImageReadError(f"{path}: {problem}")
     try:
         if file_ending(path) in (".nii.gz", ".nii"):
             import nibabel
@@ -150,9 +147,12 @@ def _read_voxels(path: Path):
         raise _unreadable(path, e) from None
 
 
-def read_header(path: str | Path, pixel_spacing: Sequence[float] | None = None) -> tuple[Geometry, int]:
-    """(geometry, values per voxel) of one file from its header alone, without reading the voxels.
-    pixel_spacing: as for `read_image`."""
+def read_header(path: str | Path | DicomSeries, pixel_spacing: Sequence[float] | None = None) -> tuple[Geometry, int]:
+    """(geometry, values per voxel) of one file (or DICOM series) from its header(s) alone, without reading
+    the voxels. pixel_spacing: as for `read_image`."""
+    if series := dicom_series_of(path):
+        layout = series_layout(series)
+        return Geometry(layout.shape_zyx, layout.spacing_zyx, layout.origin_xyz, layout.direction), layout.components
     header = _header_reader(Path(path))
     return _geometry_of(header, Path(path), pixel_spacing), _values_per_voxel(header)
 
@@ -231,20 +231,23 @@ def _channels_first(array: np.ndarray, image, ending: str) -> np.ndarray:
     return array[None]
 
 
-def read_image(paths: str | Path | Sequence[str | Path],
+def read_image(paths: str | Path | DicomSeries | Sequence[str | Path | DicomSeries],
                pixel_spacing: Sequence[float] | None = None) -> tuple[np.ndarray, Geometry]:
     """Read one case's image as float32 (C, z, y, x).
 
     `paths` is one file (3D, 4D MSD multi-channel, or an RGB picture) or one file per channel
-    (nnU-Net v2 layout `case_0000.nii.gz`, `case_0001.nii.gz`); the channels are concatenated.
-    pixel_spacing: (y, x) pixel size in mm of a picture (default 1 x 1); volumes ignore it.
+    (nnU-Net v2 layout `case_0000.nii.gz`, `case_0001.nii.gz`); the channels are concatenated; a folder (or
+    `DicomSeries`) is a DICOM series. pixel_spacing: (y, x) pixel size in mm of a picture (default 1 x 1).
     """
-    paths = [paths] if isinstance(paths, (str, Path)) else paths
+    paths = [paths] if isinstance(paths, (str, Path, DicomSeries)) else paths
     arrays, geometry = [], None
-    for path in map(Path, paths):
-        voxels, header = _read_voxels(path)
-        this_geometry = _geometry_of(header, path, pixel_spacing)
-        array = _channels_first(voxels, header, file_ending(path)).astype(np.float32, copy=False)
+    for path in paths:
+        if series := dicom_series_of(path):
+            array, this_geometry = image_from_sitk(read_series(series))
+        else:
+            voxels, header = _read_voxels(Path(path))
+            this_geometry = _geometry_of(header, Path(path), pixel_spacing)
+            array = _channels_first(voxels, header, file_ending(path)).astype(np.float32, copy=False)
         if geometry is not None and (difference := geometry.agrees_with(this_geometry)):
             raise ImageReadError(f"{path}: channel geometry differs from {paths[0]}: {difference}")
         geometry = geometry or this_geometry
@@ -334,9 +337,7 @@ def _write_sitk(image, path: Path) -> Path:
 
 def write_image(array_zyx: np.ndarray, geometry: Geometry, path: str | Path) -> Path:
     """Write a (z, y, x) array (segmentation or one channel) with the given geometry, atomically."""
-    if tuple(array_zyx.shape) != tuple(geometry.shape):
-        raise ValueError(f"array shape {array_zyx.shape} does not match geometry shape {geometry.shape}")
-    return _write_sitk(_to_sitk(array_zyx[None], geometry), Path(path))
+    return write_image_channels(array_zyx[None], geometry, path)
 
 
 def write_image_channels(array_czyx: np.ndarray, geometry: Geometry, path: str | Path) -> Path:

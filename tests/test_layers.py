@@ -17,7 +17,7 @@ LAYERS = [
     ["autoseg", "autoseg.errors"],
     ["autoseg.artifacts"],
     ["autoseg.workspace", "autoseg.hardware", "autoseg.device", "autoseg.cropping", "autoseg.processes"],
-    ["autoseg.io"],
+    ["autoseg.io", "autoseg.dicom", "autoseg.dicom_seg"],
     ["autoseg.dataset", "autoseg.demo"],
     ["autoseg.case_validation"],
     ["autoseg.check", "autoseg.fingerprint"],

@@ -20,7 +20,7 @@ def _parse_part(part: str) -> tuple[int, int]:
 
 @command("predict")
 def predict(
-    input_path: Path = typer.Argument(..., help="Folder of images (or one image file)."),
+    input_path: Path = typer.Argument(..., help="Folder of images or DICOM series (or one image file)."),
     output_folder: Path = typer.Argument(...),
     task: Optional[str] = typer.Option(None, "--task"),
     configuration: Optional[str] = typer.Option(None, "--config", help="Default: find-best's choice."),
@@ -35,6 +35,8 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite"),
     part: str = typer.Option("0/1", "--part", help="I/N: predict every N-th case starting at I."),
     postprocess: bool = typer.Option(True, "--postprocess/--no-postprocess"),
+    output_format: str = typer.Option("nifti", "--output-format",
+                                      help="nifti (the input's format; NIfTI for DICOM) or dicom-seg (DICOM input)."),
 ) -> None:
     """Segment images: sliding window, Gaussian weighting, mirror TTA, fold ensemble, postprocessing."""
     from autoseg import api
@@ -44,7 +46,8 @@ def predict(
                           folds=folds.split(",") if folds else None, checkpoint=checkpoint, step_size=step_size,
                           use_tta=not no_tta, save_probabilities=save_probabilities, device=device,
                           precision=precision, batch_windows=batch_windows, overwrite=overwrite,
-                          part=_parse_part(part), postprocess=postprocess, home=state.workspace.home,
+                          part=_parse_part(part), postprocess=postprocess, output_format=output_format,
+                          home=state.workspace.home,
                           on_models=report.on_models, progress=report.on_windows,
                           on_case=lambda case_id, status: typer.echo(f"  {case_id}: {status}"))
     report.finished(summary)

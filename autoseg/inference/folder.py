@@ -2,8 +2,9 @@
 
     summary = predict_folder(model, "in/", "out/", settings)
 
-Inputs are grouped into cases (one file per case, or nnU-Net's per-channel CASE_0000 layout); each
-output has the input's format where that format can hold a label map. While the network runs on one
+Inputs are grouped into cases (one file per case, nnU-Net's per-channel CASE_0000 layout, or DICOM
+series: `autoseg.dicom.series_cases`); each output has the input's format where that format can hold a
+label map (NIfTI for DICOM input), or is a DICOM-SEG with `output_format="dicom-seg"` (DICOM input only). While the network runs on one
 case, the next case is read and preprocessed in one background thread and the previous one restored
 and written in another. A case that fails is recorded and the others go on.
 """
@@ -16,14 +17,17 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from autoseg.artifacts import remove_abandoned_temporaries
+from autoseg.dicom import DicomSeries, dicom_series_of, series_cases
 from autoseg.errors import AutosegError
 from autoseg.inference.case import PredictionSettings, predict_probabilities, preprocess_for, \
     probabilities_to_prediction
 from autoseg.inference.model import TrainedModel
-from autoseg.io import SUPPORTED_ENDINGS, file_ending, read_image, write_segmentation
+from autoseg.io import SUPPORTED_ENDINGS, file_ending, read_image, segmentation_ending_for, write_segmentation
+
+OUTPUT_FORMATS = ("nifti", "dicom-seg")  # nifti: the input's own format, NIfTI for DICOM input
 
 
 @dataclass
@@ -42,9 +46,11 @@ class FolderSummary:
 CHANNEL_FILE = re.compile(r"^(.*)_(\d{4})$")  # nnU-Net v2 per-channel layout: CASE_0000, CASE_0001, ...
 
 
-def group_input_files(folder: Path, num_channels: int) -> dict[str, list[Path]]:
+def group_input_files(folder: Path, num_channels: int,
+                      channel_names: Sequence[str] | None = None) -> dict[str, list[Path | DicomSeries]]:
     """case id -> image files. Accepts one file per case (3D, 4D multi-channel, RGB) or the
-    per-channel layout CASE_0000.nii.gz, CASE_0001.nii.gz (channel files in channel order).
+    per-channel layout CASE_0000.nii.gz, CASE_0001.nii.gz (channel files in channel order). A folder
+    without such files holds DICOM series (`autoseg.dicom.series_cases`, with the channels' names).
 
     Names ending in _NNNN are channel files only when every such number is a channel of the model
     (< num_channels) and some case has _0000; otherwise (e.g. a 1-channel task whose cases are
@@ -60,7 +66,11 @@ def group_input_files(folder: Path, num_channels: int) -> dict[str, list[Path]]:
     images = [path for path in sorted(folder.iterdir())
               if path.is_file() and not path.name.startswith(".") and file_ending(path) in SUPPORTED_ENDINGS]
     if not images:
-        raise AutosegError(f"{folder}: no images with a supported ending ({', '.join(SUPPORTED_ENDINGS)})")
+        names = channel_names or [str(channel) for channel in range(num_channels)]
+        if cases := series_cases(folder, names):
+            return cases
+        raise AutosegError(f"{folder}: no DICOM series and no images with a supported ending "
+                           f"({', '.join(SUPPORTED_ENDINGS)})")
     stems = {path: path.name[: -len(file_ending(path))] for path in images}
     matches = {path: CHANNEL_FILE.match(stem) for path, stem in stems.items()}
     numbers = [int(m.group(2)) for m in matches.values() if m]
@@ -78,7 +88,9 @@ def group_input_files(folder: Path, num_channels: int) -> dict[str, list[Path]]:
 
 def missing_channel_files(case_id: str, files: list[Path], num_channels: int) -> list[str]:
     """Names of the per-channel files CASE_NNNN a case needs but lacks ([] for single-file cases,
-    whose channel count is checked after reading)."""
+    whose channel count is checked after reading) and DICOM cases (grouped by `series_cases`)."""
+    if is_dicom_case(files):
+        return []
     stem = files[0].name[: -len(file_ending(files[0]))]
     if stem == case_id:
         return []
@@ -87,12 +99,51 @@ def missing_channel_files(case_id: str, files: list[Path], num_channels: int) ->
     return [name for name in (f"{case_id}_{c:04d}{ending}" for c in range(num_channels)) if name not in present]
 
 
-def output_path_for(output_folder: Path, case_id: str, input_files: list[Path]) -> Path:
-    """Same format as the input, except where that format cannot hold a label map exactly (JPEG)
-    or is a header/data pair (.mhd): see `segmentation_ending_for`."""
-    from autoseg.io import segmentation_ending_for
+def is_dicom_case(files: list[Path | DicomSeries]) -> bool:
+    return isinstance(files[0], DicomSeries) or files[0].is_dir()
 
-    return output_folder / f"{case_id}{segmentation_ending_for(file_ending(input_files[0]))}"
+
+def output_ending(input_files: list[Path | DicomSeries], output_format: str = "nifti") -> str:
+    """.dcm for a DICOM-SEG; .nii.gz for DICOM input; else the input's format, except where that format
+    cannot hold a label map exactly (JPEG) or is a header/data pair (.mhd): see `segmentation_ending_for`."""
+    if output_format == "dicom-seg":
+        return ".dcm"
+    return ".nii.gz" if is_dicom_case(input_files) else segmentation_ending_for(file_ending(input_files[0]))
+
+
+def output_path_for(output_folder: Path, case_id: str, input_files: list[Path | DicomSeries],
+                    output_format: str = "nifti") -> Path:
+    return output_folder / f"{case_id}{output_ending(input_files, output_format)}"
+
+
+def check_output_format(cases: dict[str, list[Path | DicomSeries]], output_format: str) -> None:
+    """A one-line AutosegError for an unknown format, or for DICOM-SEG of cases that are not DICOM series."""
+    if output_format not in OUTPUT_FORMATS:
+        raise AutosegError(f"--output-format {output_format!r}: expected {' or '.join(OUTPUT_FORMATS)}")
+    not_dicom = [files[0] for files in cases.values() if not is_dicom_case(files)]
+    if output_format == "dicom-seg" and not_dicom:
+        raise AutosegError(f"--output-format dicom-seg needs DICOM input (a DICOM-SEG references its source "
+                           f"series), but {not_dicom[0]} is not a DICOM series; use --output-format nifti")
+
+
+def write_case_segmentation(segmentation, geometry, path: Path, output_format: str,
+                            input_files: list[Path | DicomSeries], label_names: dict[int, str]) -> Path:
+    """Write one case's int (z, y, x) segmentation: a label map file, or a DICOM-SEG referencing the series
+    of the case's first channel (label_names: foreground label value -> name, the segments')."""
+    if output_format == "dicom-seg":
+        from autoseg.dicom_seg import write_dicom_seg
+
+        return write_dicom_seg(segmentation, dicom_series_of(input_files[0]), label_names, path)
+    return write_segmentation(segmentation, geometry, path)
+
+
+def foreground_label_names(model: TrainedModel) -> dict[int, str]:
+    return {int(value): name for value, name in model.plans.labels.items() if int(value) != 0}
+
+
+def channel_names(model: TrainedModel) -> list[str]:
+    """dataset.json's channel names ("modality") in channel order."""
+    return [model.plans.modality[channel] for channel in sorted(model.plans.modality, key=int)]
 
 
 def _read_and_preprocess(model, files, case_id, settings):
@@ -104,7 +155,8 @@ def _read_and_preprocess(model, files, case_id, settings):
     return preprocess_for(model, image, geometry, case_id, settings)
 
 
-def _export(model, holder: list, properties, output_path: Path, settings: PredictionSettings) -> str:
+def _export(model, holder: list, properties, output_path: Path, settings: PredictionSettings, output_format: str,
+            input_files: list) -> str:
     """Restore, postprocess and write one case. `holder` is [probabilities]: emptied here, so the
     probabilities are freed once restored (the executor keeps its arguments until the call ends)."""
     prediction = probabilities_to_prediction(model, holder.pop(), properties, settings.save_probabilities,
@@ -114,7 +166,8 @@ def _export(model, holder: list, properties, output_path: Path, settings: Predic
 
         save_probabilities(output_path.parent / properties.case_id, prediction.probabilities,
                            prediction.geometry, labels=model.label_values)
-    write_segmentation(prediction.segmentation, prediction.geometry, output_path)
+    write_case_segmentation(prediction.segmentation, prediction.geometry, output_path, output_format, input_files,
+                            foreground_label_names(model))
     return str(output_path)
 
 
@@ -134,8 +187,9 @@ def writable_folder(folder: Path) -> Path:
 def predict_folder(model: TrainedModel, input_folder: Path, output_folder: Path,
                    settings: PredictionSettings | None = None, *, overwrite: bool = False,
                    part: tuple[int, int] = (0, 1), on_case: Callable[[str, str], None] | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> FolderSummary:
-    """Predict every case of `input_folder` (every `part[1]`-th from `part[0]`) into `output_folder`.
+                   progress: Callable[[int, int], None] | None = None, output_format: str = "nifti") -> FolderSummary:
+    """Predict every case of `input_folder` (every `part[1]`-th from `part[0]`) into `output_folder`
+    (as label map files, or DICOM-SEGs for DICOM input with output_format "dicom-seg").
 
     Existing outputs are skipped unless `overwrite` (so an interrupted batch resumes). A case that
     fails (unreadable, wrong channels, ...) is recorded with its file name and error and the others
@@ -150,7 +204,8 @@ def predict_folder(model: TrainedModel, input_folder: Path, output_folder: Path,
     index, count = part
     if not (count >= 1 and 0 <= index < count):
         raise AutosegError(f"--part {index}/{count}: expected 0 <= I < N")
-    cases = group_input_files(Path(input_folder), model.num_input_channels)
+    cases = group_input_files(Path(input_folder), model.num_input_channels, channel_names(model))
+    check_output_format(cases, output_format)
     chosen = sorted(cases)[index::count]
     output_folder = writable_folder(Path(output_folder))
     summary = FolderSummary()
@@ -161,7 +216,7 @@ def predict_folder(model: TrainedModel, input_folder: Path, output_folder: Path,
             on_case(case_id, f"[{done}/{len(chosen)}] {status}")
 
     def done_before(case_id: str) -> bool:  # probabilities are written first, the segmentation last
-        written = output_path_for(output_folder, case_id, cases[case_id]).exists()
+        written = output_path_for(output_folder, case_id, cases[case_id], output_format).exists()
         return written and (not settings.save_probabilities or (output_folder / f"{case_id}.npz").exists())
 
     todo = []
@@ -198,8 +253,9 @@ def predict_folder(model: TrainedModel, input_folder: Path, output_folder: Path,
             speeds[case_id] = f"{windows} windows in {seconds:.1f} s, {windows / max(seconds, 1e-9):.3g} windows/s"
             # Back-pressure: the previous export must be done before this one is queued.
             pending = _collect_finished(pending, summary, report, cases, speeds, wait=True)
-            target = output_path_for(output_folder, case_id, cases[case_id])
-            pending.append((case_id, writer.submit(_export, model, [probabilities], properties, target, settings)))
+            target = output_path_for(output_folder, case_id, cases[case_id], output_format)
+            pending.append((case_id, writer.submit(_export, model, [probabilities], properties, target, settings,
+                                                   output_format, cases[case_id])))
             del probabilities
         _collect_finished(pending, summary, report, cases, speeds, wait=True)
     return summary

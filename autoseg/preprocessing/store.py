@@ -29,6 +29,7 @@ import numpy as np
 from autoseg.artifacts import read_json, remove_abandoned_temporaries, save_npy, write_json
 from autoseg.case_validation import CaseRequirements, read_case
 from autoseg.dataset import Case
+from autoseg.dicom import files_of
 from autoseg.errors import AutosegError, WorkspaceError
 from autoseg.hardware import FLOAT32_BYTES, available_memory_bytes
 from autoseg.io import Geometry
@@ -122,7 +123,8 @@ def source_signature(case: Case, settings_signature: str) -> str:
     parts = [case.case_id, settings_signature]
     if case.pixel_spacing is not None:
         parts.append(f"pixel_spacing:{list(case.pixel_spacing)}")
-    for path in (*case.image_files, *((case.label_file,) if case.label_file else ())):
+    images = [file for path in case.image_files for file in files_of(Path(path))]  # a DICOM folder: its files
+    for path in (*images, *((case.label_file,) if case.label_file else ())):
         stat = Path(path).stat()
         parts.append(f"{Path(path).name}:{stat.st_size}:{stat.st_mtime_ns}")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]

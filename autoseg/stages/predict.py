@@ -14,9 +14,10 @@ from typing import Callable
 
 from autoseg.ensembling import ensemble_folders
 from autoseg.inference.case import PredictionSettings
-from autoseg.inference.folder import FolderSummary, group_input_files, predict_folder
+from autoseg.inference.folder import (FolderSummary, channel_names, check_output_format, foreground_label_names,
+                                      group_input_files, output_ending, predict_folder, write_case_segmentation)
 from autoseg.inference.model import TrainedModel
-from autoseg.io import file_ending, segmentation_ending_for
+from autoseg.io import read_segmentation
 from autoseg.postprocessing import postprocess_folder
 
 MEMBERS_FOLDER = ".members"  # OUTPUT/.members/CONFIG: one configuration's predictions with probabilities
@@ -26,13 +27,16 @@ AVERAGED_FOLDER = ".ensembled"  # OUTPUT/.ensembled: the averaged ones, before p
 def predict_folder_with_models(models: list[TrainedModel], input_folder: Path, output_folder: Path,
                                settings: PredictionSettings, *, overwrite: bool = False,
                                part: tuple[int, int] = (0, 1), on_case: Callable[[str, str], None] | None = None,
-                               progress: Callable[[int, int], None] | None = None) -> FolderSummary:
+                               progress: Callable[[int, int], None] | None = None,
+                               output_format: str = "nifti") -> FolderSummary:
     """One model: `predict_folder`. Several: each predicts into OUTPUT/.members/CONFIG with its
     probabilities, then they are averaged per case and the segmentations (and with
-    `save_probabilities` the averaged probabilities) land in OUTPUT."""
+    `save_probabilities` the averaged probabilities) land in OUTPUT, as label map files or DICOM-SEGs."""
     if len(models) == 1:
         return predict_folder(models[0], input_folder, output_folder, settings, overwrite=overwrite, part=part,
-                              on_case=on_case, progress=progress)
+                              on_case=on_case, progress=progress, output_format=output_format)
+    cases = group_input_files(Path(input_folder), models[0].num_input_channels, channel_names(models[0]))
+    check_output_format(cases, output_format)
     members = []
     summary = FolderSummary()
     for model in models:
@@ -43,8 +47,7 @@ def predict_folder_with_models(models: list[TrainedModel], input_folder: Path, o
         summary.windows += member.windows
         summary.network_seconds += member.network_seconds
         members.append(member_folder)
-    cases = group_input_files(Path(input_folder), models[0].num_input_channels)
-    ending = segmentation_ending_for(file_ending(next(iter(cases.values()))[0]))  # the inputs' format
+    ending = output_ending(next(iter(cases.values())))  # the inputs' format (NIfTI for DICOM)
     averaged = Path(output_folder) / AVERAGED_FOLDER
     written = ensemble_folders(members, averaged, output_ending=ending, save_probabilities=settings.save_probabilities)
     decision = models[0].ensemble_postprocessing
@@ -57,4 +60,16 @@ def predict_folder_with_models(models: list[TrainedModel], input_folder: Path, o
     if settings.save_probabilities:
         for path in [*averaged.glob("*.npz"), *averaged.glob("*.json")]:
             shutil.move(str(path), Path(output_folder) / path.name)
+    if output_format == "dicom-seg":
+        summary.written = [_as_dicom_seg(Path(path), ending, cases, models[0]) for path in summary.written]
     return summary
+
+
+def _as_dicom_seg(label_file: Path, ending: str, cases: dict, model: TrainedModel) -> str:
+    """The DICOM-SEG of an ensemble's label map file (CASE{ending}), written next to it in its stead."""
+    case_id = label_file.name[: -len(ending)]
+    segmentation, geometry = read_segmentation(label_file)
+    target = label_file.parent / f"{case_id}{output_ending(cases[case_id], 'dicom-seg')}"
+    write_case_segmentation(segmentation, geometry, target, "dicom-seg", cases[case_id], foreground_label_names(model))
+    label_file.unlink()
+    return str(target)
