@@ -93,33 +93,75 @@ def test_dicom_seg_of_files_that_are_not_dicom_is_a_clear_error(tmp_path):
         check_output_format(cases, "rtstruct")
 
 
+def block_volume(shape=(6, 16, 16)) -> np.ndarray:
+    volume = np.full(shape, 10, np.int16)
+    volume[2:4, 4:12, 4:12] = 100
+    return volume
+
+
+def write_dicom_dataset(root: Path) -> list[list[Path]]:
+    """An MSD dataset whose two images are DICOM series folders (a block of 100 in 10) with NIfTI labels,
+    and one entry whose image path leaves the folder; returns each case's files in slice order."""
+    training, files = [], []
+    for index in range(2):
+        volume = block_volume()
+        files.append(write_ct_series(root / "imagesTr" / f"case{index}", volume, SPACING, ORIGIN, ROTATED, seed=index))
+        write_segmentation((volume == 100).astype(np.uint8), Geometry(volume.shape, SPACING, ORIGIN, ROTATED),
+                           root / "labelsTr" / f"case{index}.nii.gz")
+        training.append({"image": f"./imagesTr/case{index}", "label": f"./labelsTr/case{index}.nii.gz"})
+    training.append({"image": "../elsewhere", "label": "./labelsTr/elsewhere.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({"name": root.name, "modality": {"0": "MRI"},
+                                                   "labels": {"0": "background", "1": "block"}, "training": training}))
+    return files
+
+
 def test_check_and_fingerprint_accept_a_dicom_series_folder_as_a_case_image(tmp_path):
     from autoseg.check import check_dataset
     from autoseg.dataset import load_dataset
     from autoseg.fingerprint import dataset_signature, extract_fingerprint
 
     root = tmp_path / "Task801_Dicom"
-    training = []
-    for index in range(2):
-        volume = ramp_volume((6, 16, 16))
-        files = write_ct_series(root / "imagesTr" / f"case{index}", volume, SPACING, ORIGIN, ROTATED, seed=index)
-        label = np.zeros(volume.shape, np.uint8)
-        label[2:4, 4:12, 4:12] = 1
-        write_segmentation(label, Geometry(volume.shape, SPACING, ORIGIN, ROTATED), root / "labelsTr" / f"case{index}.nii.gz")
-        training.append({"image": f"./imagesTr/case{index}", "label": f"./labelsTr/case{index}.nii.gz"})
-    training.append({"image": "../elsewhere", "label": "./labelsTr/elsewhere.nii.gz"})
-    (root / "dataset.json").write_text(json.dumps({"name": "Task801_Dicom", "modality": {"0": "CT"},
-                                                   "labels": {"0": "background", "1": "organ"}, "training": training}))
+    files = write_dicom_dataset(root)
     dataset = load_dataset(root, strict=False)
     assert [case.case_id for case in dataset.cases] == ["case0", "case1"] and dataset.file_ending == ".nii.gz"
     assert [str(p) for p in check_dataset(dataset)] == [
         f"elsewhere: {root / 'dataset.json'}: training[2].image: path '../elsewhere' leaves the dataset folder"]
-    fingerprint = extract_fingerprint(load_dataset(root, strict=False))
-    np.testing.assert_allclose(fingerprint.median_spacing, SPACING)
+    np.testing.assert_allclose(extract_fingerprint(dataset).median_spacing, SPACING)
     signature = dataset_signature(dataset)
-    files[2].unlink()  # a slice of case1 removed inside its folder
+    files[1][2].unlink()  # a slice of case1 removed inside its folder
     assert dataset_signature(dataset) != signature
     assert str(check_dataset(dataset)[1]).startswith(f"case1: {root / 'imagesTr' / 'case1'}: slices unevenly spaced")
+
+
+def test_an_ensemble_of_configurations_writes_dicom_segs_equal_to_its_nifti(tmp_path):
+    """Two configurations' oracle networks (foreground where the normalized intensity is above 0), averaged:
+    the DICOM-SEG written from the averaged label map holds the same voxels as the NIfTI output."""
+    import highdicom as hd
+    import torch
+
+    from autoseg.dataset import load_dataset
+    from autoseg.fingerprint import extract_fingerprint
+    from autoseg.inference.case import PredictionSettings
+    from autoseg.inference.model import TrainedModel
+    from autoseg.planning import plan_experiment
+    from autoseg.stages.predict import predict_folder_with_models
+
+    write_dicom_dataset(tmp_path / "Task802_Dicom")
+    plans = plan_experiment(extract_fingerprint(load_dataset(tmp_path / "Task802_Dicom", strict=False)))
+    models = [TrainedModel(plans, name, plans.configuration(name), [lambda x: torch.cat([-10 * x, 10 * x], 1)],
+                           ["oracle"], torch.device("cpu"), [0, 1]) for name in ("2d", "3d_fullres")]
+    files = write_ct_series(tmp_path / "in" / "ct", block_volume((7, 20, 18)), SPACING, ORIGIN, ROTATED)
+    settings = PredictionSettings(use_tta=False, device="cpu")
+    for output_format in ("nifti", "dicom-seg"):
+        summary = predict_folder_with_models(models, tmp_path / "in", tmp_path / output_format, settings,
+                                             output_format=output_format)
+        assert not summary.failures
+    assert sorted(p.name for p in (tmp_path / "dicom-seg").glob("ct*")) == ["ct.dcm"]
+    labels, _ = read_segmentation(tmp_path / "nifti" / "ct.nii.gz")
+    assert labels.sum() == 2 * 8 * 8  # the block
+    seg = hd.seg.segread(tmp_path / "dicom-seg" / "ct.dcm")
+    uids = [pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID for path in files]
+    np.testing.assert_array_equal(seg.get_pixels_by_source_instance(uids, combine_segments=True), labels)
 
 
 # ------------------------------------------------------------------ prediction: DICOM-SEG against NIfTI
@@ -151,6 +193,8 @@ def test_dicom_seg_holds_the_nifti_prediction_on_the_source_frames(trained_home,
 
     raw = make_demo_dataset(tmp_path / "raw", TASK_NAME, replace(SMALL_SPEC, cases=1, seed=321))
     image, _ = read_image(raw / "imagesTr" / "demo_000.nii.gz")
+    z, y, x = (size // 2 for size in image.shape[1:])
+    image = image[:, z - 6:z + 6, y - 16:y + 16, x - 16:x + 16]  # 12 x 32 x 32 around the organ
     spacing = (2.2, 1.0, 0.9)
     files = write_ct_series(tmp_path / "in" / "ct", np.round(image[0]).astype(np.int16), spacing, ORIGIN, ROTATED)
     broken = write_ct_series(tmp_path / "in" / "broken", np.zeros((4, 8, 8), np.int16))

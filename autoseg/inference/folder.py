@@ -4,9 +4,9 @@
 
 Inputs are grouped into cases (one file per case, nnU-Net's per-channel CASE_0000 layout, or DICOM
 series: `autoseg.dicom.series_cases`); each output has the input's format where that format can hold a
-label map (NIfTI for DICOM input), or is a DICOM-SEG with `output_format="dicom-seg"` (DICOM input only). While the network runs on one
-case, the next case is read and preprocessed in one background thread and the previous one restored
-and written in another. A case that fails is recorded and the others go on.
+label map (NIfTI for DICOM input), or is a DICOM-SEG with `output_format="dicom-seg"` (DICOM input
+only). While the network runs on one case, the next case is read and preprocessed in one background
+thread and the previous one restored and written in another. A case that fails is recorded and the others go on.
 """
 
 from __future__ import annotations
