@@ -118,14 +118,22 @@ def series_layout(series: DicomSeries) -> SeriesLayout:
     naming the folder."""
     headers = [_slice_header(path, series) for path in series.files]
     first = headers[0]
+    if len(headers) == 1 and first.GetSize()[2] > 1:  # one multi-frame file: its header holds the grid
+        return SeriesLayout(first.GetSize()[::-1], first.GetSpacing()[::-1], first.GetOrigin(), first.GetDirection(),
+                            int(first.GetNumberOfComponents()))
     for path, header in zip(series.files, headers):
-        if header.GetSize()[:2] != first.GetSize()[:2]:
-            raise ImageReadError(f"{series}: slices of different sizes ({path.name} is {header.GetSize()[:2]}, "
-                                 f"{series.files[0].name} {first.GetSize()[:2]} (columns, rows))")
-        for what, values in (("orientation", header.GetDirection()), ("pixel spacing", header.GetSpacing()[:2])):
-            reference = first.GetDirection() if what == "orientation" else first.GetSpacing()[:2]
-            if not np.allclose(values, reference, atol=SLICE_HEADER_TOLERANCE):
-                raise ImageReadError(f"{series}: slices of different {what} ({path.name} and {series.files[0].name})")
+        pair = f"{path.name} and {series.files[0].name}"
+        if header.GetSize() != first.GetSize():
+            raise ImageReadError(f"{series}: slices of different sizes ({pair}: {header.GetSize()[:2]} and "
+                                 f"{first.GetSize()[:2]} columns x rows, {header.GetSize()[2]} and "
+                                 f"{first.GetSize()[2]} frames)")
+        if not np.allclose(header.GetDirection(), first.GetDirection(), atol=SLICE_HEADER_TOLERANCE):
+            raise ImageReadError(f"{series}: slices of different orientation ({pair})")
+        if not np.allclose(header.GetSpacing()[:2], first.GetSpacing()[:2], atol=SLICE_HEADER_TOLERANCE):
+            raise ImageReadError(f"{series}: slices of different pixel spacing ({pair})")
+    if first.GetSize()[2] > 1:
+        raise ImageReadError(f"{series}: {len(headers)} multi-frame files in one series; expected one file per "
+                             "slice, or one multi-frame file")
     normal = np.asarray(first.GetDirection()).reshape(3, 3)[:, 2]
     positions = np.asarray([header.GetOrigin() for header in headers]) @ normal
     slice_gap = _even_slice_gap(np.diff(positions), series)

@@ -35,6 +35,9 @@ def write_dicom_seg(segmentation_zyx: np.ndarray, series: DicomSeries, label_nam
     from autoseg import __version__
 
     sources = [pydicom.dcmread(file, stop_before_pixels=True) for file in series.files]
+    if any(int(getattr(source, "NumberOfFrames", 1) or 1) > 1 for source in sources):
+        raise AutosegError(f"{series}: DICOM-SEG output is written for series of one file per slice, not for "
+                           "multi-frame files; use --output-format nifti")
     expected = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
     if tuple(segmentation_zyx.shape) != expected:
         raise AutosegError(f"{series}: segmentation of shape {list(segmentation_zyx.shape)} for a series of "

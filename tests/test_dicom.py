@@ -38,6 +38,21 @@ def test_a_series_is_read_in_slice_order_with_the_geometry_of_its_headers(tmp_pa
     assert read_header(tmp_path / "ct")[0].agrees_with(expected) is None and read_header(tmp_path / "ct")[1] == 1
 
 
+def test_a_multi_frame_file_is_a_series_of_its_frames(tmp_path):
+    import SimpleITK as sitk
+
+    volume = ramp_volume((5, 12, 10)).clip(0, 255).astype(np.uint8)
+    image = sitk.GetImageFromArray(volume)
+    image.SetSpacing(SPACING[::-1])
+    image.SetOrigin(ORIGIN)
+    (tmp_path / "frames").mkdir()
+    sitk.WriteImage(image, str(tmp_path / "frames" / "volume.dcm"))  # one file of 5 frames
+    array, geometry = read_image(tmp_path / "frames")
+    np.testing.assert_array_equal(array[0], volume)
+    assert geometry.agrees_with(Geometry((5, 12, 10), SPACING, ORIGIN)) is None
+    assert read_header(tmp_path / "frames")[0] == geometry
+
+
 def test_a_missing_slice_or_mixed_sizes_is_one_line_naming_the_folder(tmp_path):
     files = write_ct_series(tmp_path / "missing", ramp_volume())
     files[3].unlink()
@@ -48,7 +63,8 @@ def test_a_missing_slice_or_mixed_sizes_is_one_line_naming_the_folder(tmp_path):
     small.Rows = small.Columns = 16
     small.PixelData = np.zeros((16, 16), np.int16).tobytes()
     small.save_as(files[5])
-    with pytest.raises(ImageReadError, match=rf"mixed: slices of different sizes \({files[5].name} is \(16, 16\)"):
+    with pytest.raises(ImageReadError, match=rf"mixed: slices of different sizes \({files[5].name} and IM\d+: "
+                                             r"\(16, 16\) and \(32, 32\) columns x rows"):
         read_image(tmp_path / "mixed")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ImageReadError, match="empty: no DICOM series in this folder"):
