@@ -149,7 +149,7 @@ def test_check_and_fingerprint_accept_a_dicom_series_folder_as_a_case_image(tmp_
     assert str(check_dataset(dataset)[1]).startswith(f"case1: {root / 'imagesTr' / 'case1'}: slices unevenly spaced")
 
 
-def test_an_ensemble_of_configurations_writes_dicom_segs_equal_to_its_nifti(tmp_path):
+def test_a_dicom_dataset_is_preprocessed_and_an_ensemble_writes_dicom_segs_equal_to_its_nifti(tmp_path):
     """Two configurations' oracle networks (foreground where the normalized intensity is above 0), averaged:
     the DICOM-SEG written from the averaged label map holds the same voxels as the NIfTI output."""
     import highdicom as hd
@@ -160,10 +160,16 @@ def test_an_ensemble_of_configurations_writes_dicom_segs_equal_to_its_nifti(tmp_
     from autoseg.inference.case import PredictionSettings
     from autoseg.inference.model import TrainedModel
     from autoseg.planning import plan_experiment
+    from autoseg.preprocessing.task import preprocess_task
     from autoseg.stages.predict import predict_folder_with_models
+    from autoseg.workspace import Workspace
 
     write_dicom_dataset(tmp_path / "Task802_Dicom")
-    plans = plan_experiment(extract_fingerprint(load_dataset(tmp_path / "Task802_Dicom", strict=False)))
+    dataset = load_dataset(tmp_path / "Task802_Dicom", strict=False)
+    plans = plan_experiment(extract_fingerprint(dataset))
+    stored = preprocess_task(dataset, plans, Workspace(tmp_path / "home"), "Task802_Dicom",
+                             configurations=["3d_fullres"], workers=0)  # training reads the series too
+    assert [(summary.written, summary.failures) for summary in stored.values()] == [(["case0", "case1"], [])]
     models = [TrainedModel(plans, name, plans.configuration(name), [lambda x: torch.cat([-10 * x, 10 * x], 1)],
                            ["oracle"], torch.device("cpu"), [0, 1]) for name in ("2d", "3d_fullres")]
     files = write_ct_series(tmp_path / "in" / "ct", block_volume((7, 20, 18)), SPACING, ORIGIN, ROTATED)
