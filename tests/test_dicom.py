@@ -88,9 +88,12 @@ def test_mixed_files_are_grouped_by_series_uid_and_a_folder_of_one_series_is_a_c
 
 def test_channels_are_folders_named_by_index_or_name_and_ambiguity_is_an_error(tmp_path):
     case = tmp_path / "in" / "patient1"
-    write_ct_series(case / "adc", ramp_volume((3, 8, 8)))
+    write_ct_series(case / "adc", ramp_volume((3, 8, 8)) * 2)
     write_ct_series(case / "0", ramp_volume((3, 8, 8)))
-    assert series_cases(tmp_path / "in", ["T2", "ADC"]) == {"patient1": [case / "0", case / "adc"]}
+    cases = series_cases(tmp_path / "in", ["T2", "ADC"])
+    assert cases == {"patient1": [case / "0", case / "adc"]}
+    image, _ = read_image(cases["patient1"])  # channels in dataset.json's order
+    np.testing.assert_array_equal(image, np.stack([ramp_volume((3, 8, 8)), ramp_volume((3, 8, 8)) * 2]))
     write_ct_series(case / "t2", ramp_volume((3, 8, 8)))
     with pytest.raises(AutosegError, match=r"patient1: channel 0 given twice \(0, t2\)"):
         series_cases(tmp_path / "in", ["T2", "ADC"])
