@@ -35,6 +35,9 @@ def predict(
     overwrite: bool = typer.Option(False, "--overwrite"),
     part: str = typer.Option("0/1", "--part", help="I/N: predict every N-th case starting at I."),
     postprocess: bool = typer.Option(True, "--postprocess/--no-postprocess"),
+    statistics: bool = typer.Option(False, "--statistics", help="statistics.json/.csv: volume, intensities, "
+                                    "bounding box per case and label."),
+    preview: bool = typer.Option(False, "--preview", help="previews/CASE.png and index.html."),
 ) -> None:
     """Segment images: sliding window, Gaussian weighting, mirror TTA, fold ensemble, postprocessing."""
     from autoseg import api
@@ -44,7 +47,8 @@ def predict(
                           folds=folds.split(",") if folds else None, checkpoint=checkpoint, step_size=step_size,
                           use_tta=not no_tta, save_probabilities=save_probabilities, device=device,
                           precision=precision, batch_windows=batch_windows, overwrite=overwrite,
-                          part=_parse_part(part), postprocess=postprocess, home=state.workspace.home,
+                          part=_parse_part(part), postprocess=postprocess, statistics=statistics,
+                          preview=preview, home=state.workspace.home,
                           on_models=report.on_models, progress=report.on_windows,
                           on_case=lambda case_id, status: typer.echo(f"  {case_id}: {status}"))
     report.finished(summary)

@@ -16,14 +16,20 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
+
+import numpy as np
 
 from autoseg.artifacts import remove_abandoned_temporaries
 from autoseg.errors import AutosegError
 from autoseg.inference.case import PredictionSettings, predict_probabilities, preprocess_for, \
     probabilities_to_prediction
 from autoseg.inference.model import TrainedModel
-from autoseg.io import SUPPORTED_ENDINGS, file_ending, read_image, write_segmentation
+from autoseg.io import SUPPORTED_ENDINGS, Geometry, file_ending, read_image, write_segmentation
+
+# Called in the writer thread once a case's segmentation is written: (case id, its input files, the
+# int16 (z, y, x) segmentation, its geometry, the input's). What predict --statistics / --preview hang here.
+AfterCase = Callable[[str, list[Path], np.ndarray, Geometry], None]
 
 
 @dataclass
@@ -104,9 +110,11 @@ def _read_and_preprocess(model, files, case_id, settings):
     return preprocess_for(model, image, geometry, case_id, settings)
 
 
-def _export(model, holder: list, properties, output_path: Path, settings: PredictionSettings) -> str:
-    """Restore, postprocess and write one case. `holder` is [probabilities]: emptied here, so the
-    probabilities are freed once restored (the executor keeps its arguments until the call ends)."""
+def _export(model, holder: list, properties, output_path: Path, settings: PredictionSettings,
+            after_case: Sequence[AfterCase] = (), input_files: Sequence[Path] = ()) -> str:
+    """Restore, postprocess and write one case, then call the `after_case` hooks. `holder` is
+    [probabilities]: emptied here, so the probabilities are freed once restored (the executor keeps its
+    arguments until the call ends)."""
     prediction = probabilities_to_prediction(model, holder.pop(), properties, settings.save_probabilities,
                                              settings.postprocess)
     if prediction.probabilities is not None:
@@ -115,6 +123,8 @@ def _export(model, holder: list, properties, output_path: Path, settings: Predic
         save_probabilities(output_path.parent / properties.case_id, prediction.probabilities,
                            prediction.geometry, labels=model.label_values)
     write_segmentation(prediction.segmentation, prediction.geometry, output_path)
+    for hook in after_case:
+        hook(properties.case_id, list(input_files), prediction.segmentation, prediction.geometry)
     return str(output_path)
 
 
@@ -134,13 +144,15 @@ def writable_folder(folder: Path) -> Path:
 def predict_folder(model: TrainedModel, input_folder: Path, output_folder: Path,
                    settings: PredictionSettings | None = None, *, overwrite: bool = False,
                    part: tuple[int, int] = (0, 1), on_case: Callable[[str, str], None] | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> FolderSummary:
+                   progress: Callable[[int, int], None] | None = None,
+                   after_case: Sequence[AfterCase] = ()) -> FolderSummary:
     """Predict every case of `input_folder` (every `part[1]`-th from `part[0]`) into `output_folder`.
 
     Existing outputs are skipped unless `overwrite` (so an interrupted batch resumes). A case that
     fails (unreadable, wrong channels, ...) is recorded with its file name and error and the others
     go on. `on_case(case_id, status)` reports each case as "[done/total] status"; `progress(done,
-    total)` the windows of the case being predicted.
+    total)` the windows of the case being predicted; each of `after_case` is called once a case is written
+    (an error there fails the case).
 
     Pipelining: one reader thread reads and preprocesses the next case, one writer thread restores
     and writes the previous one, while the network runs on the current case. At most one case waits
@@ -199,7 +211,8 @@ def predict_folder(model: TrainedModel, input_folder: Path, output_folder: Path,
             # Back-pressure: the previous export must be done before this one is queued.
             pending = _collect_finished(pending, summary, report, cases, speeds, wait=True)
             target = output_path_for(output_folder, case_id, cases[case_id])
-            pending.append((case_id, writer.submit(_export, model, [probabilities], properties, target, settings)))
+            pending.append((case_id, writer.submit(_export, model, [probabilities], properties, target, settings,
+                                                   after_case, cases[case_id])))
             del probabilities
         _collect_finished(pending, summary, report, cases, speeds, wait=True)
     return summary

@@ -18,6 +18,7 @@ from autoseg.inference.folder import FolderSummary, group_input_files, predict_f
 from autoseg.inference.model import TrainedModel
 from autoseg.io import file_ending, segmentation_ending_for
 from autoseg.postprocessing import postprocess_folder
+from autoseg.stages.case_reports import CaseReports, complete_case_reports, report_writer
 
 MEMBERS_FOLDER = ".members"  # OUTPUT/.members/CONFIG: one configuration's predictions with probabilities
 AVERAGED_FOLDER = ".ensembled"  # OUTPUT/.ensembled: the averaged ones, before postprocessing
@@ -26,13 +27,28 @@ AVERAGED_FOLDER = ".ensembled"  # OUTPUT/.ensembled: the averaged ones, before p
 def predict_folder_with_models(models: list[TrainedModel], input_folder: Path, output_folder: Path,
                                settings: PredictionSettings, *, overwrite: bool = False,
                                part: tuple[int, int] = (0, 1), on_case: Callable[[str, str], None] | None = None,
-                               progress: Callable[[int, int], None] | None = None) -> FolderSummary:
+                               progress: Callable[[int, int], None] | None = None,
+                               reports: CaseReports | None = None) -> FolderSummary:
     """One model: `predict_folder`. Several: each predicts into OUTPUT/.members/CONFIG with its
     probabilities, then they are averaged per case and the segmentations (and with
-    `save_probabilities` the averaged probabilities) land in OUTPUT."""
+    `save_probabilities` the averaged probabilities) land in OUTPUT. `reports`: statistics and previews
+    (`autoseg.stages.case_reports`), written as each case is and completed at the end."""
     if len(models) == 1:
-        return predict_folder(models[0], input_folder, output_folder, settings, overwrite=overwrite, part=part,
-                              on_case=on_case, progress=progress)
+        hooks = [report_writer(reports, Path(output_folder))] if reports is not None and reports.wanted else []
+        summary = predict_folder(models[0], input_folder, output_folder, settings, overwrite=overwrite, part=part,
+                                 on_case=on_case, progress=progress, after_case=hooks)
+    else:
+        summary = _predict_ensemble(models, input_folder, output_folder, settings, overwrite, part, on_case, progress)
+    if reports is not None and reports.wanted:
+        cases = group_input_files(Path(input_folder), models[0].num_input_channels)
+        chosen = sorted(cases)[part[0]::part[1]]
+        summary.failures.update(complete_case_reports(reports, Path(output_folder), cases, chosen))
+    return summary
+
+
+def _predict_ensemble(models, input_folder: Path, output_folder: Path, settings: PredictionSettings, overwrite: bool,
+                      part: tuple[int, int], on_case, progress) -> FolderSummary:
+    """Each model predicts with probabilities into its member folder; the averages land in `output_folder`."""
     members = []
     summary = FolderSummary()
     for model in models:
