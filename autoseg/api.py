@@ -186,7 +186,8 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
             step_size: float = 0.5, use_tta: bool = True, save_probabilities: bool = False, device: str = "auto",
             precision: str = "auto", batch_windows: int | None = None, overwrite: bool = False,
             part: tuple[int, int] = (0, 1), postprocess: bool = True, statistics: bool = False,
-            preview: bool = False, home: str | Path = DEFAULT_HOME, on_models: Callable[[list[TrainedModel]], None] | None = None,
+            preview: bool = False, home: str | Path = DEFAULT_HOME,
+            on_models: Callable[[list[TrainedModel]], None] | None = None,
             on_case: Callable[[str, str], None] | None = None,
             progress: Callable[[int, int], None] | None = None) -> FolderSummary:
     """`autoseg predict`: segment a folder of images (or one image file) with find-best's choice (or
