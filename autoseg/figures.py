@@ -38,10 +38,15 @@ def label_colour(value: int) -> str:
     return LABEL_COLOURS[(int(value) - 1) % len(LABEL_COLOURS)]
 
 
-def preview_centre(segmentation: np.ndarray) -> tuple[int, int, int]:
+def label_counts(segmentation: np.ndarray) -> np.ndarray:
+    """Voxels of each label value 0, 1, ... (one pass)."""
+    return np.bincount(segmentation.ravel().astype(np.int64, copy=False))
+
+
+def preview_centre(segmentation: np.ndarray, counts: np.ndarray | None = None) -> tuple[int, int, int]:
     """(z, y, x) voxel where the slices cross: the centre of mass of the label with most voxels (the
-    volume's centre when nothing is labelled)."""
-    counts = np.bincount(segmentation.ravel().astype(np.int64, copy=False))
+    volume's centre when nothing is labelled). counts: `label_counts(segmentation)`, if known."""
+    counts = label_counts(segmentation) if counts is None else counts
     if counts.size <= 1 or counts[1:].max() == 0:
         return tuple(int(n) // 2 for n in segmentation.shape)
     largest = int(np.argmax(counts[1:])) + 1
@@ -86,7 +91,8 @@ def write_preview(segmentation: np.ndarray, image: np.ndarray, geometry: Geometr
     figure = Figure(figsize=(width / PREVIEW_DPI, height / PREVIEW_DPI), dpi=PREVIEW_DPI)
     grey = image[0]
     low, high = np.percentile(grey[::max(1, grey.shape[0] // 32)], WINDOW_PERCENTILES)
-    centre = preview_centre(segmentation)
+    counts = label_counts(segmentation)
+    centre = preview_centre(segmentation, counts)
     image_panels = _panels(grey, centre, geometry)
     label_panels = _panels(segmentation, centre, geometry)
     legend_fraction = PREVIEW_LEGEND_PX / height
@@ -98,7 +104,7 @@ def write_preview(segmentation: np.ndarray, image: np.ndarray, geometry: Geometr
         axes.imshow(_overlay(labels), extent=extent, origin=origin, interpolation="nearest")
         axes.set_title(name, fontsize=9)
         axes.set_axis_off()
-    present = [int(v) for v in np.unique(segmentation) if v != 0]
+    present = [int(v) for v in np.flatnonzero(counts) if v != 0]
     handles = [Patch(color=label_colour(v), label=f"{v} {label_names.get(v, v)}") for v in present]
     if handles:
         figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8, frameon=False)
