@@ -77,11 +77,21 @@ def _overlay(labels_2d: np.ndarray) -> np.ndarray:
     return rgba
 
 
+def _displayed(image: np.ndarray, geometry: Geometry) -> tuple[np.ndarray, float, float]:
+    """What the panels show and its (low, high) 0.5-99.5 percentiles: the first channel, (z, y, x); a colour
+    picture (3 channels) in colour, (1, y, x, 3)."""
+    colour = geometry.is_natural_2d and image.shape[0] == 3
+    shown = np.moveaxis(image, 0, -1) if colour else image[0]
+    low, high = np.percentile(shown[::max(1, shown.shape[0] // 32)], WINDOW_PERCENTILES)
+    return shown, float(low), float(max(high, low + 1e-6))
+
+
 def write_preview(segmentation: np.ndarray, image: np.ndarray, geometry: Geometry, label_names: Mapping[int, str],
                   path: str | Path, title: str = "") -> Path:
-    """A PNG of `preview_size_px(geometry)`: the image's first channel (grey, windowed to its 0.5-99.5
-    percentiles) in three orthogonal planes through `preview_centre`, in voxel axis order (coronal and
-    sagittal with z upwards), the labels overlaid in `label_colour`s, a legend naming the labels present.
+    """A PNG of `preview_size_px(geometry)`: the image's first channel in grey (a colour picture in colour),
+    windowed to its 0.5-99.5 percentiles, in three orthogonal planes through `preview_centre`, in voxel
+    axis order (coronal and sagittal with z upwards), the labels overlaid in `label_colour`s, a legend
+    naming the labels present.
 
     segmentation: integer (z, y, x); image: (C, z, y, x) on the same grid."""
     from matplotlib.figure import Figure
@@ -89,18 +99,17 @@ def write_preview(segmentation: np.ndarray, image: np.ndarray, geometry: Geometr
 
     width, height = preview_size_px(geometry)
     figure = Figure(figsize=(width / PREVIEW_DPI, height / PREVIEW_DPI), dpi=PREVIEW_DPI)
-    grey = image[0]
-    low, high = np.percentile(grey[::max(1, grey.shape[0] // 32)], WINDOW_PERCENTILES)
     counts = label_counts(segmentation)
     centre = preview_centre(segmentation, counts)
-    image_panels = _panels(grey, centre, geometry)
+    shown, low, high = _displayed(image, geometry)
+    image_panels = _panels(shown, centre, geometry)
     label_panels = _panels(segmentation, centre, geometry)
     legend_fraction = PREVIEW_LEGEND_PX / height
     for index, ((name, plane, extent, origin), (_, labels, _, _)) in enumerate(zip(image_panels, label_panels)):
         axes = figure.add_axes((index / len(image_panels), legend_fraction, 1 / len(image_panels),
                                 1 - legend_fraction - 0.06))
-        axes.imshow(plane, cmap="gray", vmin=low, vmax=max(high, low + 1e-6), extent=extent, origin=origin,
-                    interpolation="nearest")
+        axes.imshow(np.clip((plane - low) / (high - low), 0, 1), cmap="gray", vmin=0, vmax=1, extent=extent,
+                    origin=origin, interpolation="nearest")
         axes.imshow(_overlay(labels), extent=extent, origin=origin, interpolation="nearest")
         axes.set_title(name, fontsize=9)
         axes.set_axis_off()

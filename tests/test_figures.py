@@ -38,11 +38,17 @@ def test_volume_preview_has_three_panels_in_physical_aspect_with_the_label_in_it
     assert np.allclose(coronal_top_left, 1.0)
 
 
-def test_picture_preview_has_one_panel(tmp_path):
+def test_picture_preview_has_one_panel_in_colour(tmp_path):
     segmentation = np.zeros((1, 30, 40), np.int16)
     image = np.zeros((3, 1, 30, 40), np.float32)
+    image[1] = 200.0  # green
+    image[:, :, :, :20] = 0.0  # left half black
     path = write_preview(segmentation, image, picture_geometry(30, 40), {1: "cell"}, tmp_path / "picture.png")
-    assert imread(path).shape[:2] == (PREVIEW_PANEL_PX + PREVIEW_LEGEND_PX, PREVIEW_PANEL_PX)
+    pixels = imread(path)[..., :3]
+    assert pixels.shape[:2] == (PREVIEW_PANEL_PX + PREVIEW_LEGEND_PX, PREVIEW_PANEL_PX)
+    middle_row = (PREVIEW_PANEL_PX + PREVIEW_LEGEND_PX) // 2 - 10
+    assert np.allclose(pixels[middle_row, 3 * PREVIEW_PANEL_PX // 4], [0, 1, 0])  # right half: green
+    assert np.allclose(pixels[middle_row, PREVIEW_PANEL_PX // 4], [0, 0, 0])
 
 
 def test_dice_chart_is_written(tmp_path):

@@ -11,9 +11,10 @@ preprocessed and up to date (when the dataset folder is known); the fold's cases
 (made on first use); worker processes and CPU threads for this machine; then the trainer, the fold's
 validation and the measured time against the plan's prediction.
 
-Under torchrun each rank calls `train_fold` with its `DistributedRank`. Rank 0 re-plans, validates
-and reports: the stage callbacks (on_start, ...) are called on rank 0 only, the trainer's
-`TrainingEvents` on every rank.
+Under torchrun each rank calls `train_fold` with its `DistributedRank`, on one machine or several
+sharing the workspace. Rank 0 alone writes there: it re-plans and makes splits.json while the others
+wait, then read them; it validates and reports: the stage callbacks (on_start, ...) are called on
+rank 0 only, the trainer's `TrainingEvents` on every rank.
 """
 
 from __future__ import annotations
@@ -174,10 +175,12 @@ def _plans_for_time_budget(workspace: Workspace, task_name: str, plans: Plans, c
     return _rank_0_first(request, replan, lambda: Plans.load(workspace.plans_file(task_name)))
 
 
-def _rank_0_first(request: TrainRequest, on_rank_0: Callable[[], Any], on_others: Callable[[], Any]) -> Any:
+def _rank_0_first(request: TrainRequest, on_rank_0: Callable[[], Any],
+                  on_others: Callable[[], Any] | None = None) -> Any:
     """`on_rank_0()` on rank 0, which writes into the workspace (a re-plan, splits.json), then, once it is
-    done, `on_others()` on the other ranks, which read what it wrote: the ranks of every machine may share
-    one workspace (a network file system), and rank 0 alone writes there. One process: `on_rank_0()`."""
+    done, `on_others()` (default the same call, which then finds the file written) on the other ranks: the
+    ranks of every machine may share one workspace (a network file system), and rank 0 alone writes there.
+    One process: `on_rank_0()`."""
     if request.distributed is None:
         return on_rank_0()
     from autoseg.training.distributed import Ranks
@@ -188,7 +191,7 @@ def _rank_0_first(request: TrainRequest, on_rank_0: Callable[[], Any], on_others
         ranks.barrier()
         return result
     ranks.barrier()
-    return on_others()
+    return (on_others or on_rank_0)()
 
 
 def over_budget_refusal(plans: Plans, configuration: str, over_budget: OverBudget) -> str:
@@ -231,8 +234,7 @@ def _training_job(workspace: Workspace, task_name: str, dataset_folder: Path | N
     if dataset_folder is not None and (dataset_folder / "dataset.json").is_file():
         check_all_cases_preprocessed(dataset_folder, plans, configuration, data_folder)
     task_results = workspace.task_results(task_name)
-    splits = _rank_0_first(request, lambda: load_or_create_splits(task_results.splits_file, case_ids),
-                           lambda: load_or_create_splits(task_results.splits_file, case_ids))  # made once, read after
+    splits = _rank_0_first(request, lambda: load_or_create_splits(task_results.splits_file, case_ids))
     train_ids, val_ids = fold_cases(splits, request.fold, case_ids)
     return TrainingJob(plans, configuration, request.fold, data_folder, task_results, train_ids, val_ids,
                        resume=request.resume)
