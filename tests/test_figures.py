@@ -53,7 +53,8 @@ def test_picture_preview_has_one_panel_in_colour(tmp_path):
 
 def test_dice_chart_is_written(tmp_path):
     def case(case_id, dice):
-        return CaseEvaluation(case_id, "", "", {"1": {m: dice for m in METRIC_NAMES}, "2": {m: 0.5 for m in METRIC_NAMES}})
+        return CaseEvaluation(case_id, "", "", {"1": {m: dice for m in METRIC_NAMES},
+                                                "2": {m: 0.5 for m in METRIC_NAMES}})
 
     summary = EvaluationSummary.from_cases([case("a", 0.9), case("b", float("nan"))], {"1": "liver", "2": "tumour"},
                                            ["1", "2"])

@@ -52,5 +52,11 @@ def predict(
                           on_models=report.on_models, progress=report.on_windows,
                           on_case=lambda case_id, status: typer.echo(f"  {case_id}: {status}"))
     report.finished(summary)
+    from autoseg.stages.case_reports import INDEX_HTML
+    from autoseg.statistics import STATISTICS_JSON
+
+    for name, wanted in ((STATISTICS_JSON, statistics), (INDEX_HTML, preview)):
+        if wanted:
+            typer.echo(f"wrote {output_folder / name}")
     if summary.failures:
         fail(f"{len(summary.failures)} case(s) failed: " + "; ".join(f"{c}: {e}" for c, e in summary.failures.items()))

@@ -19,6 +19,7 @@ def test_statistics_and_previews_of_every_case_agree_with_the_written_segmentati
     result = run(trained_workspace, str(trained_workspace / "in"), str(output), "--no-tta", "--folds", "0",
                  "--statistics", "--preview")
     assert result.exit_code == 0, result.output
+    assert f"wrote {output / 'statistics.json'}" in result.output and f"wrote {output / 'index.html'}" in result.output
     table = StatisticsTable.load(output)
     assert [case.case_id for case in table.cases] == ["case0", "case1", "case2"]
     assert table.label_names == {"1": "block"} and table.channel_names == ["MRI"]
