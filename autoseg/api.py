@@ -49,6 +49,7 @@ from autoseg.stages import dataset as dataset_stages
 from autoseg.stages import evaluate as evaluate_stage
 from autoseg.stages import find_best as find_best_stage
 from autoseg.stages import postprocess as postprocess_stage
+from autoseg.stages.case_reports import CaseReports
 from autoseg.stages.choice import default_prediction_configurations
 from autoseg.stages.plan import PlanResult, SpeedLookup, plan_task
 from autoseg.stages.predict import predict_folder_with_models
@@ -185,13 +186,16 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
             step_size: float = 0.5, use_tta: bool = True, save_probabilities: bool = False, device: str = "auto",
             precision: str = "auto", batch_windows: int | None = None, overwrite: bool = False,
             part: tuple[int, int] = (0, 1), postprocess: bool = True, output_format: str = "nifti",
-            home: str | Path = DEFAULT_HOME, on_models: Callable[[list[TrainedModel]], None] | None = None,
+            statistics: bool = False, preview: bool = False, home: str | Path = DEFAULT_HOME,
+            on_models: Callable[[list[TrainedModel]], None] | None = None,
             on_case: Callable[[str, str], None] | None = None,
             progress: Callable[[int, int], None] | None = None) -> FolderSummary:
     """`autoseg predict`: segment a folder of images (or one image file) with find-best's choice (or
     `configuration`), as label map files or (output_format "dicom-seg", DICOM input) DICOM-SEGs.
     on_models(models) once they are loaded; on_case(case id, status) per case;
-    progress(windows done, windows total) inside a case. Failed cases are in the summary's failures."""
+    progress(windows done, windows total) inside a case. Failed cases are in the summary's failures.
+    statistics: statistics.json/.csv (volume, intensities, bounding box per case and label); preview: a
+    PNG per case in previews/ and index.html (`autoseg.stages.case_reports`)."""
     check_precision(precision)
     models = load_models(Workspace(Path(home)), task, [configuration] if configuration else None, folds=folds,
                          checkpoint=checkpoint, device=device, postprocess=postprocess)
@@ -200,8 +204,10 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
     settings = PredictionSettings(step_fraction=step_size, use_tta=use_tta, batch_windows=batch_windows,
                                   device=device, precision=precision, save_probabilities=save_probabilities,
                                   postprocess=postprocess)
+    reports = CaseReports.for_model(models[0], statistics, preview)
     return predict_folder_with_models(models, Path(input_path), Path(output_folder), settings, overwrite=overwrite,
-                                      part=part, on_case=on_case, progress=progress, output_format=output_format)
+                                      part=part, on_case=on_case, progress=progress, output_format=output_format,
+                                      reports=reports)
 
 
 class Segmenter:

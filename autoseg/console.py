@@ -95,7 +95,8 @@ class TrainingDisplay:
         typer.echo(f"training {setup.task} {setup.configuration} fold {setup.fold}: {len(setup.train_ids)} training / "
                    f"{len(setup.val_ids)} validation cases, {setup.epochs} epochs x {setup.iterations_per_epoch} "
                    f"iterations, patch {setup.patch_size}, batch {setup.batch_size}, {setup.workers} worker(s), "
-                   f"precision {setup.precision}")
+                   f"precision {setup.precision}" + (f", {setup.processes} processes" if setup.processes > 1 else "")
+                   + (f", {setup.cpu_threads} CPU thread(s) per process" if setup.cpu_threads else ""))
         if setup.budget is not None:
             typer.echo(f"  planned for {format_duration(setup.budget.time_budget_seconds)} on {setup.budget.device}: "
                        f"predicted {format_duration(setup.budget.seconds_per_fold)} per fold")

@@ -36,20 +36,23 @@ from autoseg.processes import process_pool
 EVALUATION_SCHEMA_VERSION = 1
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
+SUMMARY_CHART = "summary.png"  # `autoseg evaluate`'s Dice chart: a picture, but never a segmentation
 
 
 # ---------------------------------------------------------------------------------------------- folders
 
 
 def find_segmentations(folder: str | Path) -> dict[str, Path]:
-    """{case_id: file} for every segmentation file (any supported ending) directly in `folder`."""
+    """{case_id: file} for every segmentation file (any supported ending) directly in `folder`, but the
+    evaluation's own summary.png."""
     folder = Path(folder)
     if not folder.is_dir():
         raise AutosegError(f"{folder}: folder not found")
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         ending = file_ending(path)
-        if not path.is_file() or path.name.startswith(".") or ending not in SUPPORTED_ENDINGS:
+        if not path.is_file() or path.name.startswith(".") or ending not in SUPPORTED_ENDINGS \
+                or path.name == SUMMARY_CHART:
             continue
         case_id = path.name[: -len(ending)]
         if case_id in files:

@@ -56,6 +56,7 @@ def _artifacts():
     from autoseg.fingerprint import Fingerprint
     from autoseg.postprocessing import PostprocessingDecision
     from autoseg.selection import Candidate, SelectionResult
+    from autoseg.statistics import StatisticsTable
 
     return [
         (PostprocessingDecision, "postprocessing.json", PostprocessingDecision(True, [1]).to_json(),
@@ -66,6 +67,8 @@ def _artifacts():
         (EvaluationSummary, "summary.json", EvaluationSummary.from_cases([], {"1": "organ"}, ["1"]).to_json(),
          "re-run the evaluation"),
         (Fingerprint, None, None, "re-run `autoseg fingerprint`"),
+        (StatisticsTable, "statistics.json", StatisticsTable({"1": "organ"}, ["CT"], []).to_json(),
+         "predict again with --statistics"),
     ]
 
 
@@ -79,7 +82,7 @@ def test_every_versioned_artifact_rejects_another_version_naming_its_file(tmp_pa
     if current is not None:
         write_json(path, current)
         assert cls.load(tmp_path).to_json() == current  # found by its folder too
-        write_json(path, {k: v for k, v in current.items() if k not in ("chosen", "per_case", "whole_foreground")})
+        write_json(path, {k: v for k, v in current.items() if k not in ("chosen", "per_case", "whole_foreground", "cases")})
         with pytest.raises(AutosegError, match=rf"^{re.escape(str(path))}: malformed "):
             cls.load(path)
 

@@ -22,7 +22,7 @@ LAYERS = [
     ["autoseg.case_validation"],
     ["autoseg.check", "autoseg.fingerprint"],
     ["autoseg.metrics"],
-    ["autoseg.evaluation", "autoseg.postprocessing", "autoseg.ensembling"],
+    ["autoseg.evaluation", "autoseg.postprocessing", "autoseg.ensembling", "autoseg.statistics", "autoseg.figures"],
     ["autoseg.network"],
     ["autoseg.preprocessing"],
     ["autoseg.planning"],

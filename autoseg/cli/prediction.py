@@ -37,6 +37,9 @@ def predict(
     postprocess: bool = typer.Option(True, "--postprocess/--no-postprocess"),
     output_format: str = typer.Option("nifti", "--output-format",
                                       help="nifti (the input's format; NIfTI for DICOM) or dicom-seg (DICOM input)."),
+    statistics: bool = typer.Option(False, "--statistics", help="statistics.json/.csv: volume, intensities, "
+                                    "bounding box per case and label."),
+    preview: bool = typer.Option(False, "--preview", help="previews/CASE.png and index.html."),
 ) -> None:
     """Segment images: sliding window, Gaussian weighting, mirror TTA, fold ensemble, postprocessing."""
     from autoseg import api
@@ -47,9 +50,15 @@ def predict(
                           use_tta=not no_tta, save_probabilities=save_probabilities, device=device,
                           precision=precision, batch_windows=batch_windows, overwrite=overwrite,
                           part=_parse_part(part), postprocess=postprocess, output_format=output_format,
-                          home=state.workspace.home,
+                          statistics=statistics, preview=preview, home=state.workspace.home,
                           on_models=report.on_models, progress=report.on_windows,
                           on_case=lambda case_id, status: typer.echo(f"  {case_id}: {status}"))
     report.finished(summary)
+    from autoseg.stages.case_reports import INDEX_HTML
+    from autoseg.statistics import STATISTICS_JSON
+
+    for name, wanted in ((STATISTICS_JSON, statistics), (INDEX_HTML, preview)):
+        if wanted:
+            typer.echo(f"wrote {output_folder / name}")
     if summary.failures:
         fail(f"{len(summary.failures)} case(s) failed: " + "; ".join(f"{c}: {e}" for c, e in summary.failures.items()))

@@ -52,7 +52,7 @@ def evaluate(
         typer.echo(f"picture pixels taken as {run.pixel_spacing[0]:g} x {run.pixel_spacing[1]:g} mm (y x) for the "
                    "surface distances")
     typer.echo(run.summary.format_table())
-    typer.echo(f"wrote {run.summary_files[0]} and {run.summary_files[1]}")
+    typer.echo(f"wrote {run.summary_files[0]}, {run.summary_files[1]} and {run.chart_file}")
 
 
 @command("ensemble")

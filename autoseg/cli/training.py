@@ -35,12 +35,17 @@ def train(
     gpus: int = typer.Option(1, "--gpus", min=1, help="Train on N GPUs with DistributedDataParallel (torchrun); without a GPU (or with --device cpu), "
                                      "N CPU processes over gloo."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Predict and score the fold's cases."),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="Machines training together (torchrun's; --gpus per "
+                               "machine, one shared workspace)."),
+    node_rank: int = typer.Option(0, "--node-rank", min=0, help="This machine's rank, 0 .. --nnodes - 1."),
+    master_addr: Optional[str] = typer.Option(None, "--master-addr", help="Address of the --node-rank 0 machine."),
+    master_port: Optional[int] = typer.Option(None, "--master-port", help="A free port there (default 29500)."),
 ) -> None:
     """Train one fold of a configuration; checkpoints, progress.png and validation in results/."""
     from autoseg.stages.train import TrainRequest
 
-    if gpus > 1:
-        raise typer.Exit(torchrun.launch(gpus))
+    if gpus > 1 or nnodes > 1:
+        raise typer.Exit(torchrun.launch(gpus, torchrun.Nodes(nnodes, node_rank, master_addr, master_port)))
     _train_and_show(TrainRequest(configuration=configuration, fold=fold, task=task, epochs=epochs,
                                  iterations=iterations, validation_iterations=validation_iterations,
                                  time_budget=time_budget, workers=workers, device=device, precision=precision,

@@ -19,15 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+
 from autoseg.artifacts import remove_abandoned_temporaries
 from autoseg.dicom import DicomSeries, dicom_series_of, series_cases
 from autoseg.errors import AutosegError
 from autoseg.inference.case import PredictionSettings, predict_probabilities, preprocess_for, \
     probabilities_to_prediction
 from autoseg.inference.model import TrainedModel
-from autoseg.io import SUPPORTED_ENDINGS, file_ending, read_image, segmentation_ending_for, write_segmentation
+from autoseg.io import SUPPORTED_ENDINGS, Geometry, file_ending, read_image, segmentation_ending_for, \
+    write_segmentation
 
 OUTPUT_FORMATS = ("nifti", "dicom-seg")  # nifti: the input's own format, NIfTI for DICOM input
+
+# Called in the writer thread once a case's segmentation is written: (case id, its input files, the
+# int16 (z, y, x) segmentation, its geometry, the input's). What predict --statistics / --preview hang here.
+AfterCase = Callable[[str, list, np.ndarray, Geometry], None]
 
 
 @dataclass
@@ -156,9 +163,10 @@ def _read_and_preprocess(model, files, case_id, settings):
 
 
 def _export(model, holder: list, properties, output_path: Path, settings: PredictionSettings, output_format: str,
-            input_files: list) -> str:
-    """Restore, postprocess and write one case. `holder` is [probabilities]: emptied here, so the
-    probabilities are freed once restored (the executor keeps its arguments until the call ends)."""
+            input_files: list, after_case: Sequence[AfterCase] = ()) -> str:
+    """Restore, postprocess and write one case, then call the `after_case` hooks. `holder` is
+    [probabilities]: emptied here, so the probabilities are freed once restored (the executor keeps its
+    arguments until the call ends)."""
     prediction = probabilities_to_prediction(model, holder.pop(), properties, settings.save_probabilities,
                                              settings.postprocess)
     if prediction.probabilities is not None:
@@ -168,6 +176,8 @@ def _export(model, holder: list, properties, output_path: Path, settings: Predic
                            prediction.geometry, labels=model.label_values)
     write_case_segmentation(prediction.segmentation, prediction.geometry, output_path, output_format, input_files,
                             foreground_label_names(model))
+    for hook in after_case:
+        hook(properties.case_id, list(input_files), prediction.segmentation, prediction.geometry)
     return str(output_path)
 
 
@@ -187,14 +197,16 @@ def writable_folder(folder: Path) -> Path:
 def predict_folder(model: TrainedModel, input_folder: Path, output_folder: Path,
                    settings: PredictionSettings | None = None, *, overwrite: bool = False,
                    part: tuple[int, int] = (0, 1), on_case: Callable[[str, str], None] | None = None,
-                   progress: Callable[[int, int], None] | None = None, output_format: str = "nifti") -> FolderSummary:
+                   progress: Callable[[int, int], None] | None = None, output_format: str = "nifti",
+                   after_case: Sequence[AfterCase] = ()) -> FolderSummary:
     """Predict every case of `input_folder` (every `part[1]`-th from `part[0]`) into `output_folder`
     (as label map files, or DICOM-SEGs for DICOM input with output_format "dicom-seg").
 
     Existing outputs are skipped unless `overwrite` (so an interrupted batch resumes). A case that
     fails (unreadable, wrong channels, ...) is recorded with its file name and error and the others
     go on. `on_case(case_id, status)` reports each case as "[done/total] status"; `progress(done,
-    total)` the windows of the case being predicted.
+    total)` the windows of the case being predicted; each of `after_case` is called once a case is written
+    (an error there fails the case).
 
     Pipelining: one reader thread reads and preprocesses the next case, one writer thread restores
     and writes the previous one, while the network runs on the current case. At most one case waits
@@ -255,7 +267,7 @@ def predict_folder(model: TrainedModel, input_folder: Path, output_folder: Path,
             pending = _collect_finished(pending, summary, report, cases, speeds, wait=True)
             target = output_path_for(output_folder, case_id, cases[case_id], output_format)
             pending.append((case_id, writer.submit(_export, model, [probabilities], properties, target, settings,
-                                                   output_format, cases[case_id])))
+                                                   output_format, cases[case_id], after_case)))
             del probabilities
         _collect_finished(pending, summary, report, cases, speeds, wait=True)
     return summary

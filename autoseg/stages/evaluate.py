@@ -14,7 +14,9 @@ from typing import Mapping, Sequence
 
 from autoseg.dataset import load_dataset
 from autoseg.errors import AutosegError, WorkspaceError
-from autoseg.evaluation import EvaluationSummary, evaluate_folder, labels_found, labels_to_score, regions_of_dataset
+from autoseg.evaluation import SUMMARY_CHART, EvaluationSummary, evaluate_folder, labels_found, labels_to_score, \
+    regions_of_dataset
+from autoseg.figures import write_dice_chart
 from autoseg.workspace import Workspace
 
 Labels = Mapping[int, str] | Sequence[int]
@@ -74,13 +76,14 @@ class EvaluationRun:
     label_choice: LabelChoice
     pixel_spacing: tuple[float, float] | None  # (y, x) mm of picture pixels; None: pictures in pixels
     summary_files: tuple[Path, Path]  # summary.json and summary.csv in the prediction folder
+    chart_file: Path  # summary.png next to them: the Dice of each case and label
 
 
 def evaluate(workspace: Workspace, predictions: Path, references: Path, *, labels: Labels | None = None,
              regions: Regions | None = None, task: str | Path | None = None, workers: int = 2,
              pixel_spacing: float | Sequence[float] | None = None) -> EvaluationRun:
-    """Score every prediction against the reference of the same name; writes summary.json and
-    summary.csv into `predictions`.
+    """Score every prediction against the reference of the same name; writes summary.json,
+    summary.csv and summary.png (a bar chart of each case's Dice per label) into `predictions`.
 
     regions: unions of labels scored as one mask, {name: labels} or label tuples (named by their
     labels); default: the applying dataset's "regions", none when `labels` are given.
@@ -98,4 +101,5 @@ def evaluate(workspace: Workspace, predictions: Path, references: Path, *, label
     # With the task's labels (--task), a predicted label the task does not have is an error, not ignored.
     summary = evaluate_folder(predictions, references, choice.labels, regions=regions, workers=workers,
                               pixel_spacing=spacing, refuse_other_labels=labels is None and task is not None)
-    return EvaluationRun(summary, choice, spacing, summary.save(predictions))
+    chart = write_dice_chart(summary, Path(predictions) / SUMMARY_CHART)
+    return EvaluationRun(summary, choice, spacing, summary.save(predictions), chart)

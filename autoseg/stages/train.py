@@ -11,9 +11,10 @@ preprocessed and up to date (when the dataset folder is known); the fold's cases
 (made on first use); worker processes and CPU threads for this machine; then the trainer, the fold's
 validation and the measured time against the plan's prediction.
 
-Under torchrun each rank calls `train_fold` with its `DistributedRank`. Rank 0 re-plans, validates
-and reports: the stage callbacks (on_start, ...) are called on rank 0 only, the trainer's
-`TrainingEvents` on every rank.
+Under torchrun each rank calls `train_fold` with its `DistributedRank`, on one machine or several
+sharing the workspace. Rank 0 alone writes there: it re-plans and makes splits.json while the others
+wait, then read them; it validates and reports: the stage callbacks (on_start, ...) are called on
+rank 0 only, the trainer's `TrainingEvents` on every rank.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from autoseg.budget.compute_aware import TrainingSchedule, training_schedule
 from autoseg.device import check_precision
@@ -45,8 +46,9 @@ class DistributedRank:
     """This process's place in a multi-process run (torchrun, DistributedDataParallel)."""
 
     device: str  # this rank's device: cuda:N (one GPU per rank) or cpu
-    rank: int  # 0: the main process, which writes and reports
-    world_size: int
+    rank: int  # global rank, over every machine; 0: the main process, which alone writes and reports
+    world_size: int  # processes over every machine
+    local_world_size: int  # processes on this machine (torchrun's LOCAL_WORLD_SIZE), who share its CPUs
 
 
 @dataclass
@@ -95,6 +97,8 @@ class FoldSetup:
     precision: str
     budget: BudgetDecision | None  # the plan's time budget decision, if it has one
     output_folder: Path  # the fold's folder: checkpoints, progress.png, validation/
+    processes: int = 1  # training processes over every machine (torchrun's world)
+    cpu_threads: int | None = None  # intra-op threads per process when training on the CPU
 
 
 @dataclass
@@ -141,7 +145,9 @@ def train_fold(workspace: Workspace, request: TrainRequest, events: TrainingEven
     settings = _training_settings(config, schedule, request)
     setup = FoldSetup(task_name, configuration, request.fold, job.train_ids, job.val_ids, settings.epochs,
                       settings.iterations_per_epoch, config.patch_size, config.batch_size, settings.num_workers,
-                      settings.precision, config.budget, job.output_folder)
+                      settings.precision, config.budget, job.output_folder,
+                      processes=request.distributed.world_size if request.distributed is not None else 1,
+                      cpu_threads=settings.cpu_threads if settings.device == "cpu" else None)
     if request.is_main:
         on_start(setup)
     started = time.perf_counter()
@@ -158,13 +164,34 @@ def train_fold(workspace: Workspace, request: TrainRequest, events: TrainingEven
 
 def _plans_for_time_budget(workspace: Workspace, task_name: str, plans: Plans, configuration: str,
                            request: TrainRequest, on_measure, on_replanned) -> Plans:
-    """The plan with `configuration` re-planned for the request's time budget (by rank 0)."""
-    if not request.is_main:  # rank 0 re-plans (ranks start together under torchrun)
-        return Plans.load(workspace.plans_file(task_name))
-    replanned = replan_for_budget(workspace, task_name, plans, configuration, request.fold, request.time_budget,
-                                  request.training_device, on_measure=on_measure)
-    on_replanned(configuration, workspace.plans_file(task_name))
-    return replanned
+    """The plan with `configuration` re-planned for the request's time budget (by rank 0; the others read it)."""
+
+    def replan() -> Plans:
+        replanned = replan_for_budget(workspace, task_name, plans, configuration, request.fold, request.time_budget,
+                                      request.training_device, on_measure=on_measure)
+        on_replanned(configuration, workspace.plans_file(task_name))
+        return replanned
+
+    return _rank_0_first(request, replan, lambda: Plans.load(workspace.plans_file(task_name)))
+
+
+def _rank_0_first(request: TrainRequest, on_rank_0: Callable[[], Any],
+                  on_others: Callable[[], Any] | None = None) -> Any:
+    """`on_rank_0()` on rank 0, which writes into the workspace (a re-plan, splits.json), then, once it is
+    done, `on_others()` (default the same call, which then finds the file written) on the other ranks: the
+    ranks of every machine may share one workspace (a network file system), and rank 0 alone writes there.
+    One process: `on_rank_0()`."""
+    if request.distributed is None:
+        return on_rank_0()
+    from autoseg.training.distributed import Ranks
+
+    ranks = Ranks()
+    if request.is_main:
+        result = on_rank_0()
+        ranks.barrier()
+        return result
+    ranks.barrier()
+    return (on_others or on_rank_0)()
 
 
 def over_budget_refusal(plans: Plans, configuration: str, over_budget: OverBudget) -> str:
@@ -207,7 +234,7 @@ def _training_job(workspace: Workspace, task_name: str, dataset_folder: Path | N
     if dataset_folder is not None and (dataset_folder / "dataset.json").is_file():
         check_all_cases_preprocessed(dataset_folder, plans, configuration, data_folder)
     task_results = workspace.task_results(task_name)
-    splits = load_or_create_splits(task_results.splits_file, case_ids)
+    splits = _rank_0_first(request, lambda: load_or_create_splits(task_results.splits_file, case_ids))
     train_ids, val_ids = fold_cases(splits, request.fold, case_ids)
     return TrainingJob(plans, configuration, request.fold, data_folder, task_results, train_ids, val_ids,
                        resume=request.resume)
@@ -229,13 +256,13 @@ def check_all_cases_preprocessed(dataset_folder: Path, plans: Plans, configurati
 def _training_settings(config: Configuration, schedule: TrainingSchedule, request: TrainRequest) -> TrainingSettings:
     device = request.training_device
     workers = request.workers if request.workers is not None else default_training_workers(config, device)
-    world_size = request.distributed.world_size if request.distributed is not None else 1
+    processes_here = request.distributed.local_world_size if request.distributed is not None else 1
     return TrainingSettings(epochs=schedule.epochs, iterations_per_epoch=schedule.iterations_per_epoch,
                             validation_iterations=schedule.validation_iterations, num_workers=workers,
                             device=device, precision=schedule.precision,
                             confirm_precision=schedule.confirm_precision,
                             expected_epoch_seconds=schedule.expected_epoch_seconds,
-                            cpu_threads=training_cpu_threads(world_size), seed=request.seed,
+                            cpu_threads=training_cpu_threads(processes_here), seed=request.seed,
                             checkpoint_every=request.checkpoint_every)
 
 
@@ -250,11 +277,12 @@ def default_training_workers(config: Configuration, device: str) -> int:
     return training_workers(device_type(device.split(":")[0]), usable_cpus(), available_memory_bytes(), batch_bytes)
 
 
-def training_cpu_threads(world_size: int = 1) -> int:
-    """Intra-op threads for CPU training: every usable CPU (one process), or a share of them per rank."""
+def training_cpu_threads(processes_on_this_machine: int = 1) -> int:
+    """Intra-op threads for CPU training: every usable CPU (one process), or a share of them per rank of
+    this machine (ranks on other machines have their own CPUs)."""
     from autoseg.hardware import usable_cpus
 
-    return max(1, usable_cpus() // world_size)
+    return max(1, usable_cpus() // processes_on_this_machine)
 
 
 def _validate(workspace: Workspace, task_name: str, job: TrainingJob, device: str, use_tta: bool,

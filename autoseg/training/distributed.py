@@ -21,6 +21,13 @@ class Ranks:
         """Rank 0, the one process that writes checkpoints and logs."""
         return self.rank == 0
 
+    def barrier(self) -> None:
+        """Wait until every rank has come here (nothing to wait for in a single process)."""
+        if self.active:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     def sum(self, values: np.ndarray) -> np.ndarray:
         """`values` summed over every rank (as float64)."""
         if not self.active:

@@ -119,9 +119,10 @@ def test_workers_fit_the_memory_and_threads_are_shared_between_ranks(small_task,
         monkeypatch.setattr(autoseg.hardware, "available_memory_bytes", lambda: available)
         assert default_training_workers(config, "cpu") == workers == \
             training_workers("cpu", 8, available, batch_bytes)
-    assert [training_cpu_threads(world_size) for world_size in (1, 2, 3, 16)] == [8, 4, 2, 1]
-    assert TrainRequest(device="cuda", distributed=DistributedRank("cpu", rank=1, world_size=2)).training_device == "cpu"
-    assert not TrainRequest(distributed=DistributedRank("cpu", rank=1, world_size=2)).is_main
+    assert [training_cpu_threads(processes) for processes in (1, 2, 3, 16)] == [8, 4, 2, 1]
+    one_of_two = DistributedRank("cpu", rank=1, world_size=2, local_world_size=2)
+    assert TrainRequest(device="cuda", distributed=one_of_two).training_device == "cpu"
+    assert not TrainRequest(distributed=one_of_two).is_main
     assert TrainRequest().is_main and TrainRequest(device="cpu").training_device == "cpu"
 
 
