@@ -70,7 +70,7 @@ class Configuration:
                   num_labels: int | None = None) -> "Configuration":
         """Build from a fully resolved entry (no missing fields); validate every field, against the plan's
         channels and labels when given."""
-        optional = {f.name for f in fields(cls) if f.default is not MISSING}
+        optional = {f.name for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
         _check_fields(data, {f.name for f in fields(cls)}, where, optional)
         data = {**{name: None for name in optional}, **data}
         architecture = _architecture_from_json(data["architecture"], f"{where}: field 'architecture'")

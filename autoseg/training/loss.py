@@ -177,11 +177,13 @@ class CompoundLoss(nn.Module):
 # name -> builder(parameters, batch_dice); the names and parameters are autoseg.planning.loss_choice's.
 LOSSES = {
     "dice_ce": lambda p, batch_dice: DiceCELoss(batch_dice, p["weight_ce"], p["weight_dice"]),
-    "generalized_dice": lambda p, batch_dice: CompoundLoss([(1.0, partial(generalized_dice_loss, batch_dice=batch_dice))]),
+    "generalized_dice": lambda p, batch_dice: CompoundLoss(
+        [(1.0, partial(generalized_dice_loss, batch_dice=batch_dice))]),
     "tversky": lambda p, batch_dice: CompoundLoss(
         [(1.0, partial(tversky_loss, batch_dice=batch_dice, alpha=p["alpha"], beta=p["beta"]))]),
-    "focal_dice": lambda p, batch_dice: CompoundLoss([(p["weight_focal"], partial(focal_loss, gamma=p["gamma"])),
-                                                      (p["weight_dice"], partial(soft_dice_loss, batch_dice=batch_dice))]),
+    "focal_dice": lambda p, batch_dice: CompoundLoss(
+        [(p["weight_focal"], partial(focal_loss, gamma=p["gamma"])),
+         (p["weight_dice"], partial(soft_dice_loss, batch_dice=batch_dice))]),
 }
 
 
