@@ -13,7 +13,7 @@ Shapes (dimension-generic, 2D or 3D):
 - logits: (B, C, *spatial) float, C = number of classes including background.
 - target: (B, 1, *spatial) integer labels 0..C-1 (the channel axis of size 1 is required; it is what
   the data loader yields for segmentations). Labels < 0 (the preprocessed store's -1 outside the
-  nonzero region) are ignored by both Dice and CE, so a caller may keep them or convert them to 0
+  nonzero region) are ignored by every loss, so a caller may keep them or convert them to 0
   (background) as nnU-Net does.
 - ignore_mask: optional bool tensor shaped like target, True where a voxel must not count.
 
@@ -24,6 +24,7 @@ too much precision in 16 bits, and the loss is a negligible share of the step's 
 from __future__ import annotations
 
 from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -165,7 +166,7 @@ class DiceCELoss(nn.Module):
 class CompoundLoss(nn.Module):
     """sum of weight * term(logits, target, ignore_mask) over (weight, term) pairs."""
 
-    def __init__(self, terms: list[tuple[float, "partial"]]):
+    def __init__(self, terms: list[tuple[float, Callable[..., torch.Tensor]]]):
         super().__init__()
         self.terms = terms
 
