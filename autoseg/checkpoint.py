@@ -11,10 +11,12 @@ A checkpoint holds plain tensors and JSON-able values only:
 from __future__ import annotations
 
 import re
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from autoseg.artifacts import write_atomic
 from autoseg.errors import CheckpointError
+from autoseg.network.architecture import Architecture
 from autoseg.planning.plans import Plans
 from autoseg.workspace import CHECKPOINT_NAMES, checkpoint_file_name
 
@@ -117,7 +119,11 @@ def identity_of_configuration(plans: Plans, configuration_name: str) -> dict:
 
 def check_identity(state: dict, expected: dict, path: Path) -> None:
     """Refuse a checkpoint made for another plan (different dataset, network, patch or data)."""
-    found = state.get("identity", {})
+    found = dict(state.get("identity", {}))
+    if isinstance(found.get("architecture"), dict):
+        # Architecture fields added since the checkpoint was saved take their defaults (conv_block "plain").
+        defaults = {f.name: f.default for f in fields(Architecture) if f.default is not MISSING}
+        found["architecture"] = {**defaults, **found["architecture"]}
     for key in ("dataset_name", "configuration", "architecture", "patch_size", "fingerprint_signature"):
         if found.get(key) != expected.get(key):
             # An architecture is too long for a one-line message; the other values are short.

@@ -75,7 +75,11 @@ def fold_checkpoints(results: TaskResults, configuration_name: str, folds: Seque
 
 
 def load_network(plans: Plans, configuration_name: str, checkpoint_path: Path, device: "torch.device"):
+    """The fold's network in eval mode, single output, its rep blocks (if any) fused into plain convs
+    (`autoseg.network.rep`: the same function at the plain network's cost); and the checkpoint's inference
+    settings."""
     from autoseg.network import build_network
+    from autoseg.network.rep import fuse_rep_blocks
 
     state = load_checkpoint(checkpoint_path, map_location=device)
     check_identity(state, identity_of_configuration(plans, configuration_name), checkpoint_path)
@@ -83,6 +87,7 @@ def load_network(plans: Plans, configuration_name: str, checkpoint_path: Path, d
     network = build_network(configuration.architecture)
     network.load_state_dict(state["network_weights"])
     network.deep_supervision = False
+    fuse_rep_blocks(network)
     return network.to(device).eval(), state.get("inference", {})
 
 

@@ -12,7 +12,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 # Registered network builders; a plan names one of these keys, never a module path.
-ARCHITECTURES = ("plain_unet",)
+ARCHITECTURES = ("plain_unet", "attention_unet", "unetpp", "u2net")
+# The conv block every network builds its convs from: "plain" (conv -> norm -> nonlin) or "rep" (parallel
+# KxK + 1x1 + identity branches summed before the norm, fused into one plain conv for inference;
+# `autoseg.network.rep`).
+CONV_BLOCKS = ("plain", "rep")
 
 
 @dataclass
@@ -26,6 +30,7 @@ class Architecture:
     strides: list[list[int]]  # per stage, per axis; stage 0 is all ones
     convs_per_stage: int = 2
     deep_supervision: bool = True
+    conv_block: str = "plain"  # one of CONV_BLOCKS
 
     @property
     def num_stages(self) -> int:

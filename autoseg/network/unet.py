@@ -19,7 +19,8 @@ import torch
 from torch import nn
 
 from autoseg.errors import PlanError
-from autoseg.network.architecture import Architecture
+from autoseg.network.architecture import CONV_BLOCKS, Architecture
+from autoseg.network.rep import RepConv
 
 # nnU-Net's PlainConvUNet settings (reference section 3.5).
 NORM_EPS = 1e-5
@@ -31,23 +32,31 @@ _TRANSPOSED_CONV = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
 _INSTANCE_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 
 
-def conv_norm_nonlin(dimension: int, in_channels: int, out_channels: int,
-                     kernel_size: list[int], stride: list[int]) -> nn.Sequential:
-    """conv (padding k//2, so the output is ceil(input / stride)) -> InstanceNorm -> LeakyReLU."""
-    padding = [k // 2 for k in kernel_size]
+def conv_norm_nonlin(dimension: int, in_channels: int, out_channels: int, kernel_size: list[int],
+                     stride: list[int], block: str = "plain", dilation: int = 1) -> nn.Sequential:
+    """conv (padding dilation * (k // 2), so the output is ceil(input / stride)) -> InstanceNorm -> LeakyReLU.
+
+    `block` "rep" trains the conv as parallel KxK + 1x1 (+ identity) branches summed before the norm
+    (`autoseg.network.rep.RepConv`; `fuse_rep_blocks` turns it back into this plain conv).
+    """
+    if block == "rep":
+        conv = RepConv(_CONV[dimension], in_channels, out_channels, kernel_size, stride, dilation)
+    else:
+        padding = [dilation * (k // 2) for k in kernel_size]
+        conv = _CONV[dimension](in_channels, out_channels, kernel_size, stride, padding, dilation, bias=True)
     return nn.Sequential(
-        _CONV[dimension](in_channels, out_channels, kernel_size, stride, padding, bias=True),
+        conv,
         _INSTANCE_NORM[dimension](out_channels, eps=NORM_EPS, affine=True),
         nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True),
     )
 
 
 def conv_stack(dimension: int, in_channels: int, out_channels: int, kernel_size: list[int],
-               first_stride: list[int], num_convs: int) -> nn.Sequential:
+               first_stride: list[int], num_convs: int, block: str = "plain") -> nn.Sequential:
     """`num_convs` conv blocks; only the first one strides (nnU-Net downsamples by strided conv)."""
-    blocks = [conv_norm_nonlin(dimension, in_channels, out_channels, kernel_size, first_stride)]
+    blocks = [conv_norm_nonlin(dimension, in_channels, out_channels, kernel_size, first_stride, block)]
     ones = [1] * dimension
-    blocks += [conv_norm_nonlin(dimension, out_channels, out_channels, kernel_size, ones)
+    blocks += [conv_norm_nonlin(dimension, out_channels, out_channels, kernel_size, ones, block)
                for _ in range(num_convs - 1)]
     return nn.Sequential(*blocks)
 
@@ -66,7 +75,7 @@ class PlainUNet(nn.Module):
         for stage in range(architecture.num_stages):
             self.encoder_stages.append(conv_stack(
                 dim, in_channels, features[stage], architecture.kernel_sizes[stage],
-                architecture.strides[stage], architecture.convs_per_stage))
+                architecture.strides[stage], architecture.convs_per_stage, architecture.conv_block))
             in_channels = features[stage]
         # Decoder modules are indexed from the stage just above the bottleneck upwards, i.e.
         # decoder index i works at encoder stage num_stages - 2 - i.
@@ -78,7 +87,7 @@ class PlainUNet(nn.Module):
                 features[stage + 1], features[stage], up_stride, up_stride, bias=True))
             self.decoder_stages.append(conv_stack(
                 dim, 2 * features[stage], features[stage], architecture.kernel_sizes[stage],
-                [1] * dim, architecture.convs_per_stage))
+                [1] * dim, architecture.convs_per_stage, architecture.conv_block))
             self.segmentation_heads.append(_CONV[dim](
                 features[stage], architecture.num_classes, 1, 1, 0, bias=True))
         self.apply(he_initialise)
@@ -93,13 +102,18 @@ class PlainUNet(nn.Module):
         last = len(self.decoder_stages) - 1
         for index, (upsample, decode, head) in enumerate(
                 zip(self.upsamplers, self.decoder_stages, self.segmentation_heads)):
-            x = decode(torch.cat((upsample(x), skips.pop()), dim=1))
+            x = decode(torch.cat((upsample(x), self.skip_connection(index, skips.pop(), x)), dim=1))
             # Without deep supervision only the full-resolution head runs (saves its activations).
             if self.deep_supervision or index == last:
                 logits_low_to_high.append(head(x))
         if not self.deep_supervision:
             return logits_low_to_high[-1]
         return logits_low_to_high[::-1]
+
+    def skip_connection(self, decoder_index: int, skip: torch.Tensor, below: torch.Tensor) -> torch.Tensor:
+        """What decoder stage `decoder_index` concatenates from the encoder: the skip itself here; the
+        attention U-Net (`autoseg.network.attention_unet`) gates it with `below`, the coarser decoder input."""
+        return skip
 
 
 def he_initialise(module: nn.Module) -> None:
@@ -117,6 +131,8 @@ def validate_architecture(architecture: Architecture) -> None:
         raise PlanError(f"architecture.dimension must be 2 or 3, got {dim!r}")
     if stages < 2:
         raise PlanError(f"architecture.features_per_stage needs at least 2 stages, got {stages}")
+    if architecture.conv_block not in CONV_BLOCKS:
+        raise PlanError(f"architecture.conv_block {architecture.conv_block!r} is not one of {', '.join(CONV_BLOCKS)}")
     if architecture.convs_per_stage < 1:
         raise PlanError(f"architecture.convs_per_stage must be >= 1, got {architecture.convs_per_stage}")
     for field in ("kernel_sizes", "strides"):
@@ -126,6 +142,8 @@ def validate_architecture(architecture: Architecture) -> None:
         for stage, values in enumerate(per_stage):
             if len(values) != dim or any(int(v) < 1 for v in values):
                 raise PlanError(f"architecture.{field}[{stage}] = {values} must be {dim} positive ints")
+    if architecture.conv_block == "rep" and any(k % 2 == 0 for kernel in architecture.kernel_sizes for k in kernel):
+        raise PlanError(f"architecture.conv_block 'rep' needs odd kernel sizes, got {architecture.kernel_sizes}")
 
 
 def build_plain_unet(architecture: Architecture) -> PlainUNet:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import re
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,8 @@ from autoseg.artifacts import read_json, write_json
 from autoseg.errors import AutosegError, PlanError
 from autoseg.fingerprint import ChannelIntensity
 from autoseg.io import is_picture_spacing
-from autoseg.network.architecture import ARCHITECTURES, Architecture
+from autoseg.network.architecture import ARCHITECTURES, CONV_BLOCKS, Architecture
+from autoseg.planning.loss_choice import default_loss, loss_from_json
 from autoseg.preprocessing.normalization import NORMALIZATION_SCHEMES
 from autoseg.planning.time_budget import BudgetDecision, OverBudget
 
@@ -57,6 +58,7 @@ class Configuration:
     # `over_budget` instead (the entry keeps the unconstrained plan).
     budget: BudgetDecision | None = None
     over_budget: OverBudget | None = None
+    loss: dict = field(default_factory=default_loss)  # autoseg.planning.loss_choice; absent or null = Dice + CE
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -68,13 +70,15 @@ class Configuration:
                   num_labels: int | None = None) -> "Configuration":
         """Build from a fully resolved entry (no missing fields); validate every field, against the plan's
         channels and labels when given."""
-        optional = {f.name for f in fields(cls) if f.default is not MISSING}
+        optional = {f.name for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
         _check_fields(data, {f.name for f in fields(cls)}, where, optional)
         data = {**{name: None for name in optional}, **data}
         architecture = _architecture_from_json(data["architecture"], f"{where}: field 'architecture'")
         budget = data["budget"] and BudgetDecision.from_json(data["budget"], f"{where}: field 'budget'")
         over_budget = data["over_budget"] and OverBudget.from_json(data["over_budget"], f"{where}: field 'over_budget'")
-        configuration = cls(**{**data, "architecture": architecture, "budget": budget, "over_budget": over_budget})
+        loss = loss_from_json(data["loss"], where)
+        configuration = cls(**{**data, "architecture": architecture, "budget": budget, "over_budget": over_budget,
+                               "loss": loss})
         try:
             _validate_configuration(configuration, where, num_channels, num_labels)
         except (TypeError, ValueError) as e:  # a field of the wrong JSON type
@@ -223,7 +227,7 @@ def _check_fields(data: dict, expected: set[str], where: str, optional: set[str]
 
 def _architecture_from_json(data: Any, where: str) -> Architecture:
     known = {f.name for f in fields(Architecture)}
-    required = known - {"convs_per_stage", "deep_supervision"}
+    required = known - {"convs_per_stage", "deep_supervision", "conv_block"}
     if not isinstance(data, dict):
         raise PlanError(f"{where}: expected a JSON object")
     missing = sorted(required - set(data))
@@ -258,6 +262,9 @@ def _validate_architecture(architecture: Architecture, dimension: int, where: st
                  where, name, getattr(a, name), f"{a.num_stages} stages of {dimension} positive integers")
     _require(_is_integer(a.convs_per_stage), where, "convs_per_stage", a.convs_per_stage, "an integer >= 1")
     _require(isinstance(a.deep_supervision, bool), where, "deep_supervision", a.deep_supervision, "true or false")
+    _require(a.conv_block in CONV_BLOCKS, where, "conv_block", a.conv_block, f"one of {', '.join(CONV_BLOCKS)}")
+    _require(a.conv_block != "rep" or all(k % 2 for kernel in a.kernel_sizes for k in kernel), where, "kernel_sizes",
+             a.kernel_sizes, "odd sizes with conv_block 'rep' (its 1x1 branch sits at the kernel's centre)")
 
 
 def _validate_configuration(configuration: Configuration, where: str, num_channels: int | None,

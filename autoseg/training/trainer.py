@@ -55,7 +55,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.network.parameters(), settings.initial_lr)
         self.scaler = make_grad_scaler(self.device, self.amp_dtype)
         self.loss = loss_for_architecture(self.configuration.architecture, self.configuration.batch_dice,
-                                          self.dist.active)
+                                          self.dist.active, self.configuration.loss)
         self.log = EpochLog()
         self.epoch = 0
         self.best_ema: float | None = None
