@@ -124,13 +124,13 @@ def member_name(workspace: Workspace, task_name: str, path: Path) -> str:
     return RESULTS_PREFIX + Path(path).relative_to(workspace.task_results(task_name).root).as_posix()
 
 
-def member_destination(workspace: Workspace, task_name: str, name: str) -> Path:
+def member_destination(workspace: Workspace, task_name: str, name: str, where: str) -> Path:
     """Where member `name` (already checked by `check_member_name`) belongs in `workspace` for the task."""
     if name == PLANS_MEMBER:
         return workspace.plans_file(task_name)
     if name.startswith(RESULTS_PREFIX):
         return workspace.task_results(task_name).root.joinpath(*name[len(RESULTS_PREFIX):].split("/"))
-    raise BundleError(f"member {name!r}: not plans.json nor under {RESULTS_PREFIX}; refused")
+    raise BundleError(f"{where}: member {name!r} is neither {PLANS_MEMBER} nor under {RESULTS_PREFIX}; refused")
 
 
 # ------------------------------------------------------------------------------------------------ writing
@@ -205,7 +205,8 @@ def _read_manifest(bundle: zipfile.ZipFile, where: str) -> BundleManifest:
 def _checked_entries(bundle: zipfile.ZipFile, manifest: BundleManifest, where: str) -> dict[str, zipfile.ZipInfo]:
     """The zip's members by name, once each checked against the manifest and the rules above."""
     expected = {record.name: record for record in manifest.members}
-    if len(expected) != len(manifest.members):
+    # Names differing only in case would be one file on a case-insensitive file system.
+    if len({name.lower() for name in expected}) != len(manifest.members):
         raise BundleError(f"{where}: {MANIFEST_NAME} lists a member twice; refused")
     for name in expected:
         check_member_name(name, where)
@@ -278,7 +279,7 @@ def extract_bundle(bundle_path: str | Path, workspace: Workspace, task_name: str
         task = check_part(task_name or manifest.task, "task name")
         root = workspace.home.resolve()
         for record in manifest.members:
-            destination = member_destination(workspace, task, record.name)
+            destination = member_destination(workspace, task, record.name, where)
             if not destination.resolve().is_relative_to(root):
                 raise BundleError(f"{where}: member {record.name} would be written outside {root}; refused")
             _extract_member(bundle, entries[record.name], record, destination, where)
