@@ -92,28 +92,42 @@ def test_the_manifest_lists_every_member_with_its_checksum(exported):
     assert description["modality"] == {"0": "CT"} and "training" not in description
 
 
-def test_the_bundle_predicts_elsewhere_as_the_workspace_did(exported, tmp_path):
-    workspace, bundle, unseen, expected = exported
-    moved = workspace.home.with_name("moved_away")
+@pytest.fixture
+def original_moved_away(exported, tmp_path):
+    """The bundle copied to another folder while the original workspace is renamed: nothing of it is reachable."""
+    workspace, bundle, _, _ = exported
     copy = tmp_path / "elsewhere" / "model.zip"
     copy.parent.mkdir()
     shutil.copy(bundle, copy)
-    workspace.home.rename(moved)  # nothing of the original workspace is reachable
-    try:
-        run_cli("--home", tmp_path / "fresh", "predict", unseen, tmp_path / "from_bundle", "--model", copy, *PREDICT)
-        segmenter = api.Segmenter(tmp_path / "none", model=copy, device="cpu",
-                                  settings=PredictionSettings(use_tta=False, device="cpu"))
-        single = segmenter.predict(unseen / "demo_000.nii.gz").segmentation
-        run_cli("--home", tmp_path / "installed", "import-model", copy)
-        run_cli("--home", tmp_path / "installed", "predict", unseen, tmp_path / "imported", *PREDICT)
-    finally:
-        moved.rename(workspace.home)
-    for output in ("from_bundle", "imported"):
-        predicted = predictions_of(tmp_path / output)
-        assert sorted(predicted) == sorted(expected) == ["demo_000.nii.gz"]
-        assert all(np.array_equal(predicted[name], expected[name]) for name in expected)
-    assert np.array_equal(single, expected["demo_000.nii.gz"]) and expected["demo_000.nii.gz"].any()
+    moved = workspace.home.with_name("moved_away")
+    workspace.home.rename(moved)
+    yield copy
+    moved.rename(workspace.home)
+
+
+def assert_same_predictions(folder: Path, expected: dict[str, np.ndarray]) -> None:
+    predicted = predictions_of(folder)
+    assert sorted(predicted) == sorted(expected) == ["demo_000.nii.gz"]
+    assert all(np.array_equal(predicted[name], expected[name]) for name in expected)
+    assert expected["demo_000.nii.gz"].any()
+
+
+def test_the_bundle_predicts_elsewhere_as_the_workspace_did(exported, original_moved_away, tmp_path):
+    _, _, unseen, expected = exported
+    bundle = original_moved_away
+    run_cli("--home", tmp_path / "fresh", "predict", unseen, tmp_path / "out", "--model", bundle, *PREDICT)
+    assert_same_predictions(tmp_path / "out", expected)
     assert not (tmp_path / "fresh").exists()  # predicting from a bundle writes no workspace
+    segmenter = api.Segmenter(tmp_path / "none", model=bundle, device="cpu",
+                              settings=PredictionSettings(use_tta=False, device="cpu"))
+    assert np.array_equal(segmenter.predict(unseen / "demo_000.nii.gz").segmentation, expected["demo_000.nii.gz"])
+
+
+def test_an_imported_bundle_predicts_as_the_workspace_did(exported, original_moved_away, tmp_path):
+    _, _, unseen, expected = exported
+    run_cli("--home", tmp_path / "installed", "import-model", original_moved_away)
+    run_cli("--home", tmp_path / "installed", "predict", unseen, tmp_path / "out", *PREDICT)
+    assert_same_predictions(tmp_path / "out", expected)
 
 
 def rewrite(bundle: Path, target: Path, *, replace_member: dict[str, bytes] | None = None,
