@@ -72,8 +72,7 @@ def load_models(workspace: Workspace, task: str | None = None, configurations: S
     if model is not None:
         return _load_bundle_models(Path(model), task, configurations, folds=folds, checkpoint=checkpoint,
                                    device=device, postprocess=postprocess)
-    task_name = task if task is not None and not (Path(task) / "dataset.json").is_file() else None
-    task_name = task_name or (workspace.task_name(task) if task else workspace.current_task())
+    task_name = workspace.trained_task_name(task)
     plans = Plans.load(workspace.plans_file(task_name))
     results = workspace.task_results(task_name)
     names = list(configurations) if configurations else default_prediction_configurations(results, plans, checkpoint)

@@ -134,6 +134,13 @@ class Workspace:
     def task_name(self, task: str | Path) -> str:
         return self.dataset_folder(task).name
 
+    def trained_task_name(self, task: str | Path | None) -> str:
+        """The task of trained models: a dataset folder's name, else `task` as a name (its raw data may be
+        gone, or never here: an imported model bundle), else the task planned last."""
+        if task is None:
+            return self.current_task()
+        return self.task_name(task) if (Path(task) / "dataset.json").is_file() else str(task)
+
     def preprocessed(self, task_name: str) -> Path:
         return self.home / "preprocessed" / task_name
 

@@ -45,13 +45,6 @@ class ImportResult:
     manifest: BundleManifest
 
 
-def task_name_of(workspace: Workspace, task: str | None) -> str:
-    """A task given by name (its raw data may be gone) or dataset folder; else the task planned last."""
-    if task is None:
-        return workspace.current_task()
-    return workspace.task_name(task) if (Path(task) / "dataset.json").is_file() else task
-
-
 def with_previous_stages(plans: Plans, configurations: Sequence[str]) -> list[str]:
     """The configurations and, after each cascade stage, the stages it predicts from."""
     packed: list[str] = []
@@ -108,7 +101,7 @@ def bundle_contents(workspace: Workspace, task_name: str, configurations: Sequen
 def export_model(workspace: Workspace, bundle_path: Path, *, task: str | None = None,
                  configurations: Sequence[str] | None = None, folds: Sequence[str] | None = None) -> ExportResult:
     """Pack the task's models (default: find-best's choice, every fold with a final checkpoint)."""
-    task_name = task_name_of(workspace, task)
+    task_name = workspace.trained_task_name(task)
     with tempfile.TemporaryDirectory(prefix="autoseg-export-") as scratch:
         contents = bundle_contents(workspace, task_name, configurations, folds, Path(scratch))
         return ExportResult(Path(bundle_path), write_bundle(Path(bundle_path), contents))
