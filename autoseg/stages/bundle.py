@@ -68,7 +68,8 @@ def dataset_description(workspace: Workspace, task_name: str, plans: Plans) -> d
 
 def bundle_contents(workspace: Workspace, task_name: str, configurations: Sequence[str] | None,
                     folds: Sequence[str] | None, scratch: Path) -> BundleContents:
-    """The files of an export (`scratch` receives those made for it: dataset.json's description)."""
+    """The files of an export. Those made for it go to `scratch`: dataset.json's description (and, for
+    another export format of the networks, its files: a member may be any file under results/)."""
     plans = Plans.load(workspace.plans_file(task_name))
     results = workspace.task_results(task_name)
     chosen = list(configurations) if configurations else default_prediction_configurations(results, plans,
@@ -130,9 +131,10 @@ def import_model(workspace: Workspace, bundle_path: Path, *, task_name: str | No
         manifest = extract_bundle(bundle_path, staging, task_name)
         name = task_name or manifest.task
         results, plans = workspace.task_results(name).root, workspace.plans_file(name)
-        if results.exists() or plans.exists():
-            raise WorkspaceError(f"{workspace.home} already has a task {name} ({results if results.exists() else plans})"
-                                 "; import with --task-name NEW, or remove it first")
+        existing = results if results.exists() else plans
+        if existing.exists():
+            raise WorkspaceError(f"{workspace.home} already has a task {name} ({existing}); import with "
+                                 "--task-name NEW, or remove it first")
         results.parent.mkdir(parents=True, exist_ok=True)
         plans.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging.task_results(name).root, results)
