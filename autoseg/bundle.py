@@ -92,6 +92,11 @@ class BundleManifest:
         if manifest.format != BUNDLE_FORMAT:
             raise BundleError(f"{where}: format {manifest.format!r}, expected {BUNDLE_FORMAT!r}")
         check_part(manifest.task, f"{where}: task")
+        for name in [*manifest.configurations, *manifest.folds]:  # they name folders when predicting
+            check_part(name, f"{where}: configuration")
+        for folds in manifest.folds.values():
+            for fold in folds:
+                check_part(fold, f"{where}: fold")
         return manifest
 
     @classmethod

@@ -180,6 +180,8 @@ TAMPERED = {
     "65 GiB declared": (dict(manifest_change=lambda m: m["members"][0].update(size=65 * 2**30)),
                         "members of more than 64 GiB in all"),
     "task ../x": (dict(manifest_change=lambda m: m.update(task="../x")), "manifest.json: task '../x': not a plain"),
+    "configuration ../x": (dict(manifest_change=lambda m: m.update(configurations=["../x"])),
+                           "manifest.json: configuration '../x': not a plain"),
     "member outside plans.json and results/": (
         dict(add=[("evil.sh", b"x")], manifest_change=list_member("evil.sh", b"x")),
         "member 'evil.sh' is neither plans.json nor under results/"),
