@@ -22,6 +22,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -47,6 +48,9 @@ _CHUNK_BYTES = 2**20
 # One path part: letters, digits and . _ + - (no separators, drive letters, spaces or control characters).
 _PART = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _SYMLINK_MODE, _FILE_TYPE_MASK = 0o120000, 0o170000
+# What reading a damaged or unusual member raises: a CRC error or truncation of changed compressed bytes
+# (BadZipFile, EOFError, zlib.error), an encrypted member (RuntimeError), an unknown compression method.
+_UNREADABLE = (zipfile.BadZipFile, EOFError, OSError, zlib.error, RuntimeError, NotImplementedError)
 
 
 @dataclass(frozen=True)
@@ -202,7 +206,7 @@ def _read_manifest(bundle: zipfile.ZipFile, where: str) -> BundleManifest:
     try:
         with bundle.open(info) as f:
             data = json.loads(f.read(MAX_MANIFEST_BYTES + 1))
-    except (zipfile.BadZipFile, ValueError) as e:
+    except (*_UNREADABLE, ValueError) as e:
         raise BundleError(f"{where}: {MANIFEST_NAME} is not readable JSON ({e})") from None
     return BundleManifest.from_json(data, f"{where}: {MANIFEST_NAME}")
 
@@ -260,7 +264,7 @@ def _extract_member(bundle: zipfile.ZipFile, info: zipfile.ZipInfo, record: Memb
 
     try:
         write_atomic(destination, copy)
-    except (zipfile.BadZipFile, EOFError, OSError) as e:  # e.g. a CRC error of changed compressed bytes
+    except _UNREADABLE as e:
         raise BundleError(f"{where}: member {record.name} is damaged ({e}); refused") from None
 
 

@@ -177,6 +177,7 @@ TAMPERED = {
                 "member 'results/dataset.json' is a symbolic link"),
     "duplicate": (dict(add=[(PLANS, b"{}")]), f"member '{PLANS}' appears twice"),
     "not a zip": ("garbage", "not a model bundle (not a readable zip file"),
+    "damaged compressed bytes": ("damage", "member results/3d_fullres/fold_0/checkpoint_final.pt "),
     "65 GiB declared": (dict(manifest_change=lambda m: m["members"][0].update(size=65 * 2**30)),
                         "members of more than 64 GiB in all"),
     "task ../x": (dict(manifest_change=lambda m: m.update(task="../x")), "manifest.json: task '../x': not a plain"),
@@ -195,6 +196,10 @@ def test_a_tampered_bundle_is_refused_with_one_line(exported, tmp_path, kind):
     target = tmp_path / "tampered.zip"
     if change == "garbage":
         target.write_bytes(b"PK\x03\x04 not really a zip")
+    elif change == "damage":  # bytes in the middle of the checkpoint's compressed stream
+        data = bytearray(bundle.read_bytes())
+        data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+        target.write_bytes(bytes(data))
     elif change == "flip":
         with zipfile.ZipFile(bundle) as z:
             plans = z.read(PLANS)
