@@ -13,6 +13,9 @@ as keyword arguments and typed results. `home` is the workspace folder (the CLI'
     api.postprocess("pred/", "out/")                                      # -> PostprocessResult
     best = api.find_best()                                                # -> FindBestResult
     summary = api.predict("imagesTs/", "out/", use_tta=False)             # -> FolderSummary
+    api.export_model("model.zip")                                         # -> ExportResult (.manifest)
+    api.predict("imagesTs/", "out/", model="model.zip")                   # a bundle, on another machine
+    api.import_model("model.zip", home="other_workspace")                 # -> ImportResult (.task)
 
 To segment images from Python, load a trained task once, then predict:
 
@@ -23,10 +26,11 @@ To segment images from Python, load a trained task once, then predict:
     prediction = segmenter.predict("case.nii.gz")                # path in: Prediction (array + geometry)
     prediction = segmenter.predict(["case_0000.nii.gz", "case_0001.nii.gz"])   # one file per channel
     segmenter.predict_folder("in/", "out/")
+    segmenter = Segmenter(model="model.zip")                     # a model bundle, no workspace
 
 The networks are loaded once, in the constructor (`load_models`, as `predict` does); every `predict`
 reuses them. The constructor takes the same options (task, configuration, folds, checkpoint, device,
-PredictionSettings).
+PredictionSettings), and `model` for a model bundle (`autoseg.bundle`).
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from autoseg.inference.folder import FolderSummary
 from autoseg.inference.model import TrainedModel, load_trained_model
 from autoseg.io import Geometry, image_from_sitk, is_sitk_image, read_image, segmentation_to_sitk
 from autoseg.preprocessing.store import PreprocessSummary
+from autoseg.stages import bundle as bundle_stage
 from autoseg.stages import dataset as dataset_stages
 from autoseg.stages import evaluate as evaluate_stage
 from autoseg.stages import find_best as find_best_stage
@@ -59,13 +64,16 @@ from autoseg.workspace import DEFAULT_HOME, Workspace
 
 def load_models(workspace: Workspace, task: str | None = None, configurations: Sequence[str] | None = None, *,
                 folds: Sequence[str] | None = None, checkpoint: str = "final", device: str = "auto",
-                postprocess: bool = True) -> list[TrainedModel]:
-    """The models `predict` uses: one per configuration (two when find-best chose an ensemble)."""
+                postprocess: bool = True, model: str | Path | None = None) -> list[TrainedModel]:
+    """The models `predict` uses: one per configuration (two when find-best chose an ensemble), from the
+    workspace's task, or from the model bundle `model` (its configurations unless `configurations`)."""
     from autoseg.planning import Plans
     from autoseg.postprocessing import PostprocessingDecision
 
-    task_name = task if task is not None and not (Path(task) / "dataset.json").is_file() else None
-    task_name = task_name or (workspace.task_name(task) if task else workspace.current_task())
+    if model is not None:
+        return _load_bundle_models(Path(model), task, configurations, folds=folds, checkpoint=checkpoint,
+                                   device=device, postprocess=postprocess)
+    task_name = workspace.trained_task_name(task)
     plans = Plans.load(workspace.plans_file(task_name))
     results = workspace.task_results(task_name)
     names = list(configurations) if configurations else default_prediction_configurations(results, plans, checkpoint)
@@ -84,6 +92,19 @@ def load_models(workspace: Workspace, task: str | None = None, configurations: S
     for model in models:
         model.ensemble_postprocessing = decision  # applied after averaging when there are several
     return models
+
+
+def _load_bundle_models(bundle_path: Path, task: str | None, configurations: Sequence[str] | None,
+                        **options) -> list[TrainedModel]:
+    """`load_models` on the bundle unpacked in a temporary workspace, removed once the networks are loaded."""
+    from autoseg.bundle import unpacked_bundle
+    from autoseg.stages.bundle import check_bundle_request
+
+    if task is not None:
+        raise AutosegError(f"give either a task ({task}) or a model bundle ({bundle_path}), not both")
+    with unpacked_bundle(bundle_path) as (unpacked, manifest):
+        check_bundle_request(manifest, str(bundle_path), configurations, options["folds"], options["checkpoint"])
+        return load_models(unpacked, manifest.task, configurations or manifest.configurations, **options)
 
 
 # ------------------------------------------------------------------------------- the CLI's stages
@@ -187,18 +208,19 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
             precision: str = "auto", batch_windows: int | None = None, overwrite: bool = False,
             part: tuple[int, int] = (0, 1), postprocess: bool = True, output_format: str = "nifti",
             statistics: bool = False, preview: bool = False, home: str | Path = DEFAULT_HOME,
-            on_models: Callable[[list[TrainedModel]], None] | None = None,
+            model: str | Path | None = None, on_models: Callable[[list[TrainedModel]], None] | None = None,
             on_case: Callable[[str, str], None] | None = None,
             progress: Callable[[int, int], None] | None = None) -> FolderSummary:
     """`autoseg predict`: segment a folder of images (or one image file) with find-best's choice (or
-    `configuration`), as label map files or (output_format "dicom-seg", DICOM input) DICOM-SEGs.
+    `configuration`) of the workspace, or of the model bundle `model` (then no workspace is read), as
+    label map files or (output_format "dicom-seg", DICOM input) DICOM-SEGs.
     on_models(models) once they are loaded; on_case(case id, status) per case;
     progress(windows done, windows total) inside a case. Failed cases are in the summary's failures.
     statistics: statistics.json/.csv (volume, intensities, bounding box per case and label); preview: a
     PNG per case in previews/ and index.html (`autoseg.stages.case_reports`)."""
     check_precision(precision)
     models = load_models(Workspace(Path(home)), task, [configuration] if configuration else None, folds=folds,
-                         checkpoint=checkpoint, device=device, postprocess=postprocess)
+                         checkpoint=checkpoint, device=device, postprocess=postprocess, model=model)
     if on_models is not None:
         on_models(models)
     settings = PredictionSettings(step_fraction=step_size, use_tta=use_tta, batch_windows=batch_windows,
@@ -210,15 +232,31 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
                                       reports=reports)
 
 
+def export_model(bundle_path: str | Path, *, task: str | None = None, configurations: Sequence[str] | None = None,
+                 folds: Sequence[str] | None = None, home: str | Path = DEFAULT_HOME) -> bundle_stage.ExportResult:
+    """`autoseg export-model`: a model bundle (zip) of the task's models: find-best's choice (or
+    `configurations`), every fold with a final checkpoint (or `folds`)."""
+    return bundle_stage.export_model(Workspace(Path(home)), Path(bundle_path), task=task,
+                                     configurations=configurations, folds=folds)
+
+
+def import_model(bundle_path: str | Path, *, task_name: str | None = None,
+                 home: str | Path = DEFAULT_HOME) -> bundle_stage.ImportResult:
+    """`autoseg import-model`: install a model bundle as a task of the workspace (the bundle's task name,
+    or `task_name`), which becomes the current task."""
+    return bundle_stage.import_model(Workspace(Path(home)), Path(bundle_path), task_name=task_name)
+
+
 class Segmenter:
     """A trained task loaded once; `predict` accepts SimpleITK images, file paths or numpy arrays."""
 
     def __init__(self, home: str | Path = "autoseg_workspace", task: str | None = None,
                  configuration: str | None = None, *, folds: Sequence[str] | None = None,
-                 checkpoint: str = "final", device: str = "auto", settings: PredictionSettings | None = None):
+                 checkpoint: str = "final", device: str = "auto", settings: PredictionSettings | None = None,
+                 model: str | Path | None = None):
         self.workspace = Workspace(Path(home))
         self.models = load_models(self.workspace, task, [configuration] if configuration else None,
-                                  folds=folds, checkpoint=checkpoint, device=device)
+                                  folds=folds, checkpoint=checkpoint, device=device, model=model)
         if len(self.models) != 1:
             raise AutosegError("the chosen pipeline is an ensemble of configurations; pass configuration=... "
                                "or use predict_folder")

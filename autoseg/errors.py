@@ -25,6 +25,10 @@ class WorkspaceError(AutosegError):
     """The workspace lacks an artifact a stage needs (e.g. no task planned yet)."""
 
 
+class BundleError(AutosegError):
+    """A model bundle is not a zip file, is unsafe to unpack, or does not match its manifest."""
+
+
 class BudgetTooSmall(PlanError):
     """Not even the cheapest network and schedule of a configuration trains one fold within the budget."""
 

@@ -4,7 +4,8 @@
     HOME/preprocessed/TASK/        fingerprint.json, plans.json, per-configuration arrays, gt_segmentations/
     HOME/results/TASK/             `TaskResults`: splits.json, CONFIG/fold_N/ (checkpoints, training log,
                                    progress plot, validation/), CONFIG/crossval/, CONFIG/predicted_next_stage/,
-                                   ensembles/A+B/, find_best.json and .txt, postprocessing.json
+                                   ensembles/A+B/, find_best.json and .txt, postprocessing.json,
+                                   dataset.json (of an imported model bundle)
     HOME/current_task.json         the task last planned, so later stages can omit it
     HOME/device_speed.json         this machine's measured training speed (compute-aware planning)
 """
@@ -52,6 +53,12 @@ class TaskResults:
     @property
     def postprocessing_file(self) -> Path:
         return self.root / "postprocessing.json"
+
+    @property
+    def dataset_file(self) -> Path:
+        """The task's dataset.json without its case lists (labels, channels, regions, pixel spacing), as a
+        model bundle brings it (`autoseg.stages.bundle`): a workspace that imported a model has no raw/."""
+        return self.root / "dataset.json"
 
     @property
     def ensembles_folder(self) -> Path:
@@ -126,6 +133,13 @@ class Workspace:
 
     def task_name(self, task: str | Path) -> str:
         return self.dataset_folder(task).name
+
+    def trained_task_name(self, task: str | Path | None) -> str:
+        """The task of trained models: a dataset folder's name, else `task` as a name (its raw data may be
+        gone, or never here: an imported model bundle), else the task planned last."""
+        if task is None:
+            return self.current_task()
+        return self.task_name(task) if (Path(task) / "dataset.json").is_file() else str(task)
 
     def preprocessed(self, task_name: str) -> Path:
         return self.home / "preprocessed" / task_name

@@ -260,6 +260,13 @@ def test_cascade_end_to_end_through_the_cli(tmp_path):
             if not options:  # postprocessed: at most one foreground component
                 foreground = segmentation > 0
                 assert np.array_equal(largest_component(foreground), foreground)
+    # A model bundle of the cascade carries 3d_lowres too, and predicts as the workspace did, from no workspace.
+    run_cli("--home", home, "export-model", tmp_path / "cascade.zip", "--config", "3d_cascade_fullres")
+    run_cli("--home", tmp_path / "none", "predict", raw / "imagesTs", tmp_path / "bundled", "--model",
+            tmp_path / "cascade.zip", "--device", "cpu", "--no-tta", "--no-postprocess")
+    for image_file in inputs:
+        assert np.array_equal(read_segmentation(tmp_path / "bundled" / image_file.name)[0],
+                              read_segmentation(tmp_path / "cascade" / image_file.name)[0])
     seconds = time.perf_counter() - started
     dice = {c.name: round(c.foreground_dice, 3) for c in selection.candidates}
     print(f"cascade end to end: {seconds:.1f} s, cross-validation Dice {dice}")

@@ -26,7 +26,7 @@ LAYERS = [
     ["autoseg.network"],
     ["autoseg.preprocessing"],
     ["autoseg.planning"],
-    ["autoseg.checkpoint", "autoseg.cascade"],
+    ["autoseg.checkpoint", "autoseg.cascade", "autoseg.bundle"],
     ["autoseg.inference"],
     ["autoseg.training"],
     ["autoseg.budget"],

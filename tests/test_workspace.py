@@ -31,6 +31,17 @@ def test_resolve_task_by_name_path_or_the_task_planned_last(tmp_path, small_ct_d
     assert workspace.resolve_task(None) == ("Task901_Gone", None)
 
 
+def test_trained_task_by_dataset_folder_by_name_without_raw_data_or_the_task_planned_last(tmp_path,
+                                                                                          small_ct_dataset):
+    workspace = Workspace(tmp_path)
+    assert workspace.trained_task_name(small_ct_dataset) == "Task900_Demo"  # a dataset folder elsewhere
+    assert workspace.trained_task_name("Task901_Imported") == "Task901_Imported"  # no raw/ folder needed
+    with pytest.raises(WorkspaceError, match="no task given and none planned yet"):
+        workspace.trained_task_name(None)
+    workspace.remember_task("Task901_Imported", None)
+    assert workspace.trained_task_name(None) == "Task901_Imported"
+
+
 def test_no_current_task_before_planning(tmp_path):
     with pytest.raises(WorkspaceError, match="run `autoseg plan TASK` first"):
         Workspace(tmp_path).current_task()

@@ -10,6 +10,7 @@ from autoseg.cli import data  # noqa: F401
 from autoseg.cli import training  # noqa: F401
 from autoseg.cli import results  # noqa: F401
 from autoseg.cli import prediction  # noqa: F401
+from autoseg.cli import models  # noqa: F401
 from autoseg.cli.common import app
 
 __all__ = ["app"]

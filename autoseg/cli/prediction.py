@@ -23,6 +23,8 @@ def predict(
     input_path: Path = typer.Argument(..., help="Folder of images or DICOM series (or one image file)."),
     output_folder: Path = typer.Argument(...),
     task: Optional[str] = typer.Option(None, "--task"),
+    model: Optional[Path] = typer.Option(None, "--model", help="A model bundle (export-model) to predict with "
+                                         "instead of the workspace's task."),
     configuration: Optional[str] = typer.Option(None, "--config", help="Default: find-best's choice."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Comma-separated folds; default: every trained fold."),
     checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
@@ -50,7 +52,7 @@ def predict(
                           use_tta=not no_tta, save_probabilities=save_probabilities, device=device,
                           precision=precision, batch_windows=batch_windows, overwrite=overwrite,
                           part=_parse_part(part), postprocess=postprocess, output_format=output_format,
-                          statistics=statistics, preview=preview, home=state.workspace.home,
+                          statistics=statistics, preview=preview, home=state.workspace.home, model=model,
                           on_models=report.on_models, progress=report.on_windows,
                           on_case=lambda case_id, status: typer.echo(f"  {case_id}: {status}"))
     report.finished(summary)

@@ -9,6 +9,7 @@
     evaluate.py   which labels to score, then evaluate_folder
     find_best.py  model selection and the postprocessing decision
     postprocess.py, predict.py   applying a decision; predicting a folder with one or several configurations
+    bundle.py     export_model / import_model: a task's models in a model bundle and back into a workspace
 
 They sit above model selection and below the Python API and the command line, which only parse
 options, call them and show what they return. They never print: progress and notices go through
