@@ -104,7 +104,11 @@ def choose_tiling(model: TrainedModel, spatial_shape: Sequence[int], settings: P
     """The windows for preprocessed data of `spatial_shape` (z', y', x'; a 2d configuration tiles each
     slice): in patch mode the training patch; in large mode `choose_tile_size`'s tile within
     MEMORY_SHARE of the available (device) memory, with the forward-only activations of one tile
-    (at `bytes_per_element`) and its stitching maps, then as many tiles per batch as fit."""
+    (at `bytes_per_element`) and its stitching maps, then as many tiles per batch as fit. On a CPU
+    the tiles fill whole batches of the device's batch size (an image of one tile is cut in two):
+    for a batch of one PyTorch takes its native convolution instead of oneDNN's wherever
+    batch x channels x the first two spatial sizes <= 20480 (deep, small-map layers and thin tiles),
+    measured 2-6x slower per voxel here (bench/tiles.py)."""
     if settings.tile_mode == "patch":
         return _patch_tiling(model, settings)
     from autoseg.hardware import MEMORY_SHARE, inference_batch_windows, usable_cpus
@@ -123,8 +127,10 @@ def choose_tiling(model: TrainedModel, spatial_shape: Sequence[int], settings: P
     available = _available_bytes(model)
     overlap = tile_overlap(patch, settings.tile_overlap)
     image = padded_shape(list(spatial_shape)[-len(patch):], patch)
+    # The batch the device wants (memory aside): tiles are chosen to fill whole batches.
+    wanted = settings.batch_windows or inference_batch_windows(model.device.type, usable_cpus(), available, 1)
     tile = choose_tile_size(image, patch, architecture.total_downsampling(), overlap, tile_bytes,
-                            int(available * MEMORY_SHARE))
+                            int(available * MEMORY_SHARE), batch=wanted if model.device.type == "cpu" else 1)
     batch = settings.batch_windows or inference_batch_windows(model.device.type, usable_cpus(), available,
                                                               tile_bytes(tile))
     return Tiling(tile, overlap, batch)

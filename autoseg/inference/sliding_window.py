@@ -94,15 +94,19 @@ def tile_overlap(patch_size: Sequence[int], overlap: int = DEFAULT_TILE_OVERLAP)
 
 
 def choose_tile_size(image_size: Sequence[int], patch_size: Sequence[int], downsampling: Sequence[int],
-                     overlap: Sequence[int], tile_bytes: Callable[[list[int]], int], budget_bytes: int) -> list[int]:
+                     overlap: Sequence[int], tile_bytes: Callable[[list[int]], int], budget_bytes: int,
+                     batch: int = 1) -> list[int]:
     """The tile (voxels per axis) to predict an image of `image_size` (already padded to at least
-    the patch, see `padded_shape`) with: per axis the training patch or a larger multiple of the
-    network's total `downsampling`, at most the image; among those whose `tile_bytes` fit in
-    `budget_bytes`, the one that computes the fewest voxels (tiles x tile voxels, overlaps counted),
-    then the largest (fewest network calls). The training patch when no larger tile fits.
+    the patch, see `padded_shape`) with, in batches of `batch` tiles: per axis the training patch or a
+    larger multiple of the network's total `downsampling`, at most the image; among those of which
+    `batch` tiles (`tile_bytes` each) fit in `budget_bytes`, the one that computes the fewest voxels
+    (tiles x tile voxels, overlaps counted, a last incomplete batch counted as a full one), then the
+    largest (fewest network calls). The training patch when no larger tile fits.
 
     Fewest voxels rather than simply largest: a 300-slice axis with a downsampling of 32 is covered
-    by two 160-slice tiles (320 computed) better than by two 288-slice ones (576)."""
+    by two 160-slice tiles (320 computed) better than by two 288-slice ones (576). Batches counted
+    whole: where a batch of one runs slower per voxel than a batch of two (PyTorch's CPU convolutions,
+    see `CPU_BATCH_WINDOWS`), an image is better cut into two tiles than computed as one."""
     candidates = []
     for size, patch, step in zip(image_size, patch_size, downsampling):
         if size < patch:
@@ -111,9 +115,9 @@ def choose_tile_size(image_size: Sequence[int], patch_size: Sequence[int], downs
         candidates.append([int(patch), *larger])
     best, best_key = [int(p) for p in patch_size], None
     for tile in itertools.product(*candidates):
-        computed = math.prod(len(starts) * t for starts, t in zip(tile_starts(image_size, tile, overlap), tile))
-        key = (computed, -math.prod(tile))
-        if (best_key is None or key < best_key) and tile_bytes(list(tile)) <= budget_bytes:
+        tiles = math.prod(len(starts) for starts in tile_starts(image_size, tile, overlap))
+        key = (math.ceil(tiles / batch) * batch * math.prod(tile), -math.prod(tile))
+        if (best_key is None or key < best_key) and batch * tile_bytes(list(tile)) <= budget_bytes:
             best, best_key = list(tile), key
     return best
 

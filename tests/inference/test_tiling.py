@@ -91,6 +91,16 @@ def test_chooser_computes_the_fewest_voxels_not_the_largest_tile():
     assert choose_tile_size([300], [64], [32], [16], lambda tile: tile[0], 10) == [64]
 
 
+def test_chooser_fills_whole_batches():
+    # 40 voxels, patch 16, downsampling 4, overlap 8. One at a time: the whole image (40 computed).
+    assert choose_tile_size([40], [16], [4], [8], lambda tile: 0, 1) == [40]
+    # In batches of 2: 24 -> 2 tiles, 48 computed; 40 -> 1 tile in a batch of 2 slots, 80; 16 -> 4 tiles, 64;
+    # 20 -> 3 tiles, 4 slots, 80; 28 -> 2 tiles, 56.
+    assert choose_tile_size([40], [16], [4], [8], lambda tile: 0, 1, batch=2) == [24]
+    # The budget holds the whole batch: two tiles of 24 need 48 > 40, so the patch (4 tiles, 64).
+    assert choose_tile_size([40], [16], [4], [8], lambda tile: tile[0], 40, batch=2) == [16]
+
+
 def test_chooser_respects_divisibility_minimum_maximum_and_budget():
     image, patch, downsampling, overlap = [40, 100, 130], [16, 32, 32], [4, 16, 16], [8, 16, 16]
     budgets = [16 * 32 * 32, 20 * 64 * 64, 40 * 96 * 128, 10**9]

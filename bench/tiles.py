@@ -1,0 +1,138 @@
+"""Benchmark of inference tiles: today's sliding window (training patch, step 0.5) against large tiles,
+on the same trained network, in the same run.
+
+    .venv/bin/python bench/tiles.py --quick     # volumes (a) and (b), < 2 minutes on 2 cores
+    .venv/bin/python bench/tiles.py             # (a), (b) and (c) the 300x512x512 CT (long on a CPU)
+
+The network: bench/predict.py's small 4-stage U-Net (`--features` at stage 0, downsampling 8 per axis),
+trained for `--train-steps` steps on `--patch` crops of a synthetic CT (bench/predict.py `synthetic_ct`:
+body, organ, lesion) on the network's grid. The volumes, generated on that grid (another seed, so other
+noise; the anatomy scales with the volume):
+  (a) demo   40x64x64, the size of the demo task's cases;
+  (b) mri    20x256x256, a thick-slice MRI-like volume (few slices, large in-plane);
+  (c) ct     300x512x512, a CT-like volume (--full only).
+Each volume goes through `predict_probabilities` as `autoseg predict` runs it (tile chooser, memory
+budget, batched windows, stitching), with patch mode and large mode, without and with mirror TTA.
+Printed per run: seconds (minimum over `--repeats`), the speed-up of large vs patch, the windows
+and their size, and the label agreement Dice per label of large vs patch (the issue's bar is 0.99),
+with each mode's Dice against the true labels as a sanity check that the network segments at all.
+
+Weighting and overlap of large tiles (part "variants", without TTA): the default flat-top window
+(weight 1 inside, a Gaussian fall-off to exp(-8) over the overlap) at overlaps of 0, 8, 16 and 32
+voxels, and a Gaussian of sigma = tile / 8 (nnU-Net's window, scaled to the tile) at 16 voxels;
+agreement with patch mode says which blends the tiles' borders best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from predict import bench_plans, dice_per_class, synthetic_ct, train_small_unet, trained_model  # noqa: E402
+
+VOLUMES = {"demo": [40, 64, 64], "mri": [20, 256, 256], "ct": [300, 512, 512]}
+TRAIN_SHAPE = [48, 128, 128]
+SPACING = [2.5, 1.0, 1.0]
+
+
+def predict_labels(model, data, settings, repeats: int):
+    """(int16 labels, best seconds, tiling) of `predict_probabilities` on preprocessed data."""
+    from autoseg.inference.case import choose_tiling, predict_probabilities
+
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        probabilities = predict_probabilities(model, data, settings)
+        seconds.append(time.perf_counter() - start)
+    return probabilities.argmax(0).numpy().astype(np.int16), min(seconds), choose_tiling(model, data.shape[1:], settings)
+
+
+def windows(tiling, shape, step_fraction: float) -> int:
+    from autoseg.inference.sliding_window import padded_shape, tile_starts, window_starts
+
+    image = padded_shape(shape, tiling.window)
+    starts = (window_starts(image, tiling.window, step_fraction) if tiling.overlap is None
+              else tile_starts(image, tiling.window, tiling.overlap))
+    return int(np.prod([len(s) for s in starts]))
+
+
+def compare_modes(name, model, data, label, args) -> None:
+    from autoseg.inference.case import PredictionSettings
+
+    for tta in (False, True):
+        runs = {}
+        for mode in ("patch", "large"):
+            settings = PredictionSettings(tile_mode=mode, use_tta=tta, precision="fp32")
+            runs[mode] = predict_labels(model, data, settings, args.repeats)
+        (patch, patch_s, patch_tiling), (large, large_s, large_tiling) = runs["patch"], runs["large"]
+        agreement = dice_per_class(large, patch)
+        truth = {mode: dice_per_class(labels, label) for mode, (labels, _, _) in runs.items()}
+        print(f"{name:5s} {list(data.shape[1:])!s:15s} tta {'on ' if tta else 'off'}"
+              f" | patch {patch_s:6.1f} s ({windows(patch_tiling, data.shape[1:], 0.5)} x {patch_tiling.window})"
+              f" | large {large_s:6.1f} s ({windows(large_tiling, data.shape[1:], 0.5)} x {large_tiling.window})"
+              f" | {patch_s / large_s:5.2f}x | agreement Dice organ {agreement[1]:.4f} lesion {agreement[2]:.4f}"
+              f" | vs truth organ {truth['patch'][1]:.3f}/{truth['large'][1]:.3f}"
+              f" lesion {truth['patch'][2]:.3f}/{truth['large'][2]:.3f} (patch/large)")
+
+
+def compare_variants(name, model, data, args) -> None:
+    """Large tiles without TTA: flat-top at several overlaps, and a tile-sized Gaussian, vs patch mode."""
+    from autoseg.inference import stitching
+    from autoseg.inference.case import PredictionSettings
+    from autoseg.inference.sliding_window import axis_profiles
+
+    patch, _, _ = predict_labels(model, data, PredictionSettings(tile_mode="patch", use_tta=False), 1)
+    variants = [(f"flat-top, overlap {overlap}", overlap, False) for overlap in (0, 8, 16, 32)]
+    variants.append(("gaussian tile/8, overlap 16", 16, True))
+    for label, overlap, tile_gaussian in variants:
+        settings = PredictionSettings(tile_mode="large", tile_overlap=overlap, use_tta=False)
+        with mock.patch.object(stitching, "tile_profiles",
+                               (lambda tile, _, use: axis_profiles(tile, use)) if tile_gaussian
+                               else stitching.tile_profiles):
+            large, seconds, tiling = predict_labels(model, data, settings, 1)
+        agreement = dice_per_class(large, patch)
+        print(f"  {name:5s} {label:28s} tile {tiling.window} x {windows(tiling, data.shape[1:], 0.5)}"
+              f" {seconds:6.1f} s  agreement Dice organ {agreement[1]:.4f} lesion {agreement[2]:.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="volumes (a) and (b) only, one repeat")
+    parser.add_argument("--volumes", nargs="+", choices=list(VOLUMES), default=None)
+    parser.add_argument("--patch", type=int, nargs=3, default=[16, 48, 48])
+    parser.add_argument("--features", type=int, default=4)
+    parser.add_argument("--train-steps", type=int, default=60)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-variants", action="store_true", help="skip the weighting / overlap variants")
+    args = parser.parse_args()
+    volumes = args.volumes or (["demo", "mri"] if args.quick else list(VOLUMES))
+    args.repeats = args.repeats or (1 if args.quick else 2)
+    import torch
+
+    from autoseg.inference.case import preprocess_for
+    from autoseg.io import Geometry
+
+    sys.stdout.reconfigure(line_buffering=True)
+    torch.set_num_threads(args.threads)
+    plans = bench_plans(SPACING, SPACING, args.patch, args.features)
+    network, train_seconds = train_small_unet(plans, args.features, args.train_steps, TRAIN_SHAPE)
+    model = trained_model(plans, [network])
+    print(f"torch {torch.__version__}, {args.threads} thread(s); U-Net {args.features} features at stage 0 trained "
+          f"{args.train_steps} steps on {args.patch} crops ({train_seconds:.0f} s); fp32; time = min of {args.repeats}")
+    for name in volumes:
+        image, label = synthetic_ct(VOLUMES[name], SPACING, seed=2)
+        data, _ = preprocess_for(model, image, Geometry(shape=tuple(VOLUMES[name]), spacing_zyx=tuple(SPACING)))
+        compare_modes(name, model, data, label, args)
+        if not args.no_variants and name != "ct":
+            compare_variants(name, model, data, args)
+
+
+if __name__ == "__main__":
+    main()
