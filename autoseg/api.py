@@ -193,17 +193,17 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
     """`autoseg predict`: segment a folder of images (or one image file) with find-best's choice (or
     `configuration`). on_models(models) once they are loaded; on_case(case id, status) per case;
     progress(windows done, windows total) inside a case. Failed cases are in the summary's failures.
-    tile_mode "large": tiles as large as memory allows, overlapping by tile_overlap voxels; "patch": the
-    training patch at step_size (nnU-Net's sliding window)."""
+    tile_mode "patch": the training patch at step_size (nnU-Net's sliding window); "large": tiles as large
+    as memory allows, overlapping by tile_overlap voxels (faster; see `sliding_window.DEFAULT_TILE_MODE`)."""
     check_precision(precision)
+    settings = PredictionSettings(tile_mode=tile_mode, step_fraction=step_size, tile_overlap=tile_overlap,
+                                  use_tta=use_tta, batch_windows=batch_windows,
+                                  device=device, precision=precision, save_probabilities=save_probabilities,
+                                  postprocess=postprocess)  # checks the tile mode before any model loads
     models = load_models(Workspace(Path(home)), task, [configuration] if configuration else None, folds=folds,
                          checkpoint=checkpoint, device=device, postprocess=postprocess)
     if on_models is not None:
         on_models(models)
-    settings = PredictionSettings(tile_mode=tile_mode, step_fraction=step_size, tile_overlap=tile_overlap,
-                                  use_tta=use_tta, batch_windows=batch_windows,
-                                  device=device, precision=precision, save_probabilities=save_probabilities,
-                                  postprocess=postprocess)
     return predict_folder_with_models(models, Path(input_path), Path(output_folder), settings, overwrite=overwrite,
                                       part=part, on_case=on_case, progress=progress)
 

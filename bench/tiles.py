@@ -1,7 +1,7 @@
 """Benchmark of inference tiles: today's sliding window (training patch, step 0.5) against large tiles,
 on the same trained network, in the same run.
 
-    .venv/bin/python bench/tiles.py --quick     # volumes (a) and (b), < 2 minutes on 2 cores
+    .venv/bin/python bench/tiles.py --quick     # (a) with and without TTA, (b) without, ~2 minutes on 2 cores
     .venv/bin/python bench/tiles.py             # (a), (b) and (c) the 300x512x512 CT (long on a CPU)
 
 The network: bench/predict.py's small 4-stage U-Net (`--features` at stage 0, downsampling 8 per axis),
@@ -17,15 +17,17 @@ Printed per run: seconds (minimum over `--repeats`), the speed-up of large vs pa
 and their size, and the label agreement Dice per label of large vs patch (the issue's bar is 0.99),
 with each mode's Dice against the true labels as a sanity check that the network segments at all.
 
-Weighting and overlap of large tiles (part "variants", without TTA): the default flat-top window
-(weight 1 inside, a Gaussian fall-off to exp(-8) over the overlap) at overlaps of 0, 8, 16 and 32
-voxels, and a Gaussian of sigma = tile / 8 (nnU-Net's window, scaled to the tile) at 16 voxels;
+Weighting and overlap of large tiles (part "variants", without TTA; --quick: volume (a) only): the
+flat-top window (weight 1 inside, a Gaussian fall-off to exp(-8) over the overlap) on tiles of the
+training patch's size (what stitching alone changes), on the chosen tiles at overlaps of 0, 8, 16 and
+32 voxels, and a Gaussian of sigma = tile / 8 (nnU-Net's window, scaled to the tile) at 16 voxels;
 agreement with patch mode says which blends the tiles' borders best.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -62,10 +64,10 @@ def windows(tiling, shape, step_fraction: float) -> int:
     return int(np.prod([len(s) for s in starts]))
 
 
-def compare_modes(name, model, data, label, args) -> None:
+def compare_modes(name, model, data, label, args, tta_options) -> None:
     from autoseg.inference.case import PredictionSettings
 
-    for tta in (False, True):
+    for tta in tta_options:
         runs = {}
         for mode in ("patch", "large"):
             settings = PredictionSettings(tile_mode=mode, use_tta=tta, precision="fp32")
@@ -82,19 +84,22 @@ def compare_modes(name, model, data, label, args) -> None:
 
 
 def compare_variants(name, model, data, args) -> None:
-    """Large tiles without TTA: flat-top at several overlaps, and a tile-sized Gaussian, vs patch mode."""
-    from autoseg.inference import stitching
+    """Large-tile variants without TTA, against patch mode: tiles of the training patch's size with the
+    flat-top window (isolates the weighting and overlap from the tile size), the chosen tiles with the
+    flat-top at several overlaps, and with a tile-sized Gaussian."""
+    from autoseg.inference import sliding_window, stitching
     from autoseg.inference.case import PredictionSettings
     from autoseg.inference.sliding_window import axis_profiles
 
     patch, _, _ = predict_labels(model, data, PredictionSettings(tile_mode="patch", use_tta=False), 1)
-    variants = [(f"flat-top, overlap {overlap}", overlap, False) for overlap in (0, 8, 16, 32)]
-    variants.append(("gaussian tile/8, overlap 16", 16, True))
-    for label, overlap, tile_gaussian in variants:
+    patch_tiles = mock.patch.object(sliding_window, "choose_tile_size", lambda image, patch, *_, **__: list(patch))
+    tile_gaussian = mock.patch.object(stitching, "tile_profiles", lambda tile, _, use: axis_profiles(tile, use))
+    variants = [("patch-sized, flat-top 16", 16, patch_tiles)]
+    variants += [(f"flat-top, overlap {overlap}", overlap, contextlib.nullcontext()) for overlap in (0, 8, 16, 32)]
+    variants.append(("gaussian tile/8, overlap 16", 16, tile_gaussian))
+    for label, overlap, context in variants:
         settings = PredictionSettings(tile_mode="large", tile_overlap=overlap, use_tta=False)
-        with mock.patch.object(stitching, "tile_profiles",
-                               (lambda tile, _, use: axis_profiles(tile, use)) if tile_gaussian
-                               else stitching.tile_profiles):
+        with context:
             large, seconds, tiling = predict_labels(model, data, settings, 1)
         agreement = dice_per_class(large, patch)
         print(f"  {name:5s} {label:28s} tile {tiling.window} x {windows(tiling, data.shape[1:], 0.5)}"
@@ -129,8 +134,9 @@ def main() -> None:
     for name in volumes:
         image, label = synthetic_ct(VOLUMES[name], SPACING, seed=2)
         data, _ = preprocess_for(model, image, Geometry(shape=tuple(VOLUMES[name]), spacing_zyx=tuple(SPACING)))
-        compare_modes(name, model, data, label, args)
-        if not args.no_variants and name != "ct":
+        # --quick: the thick-slice volume without TTA only (patch mode with TTA takes minutes there).
+        compare_modes(name, model, data, label, args, (False,) if args.quick and name != "demo" else (False, True))
+        if not args.no_variants and (name == "demo" or not args.quick) and name != "ct":
             compare_variants(name, model, data, args)
 
 

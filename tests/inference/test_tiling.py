@@ -170,14 +170,17 @@ def test_large_mode_covers_the_image_with_one_tile_and_agrees_with_patch_mode_on
         return torch.cat([batch, -batch, 0.5 * batch], dim=1)
 
     data = np.random.default_rng(1).standard_normal((1, 12, 20, 22)).astype(np.float32)
-    large = PredictionSettings(batch_windows=1)
-    assert large.tile_mode == "large"
+    large = PredictionSettings(tile_mode="large", batch_windows=1)
     tiling = choose_tiling(tiny_model([per_voxel]), data.shape[1:], large)
     # Multiples of the downsampling (2) up to the image: the whole image; overlap min(16, patch 8 / 2).
     assert tiling.window == [12, 20, 22] and tiling.overlap == [4, 4, 4]
     patch = predict_probabilities(tiny_model([per_voxel]), data, PredictionSettings(tile_mode="patch"))
     np.testing.assert_allclose(predict_probabilities(tiny_model([per_voxel]), data, large).numpy(), patch.numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_patch_mode_is_the_default():
+    assert PredictionSettings().tile_mode == "patch"
 
 
 def test_unknown_tile_mode_is_refused():
@@ -189,3 +192,14 @@ def test_padded_image_smaller_than_patch_gets_the_patch():
     image = padded_shape([5, 40, 40], [8, 16, 16])
     assert image == [8, 40, 40]
     assert choose_tile_size(image, [8, 16, 16], [2, 2, 2], [4, 8, 8], lambda t: 0, 1) == [8, 40, 40]
+
+
+def test_predict_refuses_an_unknown_tile_mode_before_loading_models(tmp_path):
+    from typer.testing import CliRunner
+
+    from autoseg.cli import app
+
+    result = CliRunner().invoke(app, ["--home", str(tmp_path), "predict", str(tmp_path), str(tmp_path / "out"),
+                                      "--tile-mode", "huge"])
+    assert result.exit_code != 0
+    assert "tile mode 'huge'" in result.output
