@@ -22,6 +22,24 @@ flat-top window (weight 1 inside, a Gaussian fall-off to exp(-8) over the overla
 training patch's size (what stitching alone changes), on the chosen tiles at overlaps of 0, 8, 16 and
 32 voxels, and a Gaussian of sigma = tile / 8 (nnU-Net's window, scaled to the tile) at 16 voxels;
 agreement with patch mode says which blends the tiles' borders best.
+
+Measured 2026-12-02 on the shared 2-core AMD EPYC (load average ~12), torch 2.13 CPU, 1 thread, fp32,
+--quick (U-Net 4..32 features, patch 16x48x48, downsampling 8; seconds are one run each, noisy):
+  60 training steps (organ Dice vs truth 0.93 in patch mode on (a)):
+    (a) 40x64x64   TTA off: patch 3.3 s (16 windows)  large 1.2 s (2 x 24x64x64)   2.71x  agreement organ 0.9313
+    (a) 40x64x64   TTA on:  patch 34.1 s              large 9.8 s                   3.49x  agreement organ 0.9337
+    (b) 20x256x256 TTA off: patch 77.8 s (200)        large 25.1 s (2 x 16x256x256) 3.10x  agreement organ 0.5229
+        (vs truth: patch 0.568, large 0.870: the 48x48 patch sees too little of the larger organ)
+    variants on (a): patch-sized tiles with the flat-top window 0.9990; chosen tiles with overlap 0 / 8 /
+    16 / 32: 0.9337 / 0.9313 / 0.9313 / 0.9313; a tile-sized Gaussian 0.9314.
+  200 training steps: (a) 3.55x / 3.33x (TTA off / on), agreement 0.6938 / 0.7625; (b) 3.40x, 0.5415.
+  The lesion is never predicted by this network in either mode (agreement "nan": both empty).
+  So the stitching (window, overlap) agrees with patch mode; the tile size does not, through the
+  InstanceNorm statistics. Below the 0.99 bar: patch mode stays the default (`DEFAULT_TILE_MODE`).
+  (c) was not run on this machine (patch mode with TTA on 300x512x512 takes hours on 2 busy cores).
+Batches: a batch of one makes PyTorch's CPU conv3d fall back from oneDNN to its native kernel
+(slow_conv3d) wherever batch x channels x depth x height <= 20480, 2-6x slower per voxel here; the
+chooser therefore fills whole batches of 2 on a CPU (an image of one tile is cut in two).
 """
 
 from __future__ import annotations

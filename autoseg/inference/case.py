@@ -32,8 +32,8 @@ from autoseg.io import Geometry
 class PredictionSettings:
     """How to predict: what `autoseg predict` options map onto (see its --help)."""
 
-    # "large": tiles chosen by `choose_tiling`, overlapping by tile_overlap voxels per axis (at most half
-    # the training patch); "patch": the training patch at step_fraction (nnU-Net's sliding window).
+    # "patch": the training patch at step_fraction (nnU-Net's sliding window); "large": tiles chosen by
+    # `choose_tiling`, overlapping by tile_overlap voxels per axis (at most half the training patch).
     tile_mode: str = DEFAULT_TILE_MODE
     tile_overlap: int = DEFAULT_TILE_OVERLAP
     step_fraction: float = DEFAULT_STEP_FRACTION
