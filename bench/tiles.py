@@ -128,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="volumes (a) and (b) only, one repeat")
     parser.add_argument("--volumes", nargs="+", choices=list(VOLUMES), default=None)
+    parser.add_argument("--ct-size", type=int, nargs=3, default=VOLUMES["ct"], help="volume (c), z y x voxels")
     parser.add_argument("--patch", type=int, nargs=3, default=[16, 48, 48])
     parser.add_argument("--features", type=int, default=4)
     parser.add_argument("--train-steps", type=int, default=60)
@@ -149,9 +150,10 @@ def main() -> None:
     model = trained_model(plans, [network])
     print(f"torch {torch.__version__}, {args.threads} thread(s); U-Net {args.features} features at stage 0 trained "
           f"{args.train_steps} steps on {args.patch} crops ({train_seconds:.0f} s); fp32; time = min of {args.repeats}")
+    sizes = {**VOLUMES, "ct": args.ct_size}
     for name in volumes:
-        image, label = synthetic_ct(VOLUMES[name], SPACING, seed=2)
-        data, _ = preprocess_for(model, image, Geometry(shape=tuple(VOLUMES[name]), spacing_zyx=tuple(SPACING)))
+        image, label = synthetic_ct(sizes[name], SPACING, seed=2)
+        data, _ = preprocess_for(model, image, Geometry(shape=tuple(sizes[name]), spacing_zyx=tuple(SPACING)))
         # --quick: the thick-slice volume without TTA only (patch mode with TTA takes minutes there).
         compare_modes(name, model, data, label, args, (False,) if args.quick and name != "demo" else (False, True))
         if not args.no_variants and (name == "demo" or not args.quick) and name != "ct":

@@ -127,10 +127,12 @@ def choose_tiling(model: TrainedModel, spatial_shape: Sequence[int], settings: P
     available = _available_bytes(model)
     overlap = tile_overlap(patch, settings.tile_overlap)
     image = padded_shape(list(spatial_shape)[-len(patch):], patch)
-    # The batch the device wants (memory aside): tiles are chosen to fill whole batches.
+    # The batch the device wants (memory aside): on a CPU an image's tiles are chosen to fill whole
+    # batches; slices of a 2d configuration share batches already.
     wanted = settings.batch_windows or inference_batch_windows(model.device.type, usable_cpus(), available, 1)
+    fill = wanted if model.device.type == "cpu" and len(patch) == len(spatial_shape) else 1
     tile = choose_tile_size(image, patch, architecture.total_downsampling(), overlap, tile_bytes,
-                            int(available * MEMORY_SHARE), batch=wanted if model.device.type == "cpu" else 1)
+                            int(available * MEMORY_SHARE), batch=fill)
     batch = settings.batch_windows or inference_batch_windows(model.device.type, usable_cpus(), available,
                                                               tile_bytes(tile))
     return Tiling(tile, overlap, batch)

@@ -179,6 +179,14 @@ def test_large_mode_covers_the_image_with_one_tile_and_agrees_with_patch_mode_on
                                rtol=1e-5, atol=1e-6)
 
 
+def test_large_mode_on_a_cpu_cuts_the_image_into_whole_batches():
+    data_shape = (12, 20, 22)
+    tiling = choose_tiling(tiny_model([twice]), data_shape, PredictionSettings(tile_mode="large", batch_windows=2))
+    # One tile of the whole image fills half a batch (2 x 5280 voxel slots); two tiles of 12 rows
+    # (overlap >= 4) compute 2 x 12 x 12 x 22 = 6336, fewer than two of 8 slices (7040) or 14 columns (6720).
+    assert tiling.window == [12, 12, 22] and tiling.batch_windows == 2
+
+
 def test_patch_mode_is_the_default():
     assert PredictionSettings().tile_mode == "patch"
 
