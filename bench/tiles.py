@@ -36,7 +36,11 @@ Measured 2026-12-02 on the shared 2-core AMD EPYC (load average ~12), torch 2.13
   The lesion is never predicted by this network in either mode (agreement "nan": both empty).
   So the stitching (window, overlap) agrees with patch mode; the tile size does not, through the
   InstanceNorm statistics. Below the 0.99 bar: patch mode stays the default (`DEFAULT_TILE_MODE`).
-  (c) was not run on this machine (patch mode with TTA on 300x512x512 takes hours on 2 busy cores).
+  (c) at 300x512x512 was not run on this machine (patch mode with TTA takes hours on 2 busy cores);
+    --quick --volumes ct --ct-size 64 192 192 (60 steps, TTA off): patch 40.8 s (343 windows), large
+    7.9 s (2 x 64x104x192), 5.15x, agreement organ 0.5355 (vs truth: patch 0.556, large 0.931).
+  The anatomy of (b) and (c) is larger than the training volume's (it scales with the volume), which
+  the 16x48x48 patch sees too little of: there large tiles are closer to the truth, not to patch mode.
 Batches: a batch of one makes PyTorch's CPU conv3d fall back from oneDNN to its native kernel
 (slow_conv3d) wherever batch x channels x depth x height <= 20480, 2-6x slower per voxel here; the
 chooser therefore fills whole batches of 2 on a CPU (an image of one tile is cut in two).

@@ -34,7 +34,7 @@ MIN_AXIS_WEIGHT = 1e-10
 # voxels per axis (at most half the training patch), where a flat-top weight falls off so that the
 # voxels near a tile's border, which see the zero padding of the convolutions, count little.
 TILE_MODES = ("patch", "large")
-# Patch mode by default: large tiles are 2.7-3.5x faster on a CPU but change what the network's
+# Patch mode by default: large tiles are 2.7-5x faster on a CPU but change what the network's
 # InstanceNorm layers normalize over (a whole tile instead of a training patch), and their labels
 # agreed with patch mode's at Dice 0.54-0.93 only (bench/tiles.py; the bar is 0.99), while
 # the flat-top window on patch-sized tiles agreed at 0.999: the stitching is not what differs.
