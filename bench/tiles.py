@@ -74,7 +74,8 @@ def predict_labels(model, data, settings, repeats: int):
         start = time.perf_counter()
         probabilities = predict_probabilities(model, data, settings)
         seconds.append(time.perf_counter() - start)
-    return probabilities.argmax(0).numpy().astype(np.int16), min(seconds), choose_tiling(model, data.shape[1:], settings)
+    labels = probabilities.argmax(0).numpy().astype(np.int16)
+    return labels, min(seconds), choose_tiling(model, data.shape[1:], settings)
 
 
 def windows(tiling, shape, step_fraction: float) -> int:

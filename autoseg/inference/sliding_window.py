@@ -36,7 +36,7 @@ MIN_AXIS_WEIGHT = 1e-10
 TILE_MODES = ("patch", "large")
 # Patch mode by default: large tiles are 2.7-5x faster on a CPU but change what the network's
 # InstanceNorm layers normalize over (a whole tile instead of a training patch), and their labels
-# agreed with patch mode's at Dice 0.54-0.93 only (bench/tiles.py; the bar is 0.99), while
+# agreed with patch mode's at Dice 0.52-0.93 only (bench/tiles.py; the bar is 0.99), while
 # the flat-top window on patch-sized tiles agreed at 0.999: the stitching is not what differs.
 DEFAULT_TILE_MODE = "patch"
 DEFAULT_TILE_OVERLAP = 16
@@ -114,7 +114,8 @@ def choose_tile_size(image_size: Sequence[int], patch_size: Sequence[int], downs
     candidates = []
     for size, patch, step in zip(image_size, patch_size, downsampling):
         if size < patch:
-            raise ValueError(f"image size {list(image_size)} is smaller than the patch {list(patch_size)}: pad it first")
+            raise ValueError(f"image size {list(image_size)} is smaller than the patch {list(patch_size)}: "
+                             "pad it first")
         larger = range((patch // step + 1) * step, size + 1, step)
         candidates.append([int(patch), *larger])
     best, best_key = [int(p) for p in patch_size], None
