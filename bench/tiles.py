@@ -33,6 +33,7 @@ Measured 2026-12-02 on the shared 2-core AMD EPYC (load average ~12), torch 2.13
     variants on (a): patch-sized tiles with the flat-top window 0.9990; chosen tiles with overlap 0 / 8 /
     16 / 32: 0.9337 / 0.9313 / 0.9313 / 0.9313; a tile-sized Gaussian 0.9314.
   200 training steps: (a) 3.55x / 3.33x (TTA off / on), agreement 0.6938 / 0.7625; (b) 3.40x, 0.5415.
+  --features 8, 100 steps: (a) 3.16x / 2.83x, agreement 0.9377 / 0.9377 (vs truth patch 0.955, large 0.903).
   The lesion is never predicted by this network in either mode (agreement "nan": both empty).
   So the stitching (window, overlap) agrees with patch mode; the tile size does not, through the
   InstanceNorm statistics. Below the 0.99 bar: patch mode stays the default (`DEFAULT_TILE_MODE`).
