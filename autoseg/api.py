@@ -45,6 +45,7 @@ from autoseg.device import check_precision
 from autoseg.ensembling import ensemble_folders
 from autoseg.errors import AutosegError
 from autoseg.inference.case import PredictionSettings, predict_image
+from autoseg.inference.sliding_window import DEFAULT_TILE_MODE, DEFAULT_TILE_OVERLAP
 from autoseg.inference.folder import FolderSummary
 from autoseg.inference.model import TrainedModel, load_trained_model
 from autoseg.io import Geometry, image_from_sitk, is_sitk_image, read_image, segmentation_to_sitk
@@ -204,6 +205,7 @@ def find_best(*, task: str | None = None, configurations: Sequence[str] | None =
 
 def predict(input_path: str | Path, output_folder: str | Path, *, task: str | None = None,
             configuration: str | None = None, folds: Sequence[str] | None = None, checkpoint: str = "final",
+            tile_mode: str = DEFAULT_TILE_MODE, tile_overlap: int = DEFAULT_TILE_OVERLAP,
             step_size: float = 0.5, use_tta: bool = True, save_probabilities: bool = False, device: str = "auto",
             precision: str = "auto", batch_windows: int | None = None, overwrite: bool = False,
             part: tuple[int, int] = (0, 1), postprocess: bool = True, output_format: str = "nifti",
@@ -217,8 +219,14 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
     on_models(models) once they are loaded; on_case(case id, status) per case;
     progress(windows done, windows total) inside a case. Failed cases are in the summary's failures.
     statistics: statistics.json/.csv (volume, intensities, bounding box per case and label); preview: a
-    PNG per case in previews/ and index.html (`autoseg.stages.case_reports`)."""
+    PNG per case in previews/ and index.html (`autoseg.stages.case_reports`).
+    tile_mode "patch": the training patch at step_size (nnU-Net's sliding window); "large": tiles as large
+    as memory allows, overlapping by tile_overlap voxels (faster; see `sliding_window.DEFAULT_TILE_MODE`)."""
     check_precision(precision)
+    settings = PredictionSettings(tile_mode=tile_mode, step_fraction=step_size, tile_overlap=tile_overlap,
+                                  use_tta=use_tta, batch_windows=batch_windows,
+                                  device=device, precision=precision, save_probabilities=save_probabilities,
+                                  postprocess=postprocess)  # checks the tile mode before any model loads
     models = load_models(Workspace(Path(home)), task, [configuration] if configuration else None, folds=folds,
                          checkpoint=checkpoint, device=device, postprocess=postprocess, model=model)
     if on_models is not None:
@@ -226,7 +234,9 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
     settings = PredictionSettings(step_fraction=step_size, use_tta=use_tta, batch_windows=batch_windows,
                                   device=device, precision=precision, save_probabilities=save_probabilities,
                                   postprocess=postprocess)
-    reports = CaseReports.for_model(models[0], statistics, preview)
+    reports = CaseReports.for_model(models[0], statistics, previ
+    tile_mode "patch": the training patch at step_size (nnU-Net's sliding window); "large": tiles as large
+    as memory allows, overlapping by tile_overlap voxels (faster; see `sliding_window.DEFAULT_TILE_MODE`)."""
     return predict_folder_with_models(models, Path(input_path), Path(output_folder), settings, overwrite=overwrite,
                                       part=part, on_case=on_case, progress=progress, output_format=output_format,
                                       reports=reports)

@@ -97,7 +97,8 @@ def training_workers(device_type: str, cpus: int, available_bytes: int, batch_by
 
 # Windows per network call in sliding-window inference. A GPU wants several to keep busy; a CPU's
 # cores are already busy inside one 3D window's convolutions, and a second mainly amortizes the
-# per-call overhead (2D patches, small networks).
+# per-call overhead (2D patches, small networks) and keeps PyTorch on oneDNN's convolutions, which it
+# leaves for a much slower native one for a batch of one on small maps.
 GPU_BATCH_WINDOWS = 4
 CPU_BATCH_WINDOWS = 2
 

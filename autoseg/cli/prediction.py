@@ -28,7 +28,11 @@ def predict(
     configuration: Optional[str] = typer.Option(None, "--config", help="Default: find-best's choice."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Comma-separated folds; default: every trained fold."),
     checkpoint: str = typer.Option("final", "--checkpoint", help="final, best or latest."),
-    step_size: float = typer.Option(0.5, "--step-size", min=0.05, max=1.0),
+    tile_mode: str = typer.Option("patch", "--tile-mode",
+                                  help="patch: the training patch at --step-size; large: tiles as large as memory "
+                                       "allows (faster; InstanceNorm then sees whole tiles: check agreement)."),
+    tile_overlap: int = typer.Option(16, "--tile-overlap", min=0, help="large: overlap of tiles (voxels per axis)."),
+    step_size: float = typer.Option(0.5, "--step-size", min=0.05, max=1.0, help="patch: step between windows."),
     no_tta: bool = typer.Option(False, "--no-tta", help="Skip mirror test-time augmentation (8x faster in 3D)."),
     save_probabilities: bool = typer.Option(False, "--save-probabilities"),
     device: str = typer.Option("auto", "--device"),
@@ -48,7 +52,8 @@ def predict(
 
     report = console.PredictionReport(use_tta=not no_tta)
     summary = api.predict(input_path, output_folder, task=task, configuration=configuration,
-                          folds=folds.split(",") if folds else None, checkpoint=checkpoint, step_size=step_size,
+                          folds=folds.split(",") if folds else None, checkpoint=checkpoint, tile_mode=tile_mode,
+                          tile_overlap=tile_overlap, step_size=step_size,
                           use_tta=not no_tta, save_probabilities=save_probabilities, device=device,
                           precision=precision, batch_windows=batch_windows, overwrite=overwrite,
                           part=_parse_part(part), postprocess=postprocess, output_format=output_format,

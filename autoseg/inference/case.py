@@ -24,7 +24,7 @@ import numpy as np
 from autoseg.device import inference_autocast_dtype
 from autoseg.errors import AutosegError
 from autoseg.inference.model import TrainedModel
-from autoseg.inference.sliding_window import DEFAULT_STEP_FRACTION
+from autoseg.inference.sliding_window import DEFAULT_STEP_FRACTION, DEFAULT_TILE_MODE, DEFAULT_TILE_OVERLAP, TILE_MODES
 from autoseg.io import Geometry
 
 
@@ -32,6 +32,10 @@ from autoseg.io import Geometry
 class PredictionSettings:
     """How to predict: what `autoseg predict` options map onto (see its --help)."""
 
+    # "patch": the training patch at step_fraction (nnU-Net's sliding window); "large": tiles chosen by
+    # `choose_tiling`, overlapping by tile_overlap voxels per axis (at most half the training patch).
+    tile_mode: str = DEFAULT_TILE_MODE
+    tile_overlap: int = DEFAULT_TILE_OVERLAP
     step_fraction: float = DEFAULT_STEP_FRACTION
     use_tta: bool = True
     batch_windows: int | None = None  # None: chosen from the device
@@ -39,6 +43,10 @@ class PredictionSettings:
     precision: str = "auto"  # auto: fp16 on CUDA, the trained precision's choice on CPU (fp32 unless bf16)
     save_probabilities: bool = False
     postprocess: bool = True
+
+    def __post_init__(self):
+        if self.tile_mode not in TILE_MODES:
+            raise AutosegError(f"tile mode {self.tile_mode!r}: expected one of {', '.join(TILE_MODES)}")
 
 
 @dataclass
@@ -48,23 +56,86 @@ class Prediction:
     geometry: Geometry
 
 
-def _batch_windows(model: TrainedModel, settings: PredictionSettings) -> int:
-    """--batch-windows, else from the device, its CPU count and free memory (autoseg.hardware)."""
-    if settings.batch_windows:
-        return settings.batch_windows
-    from autoseg.hardware import available_memory_bytes, inference_batch_windows, usable_cpus
-    from autoseg.network.architecture import feature_map_elements
+# Large tiles: the forward-only estimate (`forward_peak_elements`) measured 1.13-1.23x below the peak
+# resident memory of a CPU forward pass (oneDNN's reorders and scratch), so a tile is charged this much
+# more; and per voxel the stitching holds about this many class maps (logits, softmax, the running
+# mean over passes, the weighted copy).
+FORWARD_MEMORY_FACTOR = 1.5
+STITCHING_CLASS_MAPS = 4
 
-    configuration = model.configuration
-    # Forward only, but skip connections keep the encoder's maps alive: count every map, 4 bytes each.
-    bytes_per_window = 4 * feature_map_elements(configuration.architecture, configuration.patch_size)
+
+@dataclass
+class Tiling:
+    """Where the windows of one image lie: `window` voxels per axis; `overlap` None for patch mode
+    (windows at step_fraction), voxels per axis for large tiles."""
+
+    window: list[int]
+    overlap: list[int] | None
+    batch_windows: int
+
+
+def _available_bytes(model: TrainedModel) -> int:
     if model.device.type == "cuda":
         import torch
 
-        available = torch.cuda.mem_get_info(model.device)[0]
-    else:
-        available = available_memory_bytes()
-    return inference_batch_windows(model.device.type, usable_cpus(), available, bytes_per_window)
+        return torch.cuda.mem_get_info(model.device)[0]
+    from autoseg.hardware import available_memory_bytes
+
+    return available_memory_bytes()
+
+
+def _patch_tiling(model: TrainedModel, settings: PredictionSettings) -> Tiling:
+    """Today's windows: the training patch; --batch-windows, else from the device, its CPU count and
+    free memory (autoseg.hardware), charging a window the training estimate of its activations."""
+    from autoseg.hardware import inference_batch_windows, usable_cpus
+    from autoseg.network.architecture import feature_map_elements
+
+    configuration = model.configuration
+    batch = settings.batch_windows
+    if not batch:
+        # Forward only, but skip connections keep the encoder's maps alive: count every map, 4 bytes each.
+        bytes_per_window = 4 * feature_map_elements(configuration.architecture, configuration.patch_size)
+        batch = inference_batch_windows(model.device.type, usable_cpus(), _available_bytes(model), bytes_per_window)
+    return Tiling(list(configuration.patch_size), None, batch)
+
+
+def choose_tiling(model: TrainedModel, spatial_shape: Sequence[int], settings: PredictionSettings,
+                  bytes_per_element: int = 4) -> Tiling:
+    """The windows for preprocessed data of `spatial_shape` (z', y', x'; a 2d configuration tiles each
+    slice): in patch mode the training patch; in large mode `choose_tile_size`'s tile within
+    MEMORY_SHARE of the available (device) memory, with the forward-only activations of one tile
+    (at `bytes_per_element`) and its stitching maps, then as many tiles per batch as fit. On a CPU
+    the tiles fill whole batches of the device's batch size (an image of one tile is cut in two):
+    for a batch of one PyTorch takes its native convolution instead of oneDNN's wherever
+    batch x channels x the first two spatial sizes <= 20480 (deep, small-map layers and thin tiles),
+    measured 2-6x slower per voxel here (bench/tiles.py)."""
+    if settings.tile_mode == "patch":
+        return _patch_tiling(model, settings)
+    from autoseg.hardware import MEMORY_SHARE, inference_batch_windows, usable_cpus
+    from autoseg.inference.sliding_window import choose_tile_size, padded_shape, tile_overlap
+    from autoseg.network.architecture import forward_peak_elements
+
+    configuration, architecture = model.configuration, model.configuration.architecture
+    patch = list(configuration.patch_size)
+    classes = architecture.num_classes
+
+    def tile_bytes(tile: list[int]) -> int:
+        voxels = int(np.prod(tile))
+        return int(FORWARD_MEMORY_FACTOR * bytes_per_element * forward_peak_elements(architecture, tile)
+                   + 4 * STITCHING_CLASS_MAPS * classes * voxels)
+
+    available = _available_bytes(model)
+    overlap = tile_overlap(patch, settings.tile_overlap)
+    image = padded_shape(list(spatial_shape)[-len(patch):], patch)
+    # The batch the device wants (memory aside): on a CPU an image's tiles are chosen to fill whole
+    # batches; slices of a 2d configuration share batches already.
+    wanted = settings.batch_windows or inference_batch_windows(model.device.type, usable_cpus(), available, 1)
+    fill = wanted if model.device.type == "cpu" and len(patch) == len(spatial_shape) else 1
+    tile = choose_tile_size(image, patch, architecture.total_downsampling(), overlap, tile_bytes,
+                            int(available * MEMORY_SHARE), batch=fill)
+    batch = settings.batch_windows or inference_batch_windows(model.device.type, usable_cpus(), available,
+                                                              tile_bytes(tile))
+    return Tiling(tile, overlap, batch)
 
 
 def preprocess_for(model: TrainedModel, image: np.ndarray, geometry: Geometry, case_id: str = "",
@@ -110,14 +181,16 @@ def predict_probabilities(model: TrainedModel, data: np.ndarray, settings: Predi
     from autoseg.inference.stitching import predict_sliding_window
 
     configuration = model.configuration
+    autocast_dtype = inference_autocast_dtype(settings.precision, model.device, model.trained_precision)
+    tiling = choose_tiling(model, data.shape[1:], settings, 4 if autocast_dtype is None else 2)
     options = dict(num_classes=configuration.architecture.num_classes, step_fraction=settings.step_fraction,
-                   mirror_axes=None if settings.use_tta else (), batch_windows=_batch_windows(model, settings),
-                   device=model.device, progress=progress,
-                   autocast_dtype=inference_autocast_dtype(settings.precision, model.device, model.trained_precision))
+                   overlap=tiling.overlap, mirror_axes=None if settings.use_tta else (),
+                   batch_windows=tiling.batch_windows, device=model.device, progress=progress,
+                   autocast_dtype=autocast_dtype)
     image = torch.from_numpy(np.ascontiguousarray(data))
     options.update(_accumulator_placement(model, image.shape[1:], configuration.architecture.num_classes))
     # A 2d configuration's patch is (y, x): the volume is predicted slice by slice.
-    return predict_sliding_window(model.networks, image, configuration.patch_size, **options)
+    return predict_sliding_window(model.networks, image, tiling.window, **options)
 
 
 def _accumulator_placement(model: TrainedModel, spatial_shape, num_classes: int) -> dict:

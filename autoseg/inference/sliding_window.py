@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -29,6 +29,21 @@ DEFAULT_SIGMA_FRACTION = 1.0 / 8.0
 # axis, so the floor never applies.
 MIN_AXIS_WEIGHT = 1e-10
 
+# Large tiles (`tile_starts`, `choose_tile_size`): the network is convolutional, so it may run on
+# tiles larger than its training patch; neighbouring tiles overlap by DEFAULT_TILE_OVERLAP
+# voxels per axis (at most half the training patch), where a flat-top weight falls off so that the
+# voxels near a tile's border, which see the zero padding of the convolutions, count little.
+TILE_MODES = ("patch", "large")
+# Patch mode by default: large tiles are 2.7-5x faster on a CPU but change what the network's
+# InstanceNorm layers normalize over (a whole tile instead of a training patch), and their labels
+# agreed with patch mode's at Dice 0.52-0.93 only (bench/tiles.py; the issue's bar is 0.99), while
+# the flat-top window on patch-sized tiles agreed at 0.999: the stitching is not what differs.
+DEFAULT_TILE_MODE = "patch"
+DEFAULT_TILE_OVERLAP = 16
+# The fall-off's sigma as a fraction of the margin: the border voxel sits 4 sigma out, as in nnU-Net's
+# Gaussian (sigma = patch / 8 at half a patch from the centre).
+FLAT_TOP_SIGMA_FRACTION = 1.0 / 4.0
+
 
 def window_starts(image_size: Sequence[int], patch_size: Sequence[int],
                   step_fraction: float = DEFAULT_STEP_FRACTION) -> list[list[int]]:
@@ -39,23 +54,77 @@ def window_starts(image_size: Sequence[int], patch_size: Sequence[int],
     one is flush with the far border. size == patch gives [0]. Every axis must have size >= patch
     (pad the image first, see `padded_shape`).
     """
-    if len(image_size) != len(patch_size):
-        raise ValueError(f"image_size {list(image_size)} and patch_size {list(patch_size)} "
-                         "have different numbers of axes")
     if not 0 < step_fraction <= 1:
         raise ValueError(f"step_fraction must be in (0, 1], got {step_fraction}")
+    return _evenly_spaced_starts(image_size, patch_size, [patch * step_fraction for patch in patch_size])
+
+
+def tile_starts(image_size: Sequence[int], tile_size: Sequence[int], overlap: Sequence[int]) -> list[list[int]]:
+    """Start index (voxels) of every tile along each axis, neighbouring tiles overlapping by at least
+    `overlap` voxels: n = ceil((size - tile) / (tile - overlap)) + 1 tiles per axis, evenly spaced
+    as in `window_starts` (so the actual overlap is often larger). Needs 0 <= overlap < tile."""
+    if len(overlap) != len(tile_size) or any(not 0 <= o < t for o, t in zip(overlap, tile_size)):
+        raise ValueError(f"overlap {list(overlap)} must be >= 0 and smaller than the tile {list(tile_size)} per axis")
+    return _evenly_spaced_starts(image_size, tile_size, [t - o for t, o in zip(tile_size, overlap)])
+
+
+def _evenly_spaced_starts(image_size: Sequence[int], window_size: Sequence[int],
+                          max_steps: Sequence[float]) -> list[list[int]]:
+    """Per axis the fewest windows whose starts, evenly spaced from 0 to size - window, lie at most
+    max_step voxels apart."""
+    if len(image_size) != len(window_size):
+        raise ValueError(f"image_size {list(image_size)} and patch_size {list(window_size)} "
+                         "have different numbers of axes")
     starts_per_axis = []
-    for axis, (size, patch) in enumerate(zip(image_size, patch_size)):
+    for axis, (size, patch, step) in enumerate(zip(image_size, window_size, max_steps)):
         if patch < 1 or size < patch:
             raise ValueError(f"axis {axis}: image size {size} must be >= patch size {patch} >= 1")
         free = size - patch
-        num_windows = math.ceil(free / (patch * step_fraction)) + 1
+        num_windows = math.ceil(free / step) + 1
         if num_windows == 1:
             starts_per_axis.append([0])
             continue
         spacing = free / (num_windows - 1)
         starts_per_axis.append([int(round(i * spacing)) for i in range(num_windows)])
     return starts_per_axis
+
+
+def tile_overlap(patch_size: Sequence[int], overlap: int = DEFAULT_TILE_OVERLAP) -> list[int]:
+    """Overlap (voxels) per axis of large tiles: `overlap`, at most half the training patch (a thin
+    axis of a few slices then overlaps as in patch mode at step 0.5)."""
+    if overlap < 0:
+        raise ValueError(f"tile overlap must be >= 0 voxels, got {overlap}")
+    return [min(int(overlap), int(patch) // 2) for patch in patch_size]
+
+
+def choose_tile_size(image_size: Sequence[int], patch_size: Sequence[int], downsampling: Sequence[int],
+                     overlap: Sequence[int], tile_bytes: Callable[[list[int]], int], budget_bytes: int,
+                     batch: int = 1) -> list[int]:
+    """The tile (voxels per axis) to predict an image of `image_size` (already padded to at least
+    the patch, see `padded_shape`) with, in batches of `batch` tiles: per axis the training patch or a
+    larger multiple of the network's total `downsampling`, at most the image; among those of which
+    `batch` tiles (`tile_bytes` each) fit in `budget_bytes`, the one that computes the fewest voxels
+    (tiles x tile voxels, overlaps counted, a last incomplete batch counted as a full one), then the
+    largest (fewest network calls). The training patch when no larger tile fits.
+
+    Fewest voxels rather than simply largest: a 300-slice axis with a downsampling of 32 is covered
+    by two 160-slice tiles (320 computed) better than by two 288-slice ones (576). Batches counted
+    whole: where a batch of one runs slower per voxel than a batch of two (PyTorch's CPU convolutions,
+    see `CPU_BATCH_WINDOWS`), an image is better cut into two tiles than computed as one."""
+    candidates = []
+    for size, patch, step in zip(image_size, patch_size, downsampling):
+        if size < patch:
+            raise ValueError(f"image size {list(image_size)} is smaller than the patch {list(patch_size)}: "
+                             "pad it first")
+        larger = range((patch // step + 1) * step, size + 1, step)
+        candidates.append([int(patch), *larger])
+    best, best_key = [int(p) for p in patch_size], None
+    for tile in itertools.product(*candidates):
+        tiles = math.prod(len(starts) for starts in tile_starts(image_size, tile, overlap))
+        key = (math.ceil(tiles / batch) * batch * math.prod(tile), -math.prod(tile))
+        if (best_key is None or key < best_key) and batch * tile_bytes(list(tile)) <= budget_bytes:
+            best, best_key = list(tile), key
+    return best
 
 
 def padded_shape(spatial_shape: Sequence[int], patch_size: Sequence[int]) -> list[int]:
@@ -105,6 +174,30 @@ def axis_profiles(patch_size: Sequence[int], use_gaussian: bool) -> list[np.ndar
     if not use_gaussian:
         return [np.ones(patch, np.float32) for patch in patch_size]
     return [gaussian_profile(patch) for patch in patch_size]
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_flat_top_profile(tile: int, margin: int) -> np.ndarray:
+    distance_to_border = np.minimum(np.arange(tile), np.arange(tile)[::-1]).astype(np.float64)
+    falloff = np.maximum(margin - distance_to_border, 0.0) / max(margin * FLAT_TOP_SIGMA_FRACTION, 1e-12)
+    profile = np.maximum(np.exp(-0.5 * falloff ** 2), MIN_AXIS_WEIGHT).astype(np.float32)
+    profile.setflags(write=False)  # shared through the cache
+    return profile
+
+
+def flat_top_profile(tile: int, margin: int) -> np.ndarray:
+    """The 1-D weights of a large tile: 1 except within `margin` voxels of either border, where a
+    Gaussian of sigma = margin * FLAT_TOP_SIGMA_FRACTION falls to exp(-8) at the border voxel (the
+    weight nnU-Net's patch Gaussian gives its border, reached over the margin instead of half the
+    patch, so a border voxel weighs as little however large the tile). float32 (tile,), read-only."""
+    return _cached_flat_top_profile(int(tile), int(margin))
+
+
+def tile_profiles(tile_size: Sequence[int], overlap: Sequence[int], use_gaussian: bool) -> list[np.ndarray]:
+    """Per-axis weights of a large tile: `flat_top_profile` over the overlap, or 1 everywhere."""
+    if not use_gaussian:
+        return [np.ones(tile, np.float32) for tile in tile_size]
+    return [flat_top_profile(tile, margin) for tile, margin in zip(tile_size, overlap)]
 
 
 def normalized_axis_weights(profiles: list[np.ndarray], starts: list[list[int]],

@@ -31,7 +31,8 @@ import torch
 
 from autoseg.errors import AutosegError
 from autoseg.inference.sliding_window import (DEFAULT_STEP_FRACTION, axis_profiles, mirror_axes_combinations,
-                                              normalized_axis_weights, padded_shape, window_starts)
+                                              normalized_axis_weights, padded_shape, tile_profiles, tile_starts,
+                                              window_starts)
 
 # Voxels per slab when converting a float16 / accelerator accumulator to the float32 CPU result.
 _SLAB_VOXELS = 1 << 22
@@ -47,6 +48,7 @@ def predict_sliding_window(
         *,
         num_classes: int,
         step_fraction: float = DEFAULT_STEP_FRACTION,
+        overlap: Sequence[int] | None = None,
         mirror_axes: Sequence[int] | None = None,
         use_gaussian: bool = True,
         softmax: bool = True,
@@ -68,6 +70,12 @@ def predict_sliding_window(
         With a 2D patch (y, x) the image may also be a volume (C, z, y, x): each z-slice is then
         tiled in-plane exactly as a 2D image would be, and windows of different slices share
         batches (which matters when a slice holds only one window).
+    patch_size: the window the networks run on: the training patch, or a larger tile (any multiple of
+        the network's total downsampling: the U-Net is fully convolutional).
+    step_fraction: windows lie at most patch * step_fraction voxels apart (nnU-Net's 0.5), and are
+        weighted by a Gaussian of sigma patch / 8. Ignored when `overlap` is given.
+    overlap: large-tile mode: neighbouring windows overlap by at least this many voxels per axis
+        (`tile_starts`) and are weighted by `flat_top_profile`s falling off over the overlap.
     mirror_axes: the networks' spatial axes (0-based, of the patch) to mirror for test-time
         augmentation; every subset of them is run and the outputs averaged (8 passes for 3 axes,
         4 for 2). None = all of them, () = no TTA.
@@ -92,12 +100,16 @@ def predict_sliding_window(
     patch_size = [int(p) for p in patch_size]
     image = _as_tensor(image, patch_size)
     mirror_axes = tuple(range(len(patch_size))) if mirror_axes is None else tuple(mirror_axes)
-    profiles = axis_profiles(patch_size, use_gaussian)
+    if overlap is None:
+        profiles = axis_profiles(patch_size, use_gaussian)
+        place = functools.partial(window_starts, patch_size=patch_size, step_fraction=step_fraction)
+    else:
+        profiles = tile_profiles(patch_size, overlap, use_gaussian)
+        place = functools.partial(tile_starts, tile_size=patch_size, overlap=overlap)
     if image.ndim == len(patch_size) + 1:
-        starts = window_starts(padded_shape(image.shape[1:], patch_size), patch_size, step_fraction)
+        starts = place(padded_shape(image.shape[1:], patch_size))
     else:  # slice by slice: one window of depth 1 per z index, in-plane windows as in 2D
-        in_plane = window_starts(padded_shape(image.shape[2:], patch_size), patch_size, step_fraction)
-        starts = [list(range(image.shape[1]))] + in_plane
+        starts = [list(range(image.shape[1]))] + place(padded_shape(image.shape[2:], patch_size))
         profiles = [np.ones(1, np.float32)] + profiles
         mirror_axes = tuple(axis + 1 for axis in mirror_axes)
         networks = [_on_depth_one_windows(network) for network in networks]

@@ -80,6 +80,25 @@ def feature_map_elements(architecture: Architecture, patch_size: list[int]) -> i
     return int(total)
 
 
+def forward_peak_elements(architecture: Architecture, tile_size: list[int]) -> int:
+    """Activation elements alive at the peak of one sample's forward pass without autograd (inference).
+
+    Without a backward pass only the encoder outputs are kept (as skip connections). In a stage's conv
+    stack a block's input, its conv output and its norm output are alive together (3 maps of the stage;
+    the LeakyReLU works in place); a decoder stage also holds its concatenated input (2 maps) for the
+    whole stack and the stage below's output it upsampled, and the skips of the stages above it are
+    still waiting. The peak is the largest of these sums over the stages, plus the input tile.
+    Multiply by the batch size and the bytes per element (4 in fp32, 2 under fp16/bf16 autocast).
+    """
+    shapes = stage_shapes(architecture, tile_size)
+    maps = [features * int(np.prod(shape)) for features, shape in zip(architecture.features_per_stage, shapes)]
+    in_stack = 3 if architecture.convs_per_stage > 1 else 2
+    encoder = max(sum(maps[:stage]) + in_stack * maps[stage] for stage in range(len(maps)))
+    decoder = max(sum(maps[:stage]) + (2 + in_stack) * maps[stage] + maps[stage + 1]
+                  for stage in range(len(maps) - 1))
+    return int(max(encoder, decoder) + architecture.input_channels * int(np.prod(tile_size)))
+
+
 def parameter_count(architecture: Architecture) -> int:
     """Number of scalar parameters of the U-Net `autoseg.network.unet` builds, without building it.
 
