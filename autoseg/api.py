@@ -231,12 +231,7 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
                          checkpoint=checkpoint, device=device, postprocess=postprocess, model=model)
     if on_models is not None:
         on_models(models)
-    settings = PredictionSettings(step_fraction=step_size, use_tta=use_tta, batch_windows=batch_windows,
-                                  device=device, precision=precision, save_probabilities=save_probabilities,
-                                  postprocess=postprocess)
-    reports = CaseReports.for_model(models[0], statistics, previ
-    tile_mode "patch": the training patch at step_size (nnU-Net's sliding window); "large": tiles as large
-    as memory allows, overlapping by tile_overlap voxels (faster; see `sliding_window.DEFAULT_TILE_MODE`)."""
+    reports = CaseReports.for_model(models[0], statistics, preview)
     return predict_folder_with_models(models, Path(input_path), Path(output_folder), settings, overwrite=overwrite,
                                       part=part, on_case=on_case, progress=progress, output_format=output_format,
                                       reports=reports)
