@@ -20,8 +20,15 @@ def build_plain_unet(architecture: Architecture) -> "torch.nn.Module":
     return build(architecture)
 
 
+def build_resenc_unet(architecture: Architecture) -> "torch.nn.Module":
+    from autoseg.network.resenc import build_resenc_unet as build
+
+    return build(architecture)
+
+
 NETWORK_BUILDERS: dict[str, Callable[[Architecture], "torch.nn.Module"]] = {
     "plain_unet": build_plain_unet,
+    "resenc": build_resenc_unet,
 }
 
 

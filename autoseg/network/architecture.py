@@ -7,12 +7,12 @@ Kernel sizes and strides are per stage and per spatial axis, in the plan's (tran
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 
 import numpy as np
 
 # Registered network builders; a plan names one of these keys, never a module path.
-ARCHITECTURES = ("plain_unet",)
+ARCHITECTURES = ("plain_unet", "resenc")
 
 
 @dataclass
@@ -24,8 +24,10 @@ class Architecture:
     features_per_stage: list[int]
     kernel_sizes: list[list[int]]  # per stage, per axis
     strides: list[list[int]]  # per stage, per axis; stage 0 is all ones
-    convs_per_stage: int = 2
+    convs_per_stage: int = 2  # per conv stack: plain_unet's encoder and decoder stages, resenc's decoder stages
     deep_supervision: bool = True
+    # resenc: residual blocks per encoder stage (nnU-Net's 1, 3, 4, 6, 6, ...); None for networks without.
+    blocks_per_stage: list[int] | None = None
 
     @property
     def num_stages(self) -> int:
@@ -36,11 +38,20 @@ class Architecture:
         return [int(v) for v in np.prod(np.asarray(self.strides), axis=0)]
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """Every field of the first schema, and the later optional ones only when they differ from their
+        default: a plain U-Net's JSON (plans.json, a checkpoint's identity) stays what it always was."""
+        data = asdict(self)
+        return {name: value for name, value in data.items()
+                if name in FIRST_SCHEMA_FIELDS or value != ARCHITECTURE_DEFAULTS.get(name)}
 
     @classmethod
     def from_json(cls, data: dict) -> "Architecture":
         return cls(**data)
+
+
+FIRST_SCHEMA_FIELDS = ("name", "dimension", "input_channels", "num_classes", "features_per_stage", "kernel_sizes",
+                       "strides", "convs_per_stage", "deep_supervision")
+ARCHITECTURE_DEFAULTS = {f.name: f.default for f in fields(Architecture) if f.default is not MISSING}
 
 
 def stage_shapes(architecture: Architecture, patch_size: list[int]) -> list[list[int]]:

@@ -223,7 +223,7 @@ def _check_fields(data: dict, expected: set[str], where: str, optional: set[str]
 
 def _architecture_from_json(data: Any, where: str) -> Architecture:
     known = {f.name for f in fields(Architecture)}
-    required = known - {"convs_per_stage", "deep_supervision"}
+    required = {f.name for f in fields(Architecture) if f.default is MISSING}
     if not isinstance(data, dict):
         raise PlanError(f"{where}: expected a JSON object")
     missing = sorted(required - set(data))
@@ -258,6 +258,10 @@ def _validate_architecture(architecture: Architecture, dimension: int, where: st
                  where, name, getattr(a, name), f"{a.num_stages} stages of {dimension} positive integers")
     _require(_is_integer(a.convs_per_stage), where, "convs_per_stage", a.convs_per_stage, "an integer >= 1")
     _require(isinstance(a.deep_supervision, bool), where, "deep_supervision", a.deep_supervision, "true or false")
+    _require(a.blocks_per_stage is None or _is_list(a.blocks_per_stage, a.num_stages, _is_integer), where,
+             "blocks_per_stage", a.blocks_per_stage, f"null or {a.num_stages} positive integers, one per stage")
+    _require((a.name == "resenc") == (a.blocks_per_stage is not None), where, "blocks_per_stage",
+             a.blocks_per_stage, "a list for resenc (its residual blocks per encoder stage), null for other networks")
 
 
 def _validate_configuration(configuration: Configuration, where: str, num_channels: int | None,
