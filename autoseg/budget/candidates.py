@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from autoseg.budget.speed import Probe
-from autoseg.network.architecture import Architecture, feature_map_elements
+from autoseg.network.architecture import Architecture
+from autoseg.network.cost import network_cost
 from autoseg.planning import rules
 from autoseg.planning.plans import Configuration, Plans
 
@@ -109,7 +110,8 @@ def benchmark_probes(plans: Plans, config_name: str, device: str,
     chain = patch_chain(configuration)
 
     def elements(patch: list[int]) -> int:
-        return feature_map_elements(candidate_architecture(configuration, patch, rules.BASE_FEATURES), patch) * batch
+        architecture = candidate_architecture(configuration, patch, rules.BASE_FEATURES)
+        return network_cost(architecture, patch).feature_map_elements * batch
 
     large = next((p for p in chain if elements(p) <= limit), chain[-1])
     small = next((p for p in chain if elements(p) <= elements(large) / PROBE_SIZE_RATIO), chain[-1])

@@ -53,11 +53,11 @@ def _batch_windows(model: TrainedModel, settings: PredictionSettings) -> int:
     if settings.batch_windows:
         return settings.batch_windows
     from autoseg.hardware import available_memory_bytes, inference_batch_windows, usable_cpus
-    from autoseg.network.architecture import feature_map_elements
+    from autoseg.network.cost import network_cost
 
     configuration = model.configuration
     # Forward only, but skip connections keep the encoder's maps alive: count every map, 4 bytes each.
-    bytes_per_window = 4 * feature_map_elements(configuration.architecture, configuration.patch_size)
+    bytes_per_window = 4 * network_cost(configuration.architecture, configuration.patch_size).feature_map_elements
     if model.device.type == "cuda":
         import torch
 

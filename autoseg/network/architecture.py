@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import MISSING, asdict, dataclass, fields
 
+import math
+
 import numpy as np
 
 # Registered network builders; a plan names one of these keys, never a module path.
@@ -110,4 +112,32 @@ def parameter_count(architecture: Architecture) -> int:
         total += features[stage + 1] * features[stage] * up + features[stage]
         total += conv_stack(2 * features[stage], features[stage], architecture.kernel_sizes[stage])
         total += features[stage] * architecture.num_classes + architecture.num_classes
+    return int(total)
+
+
+def convolution_macs(architecture: Architecture, patch_size: list[int]) -> int:
+    """Multiply-accumulates of one sample's forward pass through the U-Net's convolutions.
+
+    Counts what `autoseg.network.unet.PlainUNet` runs: per encoder stage `convs_per_stage` convs (the
+    first strided, from the previous stage's features), per decoder stage a transposed conv
+    (kernel = stride) from the stage below, then convs on the concatenated skip (2x features) and a
+    1x1 segmentation head (every decoder stage with deep supervision, else only the top one).
+    """
+    shapes = stage_shapes(architecture, patch_size)
+    voxels = [math.prod(s) for s in shapes]
+    features, kernels = architecture.features_per_stage, architecture.kernel_sizes
+    total, in_channels = 0, architecture.input_channels
+    for stage, size in enumerate(voxels):
+        kernel = math.prod(kernels[stage])
+        total += size * kernel * in_channels * features[stage]
+        total += (architecture.convs_per_stage - 1) * size * kernel * features[stage] ** 2
+        in_channels = features[stage]
+    for stage in range(len(voxels) - 2, -1, -1):
+        size, kernel = voxels[stage], math.prod(kernels[stage])
+        up_kernel = math.prod(architecture.strides[stage + 1])
+        total += voxels[stage + 1] * up_kernel * features[stage + 1] * features[stage]
+        total += size * kernel * 2 * features[stage] * features[stage]
+        total += (architecture.convs_per_stage - 1) * size * kernel * features[stage] ** 2
+        if architecture.deep_supervision or stage == 0:
+            total += size * features[stage] * architecture.num_classes
     return int(total)

@@ -17,7 +17,8 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from autoseg.errors import PlanError
-from autoseg.network.architecture import Architecture, feature_map_elements
+from autoseg.network.architecture import Architecture
+from autoseg.network.cost import network_cost
 from autoseg.preprocessing.resampling import ANISOTROPY_THRESHOLD
 
 # --- transpose and target spacing ---------------------------------------------------------------
@@ -242,7 +243,8 @@ def _fit(spacing: list[float], patch_size: list[int], dimension: int, input_chan
          num_classes: int) -> FittedPatch:
     topology = topology_for(spacing, patch_size, dimension)
     architecture = architecture_for(topology, dimension, input_channels, num_classes)
-    return FittedPatch(topology.patch_size, architecture, feature_map_elements(architecture, topology.patch_size))
+    return FittedPatch(topology.patch_size, architecture,
+                       network_cost(architecture, topology.patch_size).feature_map_elements)
 
 
 def fit_patch_to_memory(spacing: list[float], median_shape: list[float], patch_size: list[int],
