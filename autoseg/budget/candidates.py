@@ -52,9 +52,10 @@ def candidate_architecture(configuration: Configuration, patch_size: list[int], 
     """The configuration's network re-derived for another patch (topology by the planner's rules) and width."""
     dimension = configuration.dimension
     topology = rules.topology_for(configuration.spacing[-dimension:], list(patch_size), dimension)
-    planned = configuration.architecture
-    return replace(planned, features_per_stage=scaled_features(len(topology.strides), dimension, base_features),
-                   kernel_sizes=topology.kernel_sizes, strides=topology.strides)
+    planned, n_stages = configuration.architecture, len(topology.strides)
+    return replace(planned, features_per_stage=scaled_features(n_stages, dimension, base_features),
+                   kernel_sizes=topology.kernel_sizes, strides=topology.strides,
+                   blocks_per_stage=rules.encoder_blocks(planned.name, n_stages))
 
 
 def patch_chain(configuration: Configuration) -> list[list[int]]:

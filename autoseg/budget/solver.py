@@ -240,8 +240,9 @@ def apply_budget(plans: Plans, config_name: str, decision: BudgetDecision) -> Pl
     entry = entries[config_name]
     entry.update(patch_size=list(decision.patch_size), batch_size=int(decision.batch_size),
                  architecture=architecture.to_json(),
-                 estimated_memory_gb=round(rules.estimated_memory_gb(elements, decision.batch_size,
-                                                                     configuration.dimension), 3))
+                 estimated_memory_gb=round(rules.estimated_memory_gb(
+                     elements, decision.batch_size, configuration.dimension,
+                     rules.memory_reference(architecture.name, plans.preset)), 3))
     entry["budget"] = decision.to_json()
     budgeted = replace(plans, configurations=entries)
     budgeted.configuration(config_name)  # validates: divisibility, architecture

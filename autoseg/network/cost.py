@@ -15,7 +15,7 @@ network's total downsampling) and scaled to other patches by their volume: for a
 multiple of the downsampling every feature map is the patch divided by its cumulative stride, so the
 scaling is exact. (A patch that is not a multiple cannot run through a U-Net, whose skips would not
 match; it gets the volume-scaled estimate all the same.) It costs a fraction of a second
-per architecture and is cached, so the planner's many candidate patches of one topology cost one trace.
+per architecture (after a one-time warm-up of torch's meta kernels, a few seconds) and is cached, so the planner's many candidate patches of one topology cost one trace.
 
 The plain U-Net (without optional fields set) is counted by its analytical formulas
 (`autoseg.network.architecture`: feature_map_elements, convolution_macs, parameter_count): they give
@@ -94,6 +94,8 @@ def _trace(architecture_json: str, patch_size: tuple[int, ...]) -> NetworkCost:
     transposed_convs = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
     with torch.device("meta"):
         network = build_network(architecture)
+    parameters = count_parameters(network)
+    _without_normalization(network)
     network.train()  # what training runs: every deep-supervision head
     elements, macs = [architecture.input_channels * math.prod(patch_size)], []
 
@@ -114,5 +116,20 @@ def _trace(architecture_json: str, patch_size: tuple[int, ...]) -> NetworkCost:
     finally:
         for hook in hooks:
             hook.remove()
-    return NetworkCost(int(sum(elements)), int(sum(macs)), count_parameters(network))
+    return NetworkCost(int(sum(elements)), int(sum(macs)), parameters)
+
+
+def _without_normalization(module) -> None:
+    """Replace every normalization layer by an identity, in place. They keep their input's shape and are
+    not counted, and on the meta device torch runs them through slow Python decompositions (instance
+    norm was two thirds of a ResEnc trace)."""
+    from torch import nn
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.instancenorm import _InstanceNorm
+
+    for name, child in module.named_children():
+        if isinstance(child, (_InstanceNorm, _BatchNorm, nn.GroupNorm, nn.LayerNorm)):
+            setattr(module, name, nn.Identity())
+        else:
+            _without_normalization(child)
 

@@ -25,6 +25,7 @@ from autoseg.fingerprint import ChannelIntensity
 from autoseg.io import is_picture_spacing
 from autoseg.network.architecture import ARCHITECTURES, Architecture
 from autoseg.preprocessing.normalization import NORMALIZATION_SCHEMES
+from autoseg.planning.rules import RESENC_PRESETS
 from autoseg.planning.time_budget import BudgetDecision, OverBudget
 
 PLANS_SCHEMA_VERSION = 1
@@ -96,6 +97,7 @@ class Plans:
     gpu_memory_gb: float
     configurations: dict[str, dict]  # entries as stored: complete, or partial with inherits_from
     schema_version: int = PLANS_SCHEMA_VERSION
+    preset: str | None = None  # the ResEnc preset (M, L, XL) the plan was sized with; written only when set
 
     @property
     def configuration_names(self) -> list[str]:
@@ -115,6 +117,12 @@ class Plans:
             resolved = {**resolved, "architecture": architecture}
         return Configuration.from_json(resolved, f"{where}: configuration '{name}'", len(self.modality),
                                        len(self.labels))
+
+    @property
+    def networks(self) -> list[str]:
+        """The networks (NETWORK_BUILDERS keys) of the plan's configurations, each once, in plan order."""
+        names = [self.configuration(name).architecture.name for name in self.configurations]
+        return list(dict.fromkeys(names))
 
     @property
     def pixel_spacing(self) -> tuple[float, float] | None:
@@ -141,6 +149,7 @@ class Plans:
             "intensity_per_channel": {k: asdict(v) for k, v in self.intensity_per_channel.items()},
             "gpu_memory_gb": self.gpu_memory_gb,
             "configurations": {name: _jsonable(entry) for name, entry in self.configurations.items()},
+            **({"preset": self.preset} if self.preset is not None else {}),
         }
 
     @classmethod
@@ -151,7 +160,7 @@ class Plans:
         if version != PLANS_SCHEMA_VERSION:
             raise PlanError(f"{where}: field 'schema_version' is {version!r}, expected {PLANS_SCHEMA_VERSION}; "
                             "re-run `autoseg plan`")
-        _check_fields(data, {f.name for f in fields(cls)}, where)
+        _check_fields(data, {f.name for f in fields(cls)}, where, optional={"preset"})
         try:
             intensities = {k: ChannelIntensity(**v) for k, v in data["intensity_per_channel"].items()}
         except (TypeError, AttributeError) as e:
@@ -172,6 +181,12 @@ class Plans:
         except UnicodeDecodeError:
             raise PlanError(f"{path}: not a text file; re-run `autoseg plan`") from None
         return cls.from_json(data, where=str(path))
+
+
+def has_own_network(entry: dict) -> bool:
+    """A plans.json entry that is complete or sets its own architecture (a network variant such as
+    3d_fullres_resenc inherits only its data from its parent), rather than following its parent's network."""
+    return not entry.get("inherits_from") or "architecture" in entry
 
 
 def keep_user_configurations(plans: Plans, previous_entries: dict[str, Any]) -> tuple[Plans, list[str], list[str]]:
@@ -353,6 +368,8 @@ def _validate_plans(plans: Plans, where: str) -> None:
         _require(all(map(_is_finite_number, vars(statistics).values())) and statistics.std >= 0,
                  where, f"intensity_per_channel.{channel}", vars(statistics), "finite numbers, std >= 0")
     _require(_is_positive_number(p.gpu_memory_gb), where, "gpu_memory_gb", p.gpu_memory_gb, "a positive number")
+    _require(p.preset is None or p.preset in RESENC_PRESETS, where, "preset", p.preset,
+             f"null or one of {', '.join(RESENC_PRESETS)}")
     if not isinstance(p.configurations, dict) or not p.configurations:
         raise PlanError(f"{where}: field 'configurations' must name at least one configuration")
     for name in p.configurations:

@@ -49,23 +49,30 @@ def _ignore(*_) -> None:
 
 
 def plan_task(workspace: Workspace, task: str | Path | None = None, fingerprint_file: Path | None = None,
-              gpu_memory_gb: float = 8.0, time_budget: str | None = None, device: str = "auto",
-              remeasure: bool = False, workers: int = 2,
+              gpu_memory_gb: float | None = None, time_budget: str | None = None, device: str = "auto",
+              remeasure: bool = False, workers: int = 2, networks: list[str] | None = None,
+              preset: str | None = None,
               on_case_done: Callable[[int, int], None] = _ignore,
               on_measure: Callable[[SpeedLookup], None] = _ignore) -> PlanResult:
     """Plan a task from its dataset (fingerprinted first, or the fingerprint reused when the dataset has not
     changed) or from a fingerprint file alone, and write plans.json.
 
     time_budget ("15m", "2h"): each configuration trains one fold within it on `device`; `remeasure`
-    measures the device again instead of using the cache. The user's configurations derived in the
+    measures the device again instead of using the cache. networks: NETWORK_BUILDERS keys planned beside the
+    plain U-Net (3d_fullres_resenc, 2d_resenc, ...); preset: a ResEnc preset (M, L, XL), the memory target
+    (8 / 24 / 40 GB) unless gpu_memory_gb is given, and its calibration for resenc. The user's configurations derived in the
     previous plans.json (`inherits_from`) are kept when they still resolve. Planning a dataset makes
     it the workspace's current task. on_case_done(done, total) follows the fingerprinting.
     """
     from autoseg.planning import plan_experiment
     from autoseg.planning.plans import keep_user_configurations
+    from autoseg.planning.planner import check_networks
+    from autoseg.planning.rules import memory_target_gb
 
+    memory_gb = memory_target_gb(gpu_memory_gb, preset)  # bad options fail before the fingerprinting
+    check_networks(networks)
     task_name, dataset_folder, fingerprint = _fingerprint(workspace, task, fingerprint_file, workers, on_case_done)
-    plans = plan_experiment(fingerprint, gpu_memory_gb=gpu_memory_gb)
+    plans = plan_experiment(fingerprint, gpu_memory_gb=memory_gb, networks=networks, preset=preset)
     if time_budget is not None:
         plans = fit_time_budget(workspace, plans, time_budget, device, fingerprint.num_cases, remeasure=remeasure,
                                 on_measure=on_measure)
@@ -152,13 +159,15 @@ def replan_for_budget(workspace: Workspace, task_name: str, plans: Plans, config
     from autoseg.checkpoint import identity_of_configuration
     from autoseg.fingerprint import Fingerprint
     from autoseg.planning import plan_experiment
+    from autoseg.planning.plans import has_own_network
 
-    parent = plans.configurations.get(configuration, {}).get("inherits_from")
-    if parent:
-        raise PlanError(f"--time-budget: {configuration} inherits its network from {parent}; plan both with "
-                        f"`autoseg plan TASK --time-budget {time_budget}`")
+    entry = plans.configurations.get(configuration, {})
+    if not has_own_network(entry):
+        raise PlanError(f"--time-budget: {configuration} inherits its network from {entry['inherits_from']}; plan "
+                        f"both with `autoseg plan TASK --time-budget {time_budget}`")
     fingerprint = Fingerprint.load(workspace.fingerprint_file(task_name))
-    fresh = plan_experiment(fingerprint, gpu_memory_gb=plans.gpu_memory_gb)
+    fresh = plan_experiment(fingerprint, gpu_memory_gb=plans.gpu_memory_gb, networks=plans.networks,
+                            preset=plans.preset)
     if configuration not in fresh.configurations:
         raise PlanError(f"--time-budget: {configuration} is not a configuration autoseg plans for {task_name}")
     budgeted = fit_time_budget(workspace, fresh, time_budget, device, fingerprint.num_cases,
