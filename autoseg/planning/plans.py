@@ -189,33 +189,6 @@ def has_own_network(entry: dict) -> bool:
     return not entry.get("inherits_from") or "architecture" in entry
 
 
-def keep_user_configurations(plans: Plans, previous_entries: dict[str, Any]) -> tuple[Plans, list[str], list[str]]:
-    """Re-planning regenerates plans.json from the fingerprint; a configuration the user added to the old
-    file (a name the planner does not make) and that still resolves on the new plan, such as
-    `{"inherits_from": "3d_fullres", "batch_size": 8}`, is carried over. A complete entry (no
-    inherits_from) is not: its spacing, network and statistics were the old plan's.
-
-    Returns (plans with the kept entries, names kept, names dropped with the reason).
-    """
-    entries = dict(plans.configurations)
-    kept, dropped = [], []
-    for name, entry in previous_entries.items():
-        if name in entries or not isinstance(entry, dict):
-            continue
-        if not entry.get("inherits_from"):
-            dropped.append(f"{name} (a complete entry of the old plan; derive it with inherits_from to keep it)")
-            continue
-        candidate = Plans(**{**vars(plans), "configurations": {**entries, name: copy.deepcopy(entry)}})
-        try:
-            candidate.configuration(name)
-        except PlanError as error:
-            dropped.append(f"{name} ({error})")
-            continue
-        entries[name] = copy.deepcopy(entry)
-        kept.append(name)
-    return Plans(**{**vars(plans), "configurations": entries}), kept, dropped
-
-
 # --- validation ---------------------------------------------------------------------------------
 # Every field is checked for its type, range and length when plans.json is loaded: a hand-edited plan
 # fails here in one line naming the field, never later inside preprocessing or training.

@@ -11,12 +11,13 @@ not yet cached takes a while.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from autoseg.errors import AutosegError, PlanError
-from autoseg.planning.plans import Plans
+from autoseg.planning.plans import Plans, has_own_network
 from autoseg.workspace import Workspace
 
 
@@ -65,7 +66,6 @@ def plan_task(workspace: Workspace, task: str | Path | None = None, fingerprint_
     it the workspace's current task. on_case_done(done, total) follows the fingerprinting.
     """
     from autoseg.planning import plan_experiment
-    from autoseg.planning.plans import keep_user_configurations
     from autoseg.planning.planner import check_networks
     from autoseg.planning.rules import memory_target_gb
 
@@ -108,6 +108,37 @@ def _fingerprint(workspace: Workspace, task: str | Path | None, fingerprint_file
 
     fingerprint, _ = load_or_extract(dataset, workspace.fingerprint_file(name), workers, on_case_done=case_done)
     return name, dataset.root, fingerprint
+
+
+def keep_user_configurations(plans: Plans, previous_entries: dict[str, Any]) -> tuple[Plans, list[str], list[str]]:
+    """Re-planning regenerates plans.json from the fingerprint; a configuration the user added to the old
+    file (a name the planner does not make) and that still resolves on the new plan, such as
+    `{"inherits_from": "3d_fullres", "batch_size": 8}`, is carried over. A complete entry (no
+    inherits_from) is not: its spacing, network and statistics were the old plan's; nor is one with its own
+    architecture (a network variant planned with --networks before), sized for the old plan.
+
+    Returns (plans with the kept entries, names kept, names dropped with the reason).
+    """
+    entries = dict(plans.configurations)
+    kept, dropped = [], []
+    for name, entry in previous_entries.items():
+        if name in entries or not isinstance(entry, dict):
+            continue
+        if not entry.get("inherits_from"):
+            dropped.append(f"{name} (a complete entry of the old plan; derive it with inherits_from to keep it)")
+            continue
+        if has_own_network(entry):  # e.g. 3d_fullres_resenc: its network, patch and batch were sized by the old plan
+            dropped.append(f"{name} (its network was sized for the old plan; plan it again, e.g. with --networks)")
+            continue
+        candidate = Plans(**{**vars(plans), "configurations": {**entries, name: copy.deepcopy(entry)}})
+        try:
+            candidate.configuration(name)
+        except PlanError as error:
+            dropped.append(f"{name} ({error})")
+            continue
+        entries[name] = copy.deepcopy(entry)
+        kept.append(name)
+    return Plans(**{**vars(plans), "configurations": entries}), kept, dropped
 
 
 def _previous_configurations(plans_file: Path) -> dict:
@@ -159,7 +190,6 @@ def replan_for_budget(workspace: Workspace, task_name: str, plans: Plans, config
     from autoseg.checkpoint import identity_of_configuration
     from autoseg.fingerprint import Fingerprint
     from autoseg.planning import plan_experiment
-    from autoseg.planning.plans import has_own_network
 
     entry = plans.configurations.get(configuration, {})
     if not has_own_network(entry):

@@ -98,3 +98,13 @@ def test_a_resenc_configuration_trains_under_its_own_name(small_task, tmp_path):
     assert state["identity"]["configuration"] == "3d_fullres_resenc"
     assert state["identity"]["architecture"]["name"] == "resenc"
     assert results.trained_folds("3d_fullres_resenc") == ["0"]
+
+
+def test_replanning_without_networks_drops_the_old_variants(fingerprint):
+    from autoseg.stages.plan import keep_user_configurations
+
+    old = plan_experiment(fingerprint, networks=["resenc"])
+    new, kept, dropped = keep_user_configurations(plan_experiment(fingerprint), old.to_json()["configurations"])
+    assert kept == [] and "3d_fullres_resenc" not in new.configurations
+    assert [reason.split(" ")[0] for reason in dropped] == ["3d_fullres_resenc", "2d_resenc"]
+    assert "its network was sized for the old plan" in dropped[0]
