@@ -138,18 +138,21 @@ def fingerprint(task: str | Path, *, workers: int = 2, home: str | Path = DEFAUL
     return dataset_stages.fingerprint(Workspace(Path(home)), task, workers=workers, progress=progress)
 
 
-def plan(task: str | Path | None = None, *, fingerprint_file: str | Path | None = None, gpu_memory_gb: float = 8.0,
-         time_budget: str | None = None, device: str = "auto", remeasure: bool = False, workers: int = 2,
+def plan(task: str | Path | None = None, *, fingerprint_file: str | Path | None = None,
+         gpu_memory_gb: float | None = None, time_budget: str | None = None, device: str = "auto",
+         remeasure: bool = False, workers: int = 2, networks: Sequence[str] | None = None, preset: str | None = None,
          home: str | Path = DEFAULT_HOME, progress: Callable[[int, int], None] | None = None,
          on_measure: Callable[[SpeedLookup], None] | None = None) -> PlanResult:
     """`autoseg plan`: plans.json from the task's fingerprint (or a fingerprint file alone), sized for
-    `gpu_memory_gb`, or with `time_budget` ("15m", "2h") for one fold per configuration on `device`."""
+    `gpu_memory_gb` (default: the `preset`'s, M 8 / L 24 / XL 40 GB, else 8), or with `time_budget` ("15m",
+    "2h") for one fold per configuration on `device`; `networks` (e.g. ["resenc"]) adds a configuration per
+    network and dimension."""
     options = {"on_case_done": progress} if progress else {}
     if on_measure:
         options["on_measure"] = on_measure
     return plan_task(Workspace(Path(home)), task, Path(fingerprint_file) if fingerprint_file else None,
                      gpu_memory_gb=gpu_memory_gb, time_budget=time_budget, device=device, remeasure=remeasure,
-                     workers=workers, **options)
+                     workers=workers, networks=list(networks) if networks else None, preset=preset, **options)
 
 
 def train(request: TrainRequest | None = None, *, home: str | Path = DEFAULT_HOME, **options) -> TrainResult:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from autoseg.budget.speed import Probe
-from autoseg.network.architecture import Architecture, feature_map_elements
+from autoseg.network.architecture import Architecture
+from autoseg.network.cost import network_cost
 from autoseg.planning import rules
 from autoseg.planning.plans import Configuration, Plans
 
@@ -51,9 +52,10 @@ def candidate_architecture(configuration: Configuration, patch_size: list[int], 
     """The configuration's network re-derived for another patch (topology by the planner's rules) and width."""
     dimension = configuration.dimension
     topology = rules.topology_for(configuration.spacing[-dimension:], list(patch_size), dimension)
-    planned = configuration.architecture
-    return replace(planned, features_per_stage=scaled_features(len(topology.strides), dimension, base_features),
-                   kernel_sizes=topology.kernel_sizes, strides=topology.strides)
+    planned, n_stages = configuration.architecture, len(topology.strides)
+    return replace(planned, features_per_stage=scaled_features(n_stages, dimension, base_features),
+                   kernel_sizes=topology.kernel_sizes, strides=topology.strides,
+                   blocks_per_stage=rules.encoder_blocks(planned.name, n_stages))
 
 
 def patch_chain(configuration: Configuration) -> list[list[int]]:
@@ -109,7 +111,8 @@ def benchmark_probes(plans: Plans, config_name: str, device: str,
     chain = patch_chain(configuration)
 
     def elements(patch: list[int]) -> int:
-        return feature_map_elements(candidate_architecture(configuration, patch, rules.BASE_FEATURES), patch) * batch
+        architecture = candidate_architecture(configuration, patch, rules.BASE_FEATURES)
+        return network_cost(architecture, patch).feature_map_elements * batch
 
     large = next((p for p in chain if elements(p) <= limit), chain[-1])
     small = next((p for p in chain if elements(p) <= elements(large) / PROBE_SIZE_RATIO), chain[-1])

@@ -29,14 +29,16 @@ from autoseg.budget.speed import DeviceSpeed
 from autoseg.budget.time_model import predicted_epoch_seconds, validation_iterations
 from autoseg.device import choose_precision, cpu_supports_bf16
 from autoseg.errors import BudgetTooSmall
-from autoseg.planning.plans import Plans
+from autoseg.planning.plans import Plans, has_own_network
 from autoseg.planning.time_budget import BudgetDecision, OverBudget
 from autoseg.training.job import DEFAULT_EPOCHS, DEFAULT_ITERATIONS_PER_EPOCH
 
 
 def trainable_configurations(plans: Plans) -> list[str]:
-    """Configurations with a network of their own (those that inherit follow their parent's decision)."""
-    return [name for name, entry in plans.configurations.items() if not entry.get("inherits_from")]
+    """Configurations with a network of their own: complete ones, and those that inherit only their data
+    from a parent (a network variant such as 3d_fullres_resenc). Those that inherit their network follow
+    their parent's decision."""
+    return [name for name, entry in plans.configurations.items() if has_own_network(entry)]
 
 
 def precisions_to_measure(device: str, bf16_supported: bool | None = None) -> list[str]:
@@ -109,7 +111,8 @@ def mark_over_budget(plans: Plans, time_budget_seconds: float, too_small: dict[s
         if name in too_small:
             return too_small[name]
         entry = entries[name]
-        for parent in (entry.get("inherits_from"), plans.configuration(name).previous_stage):
+        network_parent = None if has_own_network(entry) else entry.get("inherits_from")
+        for parent in (network_parent, plans.configuration(name).previous_stage):
             if parent and parent in entries and (found := blocking(parent)) is not None:
                 return found
         return None

@@ -44,7 +44,7 @@ from autoseg.budget.time_model import (ITERATIONS_TARGET, MIN_EPOCHS, MIN_ITERAT
                                        candidate_cost, epoch_seconds, fold_seconds, fold_total_seconds,
                                        max_total_iterations, schedule_for, validation_iterations)
 from autoseg.errors import BudgetTooSmall, PlanError
-from autoseg.network.architecture import feature_map_elements
+from autoseg.network.cost import network_cost
 from autoseg.planning import rules
 from autoseg.planning.plans import Configuration, Plans
 from autoseg.planning.time_budget import BudgetDecision, format_duration
@@ -235,13 +235,14 @@ def apply_budget(plans: Plans, config_name: str, decision: BudgetDecision) -> Pl
     if decision.configuration != config_name:
         raise PlanError(f"budget decision is for configuration '{decision.configuration}', not '{config_name}'")
     architecture = candidate_architecture(configuration, decision.patch_size, decision.base_features)
-    elements = feature_map_elements(architecture, decision.patch_size)
+    elements = network_cost(architecture, decision.patch_size).feature_map_elements
     entries = copy.deepcopy(plans.configurations)
     entry = entries[config_name]
     entry.update(patch_size=list(decision.patch_size), batch_size=int(decision.batch_size),
                  architecture=architecture.to_json(),
-                 estimated_memory_gb=round(rules.estimated_memory_gb(elements, decision.batch_size,
-                                                                     configuration.dimension), 3))
+                 estimated_memory_gb=round(rules.estimated_memory_gb(
+                     elements, decision.batch_size, configuration.dimension,
+                     rules.memory_reference(architecture.name, plans.preset)), 3))
     entry["budget"] = decision.to_json()
     budgeted = replace(plans, configurations=entries)
     budgeted.configuration(config_name)  # validates: divisibility, architecture

@@ -5,11 +5,12 @@ backward + SGD step) for many candidate (patch, width, batch) combinations witho
 We time a handful of probe networks (a couple of warm-up steps, then a few timed steps each) and fit
 
     seconds_per_iteration = seconds_fixed
-                            + seconds_per_element * batch * feature_map_elements(architecture, patch)
-                            + seconds_per_mac     * batch * convolution_macs(architecture, patch)
+                            + seconds_per_element * batch * feature_map_elements(network, patch)
+                            + seconds_per_mac     * batch * convolution_macs(network, patch)
 
-with non-negative least squares. Why two terms: `feature_map_elements` (the activations every
-conv, norm and nonlinearity writes) counts the memory-bound work and grows linearly with the width;
+with non-negative least squares (both measures counted per network by `autoseg.network.cost.network_cost`,
+so a ResEnc's residual blocks count as what they cost). Why two terms: `feature_map_elements` (the
+activations every conv, norm and nonlinearity writes) counts the memory-bound work and grows linearly with the width;
 the multiply-accumulates of the convolutions count the compute-bound work and grow with the square
 of the width. Neither alone describes both a narrower and a smaller network. `seconds_fixed` absorbs
 per-step overheads (kernel launches, optimizer bookkeeping). `DeviceSpeed.max_relative_error` records
@@ -36,7 +37,8 @@ import numpy as np
 from autoseg.artifacts import read_json
 from autoseg.device import cpu_model
 from autoseg.errors import AutosegError, PlanError
-from autoseg.network.architecture import Architecture, feature_map_elements, stage_shapes
+from autoseg.network.architecture import Architecture
+from autoseg.network.cost import network_cost
 
 DEVICE_SPEED_SCHEMA_VERSION = 2  # 2: the data pipeline's cost
 
@@ -135,38 +137,11 @@ class DeviceSpeed:
 
 
 # --- work measures ------------------------------------------------------------------------------
-def convolution_macs(architecture: Architecture, patch_size: list[int]) -> int:
-    """Multiply-accumulates of one sample's forward pass through the U-Net's convolutions.
-
-    Counts what `autoseg.network.unet.PlainUNet` runs: per encoder stage `convs_per_stage` convs (the
-    first strided, from the previous stage's features), per decoder stage a transposed conv
-    (kernel = stride) from the stage below, then convs on the concatenated skip (2x features) and a
-    1x1 segmentation head (every decoder stage with deep supervision, else only the top one).
-    """
-    shapes = stage_shapes(architecture, patch_size)
-    voxels = [math.prod(s) for s in shapes]
-    features, kernels = architecture.features_per_stage, architecture.kernel_sizes
-    total, in_channels = 0, architecture.input_channels
-    for stage, size in enumerate(voxels):
-        kernel = math.prod(kernels[stage])
-        total += size * kernel * in_channels * features[stage]
-        total += (architecture.convs_per_stage - 1) * size * kernel * features[stage] ** 2
-        in_channels = features[stage]
-    for stage in range(len(voxels) - 2, -1, -1):
-        size, kernel = voxels[stage], math.prod(kernels[stage])
-        up_kernel = math.prod(architecture.strides[stage + 1])
-        total += voxels[stage + 1] * up_kernel * features[stage + 1] * features[stage]
-        total += size * kernel * 2 * features[stage] * features[stage]
-        total += (architecture.convs_per_stage - 1) * size * kernel * features[stage] ** 2
-        if architecture.deep_supervision or stage == 0:
-            total += size * features[stage] * architecture.num_classes
-    return int(total)
-
-
 def work_of(architecture: Architecture, patch_size: list[int], batch_size: int) -> tuple[float, float]:
-    """(activation elements, forward MACs) of one batch: the cost model's two regressors."""
-    return (float(feature_map_elements(architecture, patch_size)) * batch_size,
-            float(convolution_macs(architecture, patch_size)) * batch_size)
+    """(activation elements, forward MACs) of one batch: the cost model's two regressors, counted for the
+    architecture's own network (`autoseg.network.cost.network_cost`)."""
+    cost = network_cost(architecture, patch_size)
+    return float(cost.feature_map_elements) * batch_size, float(cost.macs) * batch_size
 
 
 # --- cost model ---------------------------------------------------------------------------------

@@ -72,7 +72,13 @@ def plan(
     task: Optional[str] = typer.Argument(None, help="Task name under raw/ or a dataset folder."),
     fingerprint_file: Optional[Path] = typer.Option(None, "--fingerprint",
                                                     help="Plan from a fingerprint file alone (no images)."),
-    gpu_memory: float = typer.Option(8.0, "--gpu-memory", min=0.5, help="Memory budget (GB) the plan is sized for."),
+    gpu_memory: Optional[float] = typer.Option(None, "--gpu-memory", min=0.5,
+                                               help="Memory budget (GB) the plan is sized for (default: the "
+                                                    "--preset's, else 8)."),
+    networks: Optional[str] = typer.Option(None, "--networks", help="Comma-separated networks to plan beside the "
+                                           "plain U-Net, one configuration each per dimension, e.g. resenc."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="ResEnc preset M, L or XL: a memory target of "
+                                         "8 / 24 / 40 GB and nnU-Net's batch rules for it."),
     time_budget: Optional[str] = typer.Option(None, "--time-budget",
                                               help="Train one fold of each configuration within this time on "
                                                    "this machine, e.g. 15m, 2h, 1h30m."),
@@ -89,6 +95,7 @@ def plan(
     try:
         result = api.plan(task, fingerprint_file=fingerprint_file, gpu_memory_gb=gpu_memory, time_budget=time_budget,
                           device=device, remeasure=remeasure, workers=workers, home=state.workspace.home,
+                          networks=networks.split(",") if networks else None, preset=preset,
                           progress=fingerprinting.step, on_measure=console.show_speed_lookup)
     finally:
         fingerprinting.close()

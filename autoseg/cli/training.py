@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -30,6 +31,9 @@ def train(
     precision: str = typer.Option("auto", "--precision",
                                   help="auto (the plan's choice, confirmed on the first epochs), fp32, bf16 or fp16."),
     resume: bool = typer.Option(False, "--resume", help="Continue from checkpoint_latest.pt."),
+    pretrained: Optional[Path] = typer.Option(None, "--pretrained", help="Start from this checkpoint's weights "
+                                              "where name and shape match (same network family); the rest, e.g. "
+                                              "the heads of a task with other classes, start fresh."),
     seed: Optional[int] = typer.Option(None, "--seed"),
     checkpoint_every: Optional[int] = typer.Option(None, "--checkpoint-every", min=1),
     gpus: int = typer.Option(1, "--gpus", min=1, help="Train on N GPUs with DistributedDataParallel (torchrun); without a GPU (or with --device cpu), "
@@ -49,7 +53,7 @@ def train(
     _train_and_show(TrainRequest(configuration=configuration, fold=fold, task=task, epochs=epochs,
                                  iterations=iterations, validation_iterations=validation_iterations,
                                  time_budget=time_budget, workers=workers, device=device, precision=precision,
-                                 resume=resume, seed=seed, checkpoint_every=checkpoint_every, validate=validate,
+                                 resume=resume, pretrained=pretrained, seed=seed, checkpoint_every=checkpoint_every, validate=validate,
                                  distributed=torchrun.init_rank(device)))
 
 

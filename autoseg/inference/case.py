@@ -88,13 +88,13 @@ def _patch_tiling(model: TrainedModel, settings: PredictionSettings) -> Tiling:
     """Today's windows: the training patch; --batch-windows, else from the device, its CPU count and
     free memory (autoseg.hardware), charging a window the training estimate of its activations."""
     from autoseg.hardware import inference_batch_windows, usable_cpus
-    from autoseg.network.architecture import feature_map_elements
+    from autoseg.network.cost import network_cost
 
     configuration = model.configuration
     batch = settings.batch_windows
     if not batch:
         # Forward only, but skip connections keep the encoder's maps alive: count every map, 4 bytes each.
-        bytes_per_window = 4 * feature_map_elements(configuration.architecture, configuration.patch_size)
+        bytes_per_window = 4 * network_cost(configuration.architecture, configuration.patch_size).feature_map_elements
         batch = inference_batch_windows(model.device.type, usable_cpus(), _available_bytes(model), bytes_per_window)
     return Tiling(list(configuration.patch_size), None, batch)
 
@@ -113,15 +113,20 @@ def choose_tiling(model: TrainedModel, spatial_shape: Sequence[int], settings: P
         return _patch_tiling(model, settings)
     from autoseg.hardware import MEMORY_SHARE, inference_batch_windows, usable_cpus
     from autoseg.inference.sliding_window import choose_tile_size, padded_shape, tile_overlap
-    from autoseg.network.architecture import forward_peak_elements
+    from autoseg.network.architecture import feature_map_elements, forward_peak_elements
+
+    from autoseg.network.cost import network_cost
 
     configuration, architecture = model.configuration, model.configuration.architecture
     patch = list(configuration.patch_size)
     classes = architecture.num_classes
+    # forward_peak_elements counts the plain U-Net's maps; another network is charged in proportion to
+    # its own feature maps (network_cost) against the plain U-Net's on the training patch.
+    scale = network_cost(architecture, patch).feature_map_elements / feature_map_elements(architecture, patch)
 
     def tile_bytes(tile: list[int]) -> int:
         voxels = int(np.prod(tile))
-        return int(FORWARD_MEMORY_FACTOR * bytes_per_element * forward_peak_elements(architecture, tile)
+        return int(FORWARD_MEMORY_FACTOR * bytes_per_element * scale * forward_peak_elements(architecture, tile)
                    + 4 * STITCHING_CLASS_MAPS * classes * voxels)
 
     available = _available_bytes(model)

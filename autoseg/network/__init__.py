@@ -38,11 +38,18 @@ def build_u2net(architecture: Architecture) -> "torch.nn.Module":
     return build(architecture)
 
 
+def build_resenc_unet(architecture: Architecture) -> "torch.nn.Module":
+    from autoseg.network.resenc import build_resenc_unet as build
+
+    return build(architecture)
+
+
 NETWORK_BUILDERS: dict[str, Callable[[Architecture], "torch.nn.Module"]] = {
     "plain_unet": build_plain_unet,
     "attention_unet": build_attention_unet,
     "unetpp": build_unetpp,
     "u2net": build_u2net,
+    "resenc": build_resenc_unet,
 }
 
 # Networks whose deep-supervision outputs are alternative full-resolution predictions, each scored alike

@@ -7,12 +7,14 @@ Kernel sizes and strides are per stage and per spatial axis, in the plan's (tran
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
+
+import math
 
 import numpy as np
 
 # Registered network builders; a plan names one of these keys, never a module path.
-ARCHITECTURES = ("plain_unet", "attention_unet", "unetpp", "u2net")
+ARCHITECTURES = ("plain_unet", "resenc", "attention_unet", "unetpp", "u2net")
 # The conv block every network builds its convs from: "plain" (conv -> norm -> nonlin) or "rep" (parallel
 # KxK + 1x1 + identity branches summed before the norm, fused into one plain conv for inference;
 # `autoseg.network.rep`).
@@ -28,9 +30,11 @@ class Architecture:
     features_per_stage: list[int]
     kernel_sizes: list[list[int]]  # per stage, per axis
     strides: list[list[int]]  # per stage, per axis; stage 0 is all ones
-    convs_per_stage: int = 2
+    convs_per_stage: int = 2  # per conv stack: plain_unet's encoder and decoder stages, resenc's decoder stages
     deep_supervision: bool = True
     conv_block: str = "plain"  # one of CONV_BLOCKS
+    # resenc: residual blocks per encoder stage (nnU-Net's 1, 3, 4, 6, 6, ...); None for networks without.
+    blocks_per_stage: list[int] | None = None
 
     @property
     def num_stages(self) -> int:
@@ -41,11 +45,20 @@ class Architecture:
         return [int(v) for v in np.prod(np.asarray(self.strides), axis=0)]
 
     def to_json(self) -> dict:
-        return asdict(self)
+        """Every field of the first schema, and the later optional ones only when they differ from their
+        default: a plain U-Net's JSON (plans.json, a checkpoint's identity) stays what it always was."""
+        data = asdict(self)
+        return {name: value for name, value in data.items()
+                if name in FIRST_SCHEMA_FIELDS or value != ARCHITECTURE_DEFAULTS.get(name)}
 
     @classmethod
     def from_json(cls, data: dict) -> "Architecture":
         return cls(**data)
+
+
+FIRST_SCHEMA_FIELDS = ("name", "dimension", "input_channels", "num_classes", "features_per_stage", "kernel_sizes",
+                       "strides", "convs_per_stage", "deep_supervision")
+ARCHITECTURE_DEFAULTS = {f.name: f.default for f in fields(Architecture) if f.default is not MISSING}
 
 
 def stage_shapes(architecture: Architecture, patch_size: list[int]) -> list[list[int]]:
@@ -123,4 +136,32 @@ def parameter_count(architecture: Architecture) -> int:
         total += features[stage + 1] * features[stage] * up + features[stage]
         total += conv_stack(2 * features[stage], features[stage], architecture.kernel_sizes[stage])
         total += features[stage] * architecture.num_classes + architecture.num_classes
+    return int(total)
+
+
+def convolution_macs(architecture: Architecture, patch_size: list[int]) -> int:
+    """Multiply-accumulates of one sample's forward pass through the U-Net's convolutions.
+
+    Counts what `autoseg.network.unet.PlainUNet` runs: per encoder stage `convs_per_stage` convs (the
+    first strided, from the previous stage's features), per decoder stage a transposed conv
+    (kernel = stride) from the stage below, then convs on the concatenated skip (2x features) and a
+    1x1 segmentation head (every decoder stage with deep supervision, else only the top one).
+    """
+    shapes = stage_shapes(architecture, patch_size)
+    voxels = [math.prod(s) for s in shapes]
+    features, kernels = architecture.features_per_stage, architecture.kernel_sizes
+    total, in_channels = 0, architecture.input_channels
+    for stage, size in enumerate(voxels):
+        kernel = math.prod(kernels[stage])
+        total += size * kernel * in_channels * features[stage]
+        total += (architecture.convs_per_stage - 1) * size * kernel * features[stage] ** 2
+        in_channels = features[stage]
+    for stage in range(len(voxels) - 2, -1, -1):
+        size, kernel = voxels[stage], math.prod(kernels[stage])
+        up_kernel = math.prod(architecture.strides[stage + 1])
+        total += voxels[stage + 1] * up_kernel * features[stage + 1] * features[stage]
+        total += size * kernel * 2 * features[stage] * features[stage]
+        total += (architecture.convs_per_stage - 1) * size * kernel * features[stage] ** 2
+        if architecture.deep_supervision or stage == 0:
+            total += size * features[stage] * architecture.num_classes
     return int(total)

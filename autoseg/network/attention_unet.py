@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoseg.network.architecture import Architecture
-from autoseg.network.unet import _CONV, PlainUNet, he_initialise
+from autoseg.network.unet import CONV, PlainUNet, he_initialise
 
 _LINEAR_MODE = {2: "bilinear", 3: "trilinear"}
 
@@ -27,7 +27,7 @@ _LINEAR_MODE = {2: "bilinear", 3: "trilinear"}
 class AttentionGate(nn.Module):
     def __init__(self, dimension: int, skip_channels: int, gating_channels: int, stride: list[int]):
         super().__init__()
-        conv = _CONV[dimension]
+        conv = CONV[dimension]
         inner = max(1, skip_channels // 2)
         self.mode = _LINEAR_MODE[dimension]
         self.skip_projection = conv(skip_channels, inner, stride, stride, 0, bias=False)  # W_x

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from autoseg.network.architecture import Architecture
-from autoseg.network.unet import _CONV, conv_norm_nonlin, he_initialise, validate_architecture
+from autoseg.network.unet import CONV, conv_norm_nonlin, he_initialise, validate_architecture
 
 _LINEAR_MODE = {2: "bilinear", 3: "trilinear"}
 _MAX_POOL = {2: nn.MaxPool2d, 3: nn.MaxPool3d}
@@ -99,9 +99,9 @@ class U2Net(nn.Module):
         # decoder[s] works at stage s (s = 0 .. stages - 2), reading the stage below and the encoder's skip.
         self.decoder = nn.ModuleList(rsu(s, features[s + 1] + features[s]) for s in range(stages - 1))
         self.sides = nn.ModuleList(
-            _CONV[dim](features[s], a.num_classes, a.kernel_sizes[s], 1, [k // 2 for k in a.kernel_sizes[s]])
+            CONV[dim](features[s], a.num_classes, a.kernel_sizes[s], 1, [k // 2 for k in a.kernel_sizes[s]])
             for s in range(stages))
-        self.fuse = _CONV[dim](stages * a.num_classes, a.num_classes, 1, 1, 0)
+        self.fuse = CONV[dim](stages * a.num_classes, a.num_classes, 1, 1, 0)
         self.apply(he_initialise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:

@@ -27,9 +27,9 @@ NORM_EPS = 1e-5
 LEAKY_RELU_SLOPE = 1e-2
 HE_INIT_NEGATIVE_SLOPE = 1e-2
 
-_CONV = {2: nn.Conv2d, 3: nn.Conv3d}
-_TRANSPOSED_CONV = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-_INSTANCE_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+CONV = {2: nn.Conv2d, 3: nn.Conv3d}
+TRANSPOSED_CONV = {2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+INSTANCE_NORM = {2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
 
 
 def conv_norm_nonlin(dimension: int, in_channels: int, out_channels: int, kernel_size: list[int],
@@ -40,13 +40,13 @@ def conv_norm_nonlin(dimension: int, in_channels: int, out_channels: int, kernel
     (`autoseg.network.rep.RepConv`; `fuse_rep_blocks` turns it back into this plain conv).
     """
     if block == "rep":
-        conv = RepConv(_CONV[dimension], in_channels, out_channels, kernel_size, stride, dilation)
+        conv = RepConv(CONV[dimension], in_channels, out_channels, kernel_size, stride, dilation)
     else:
         padding = [dilation * (k // 2) for k in kernel_size]
-        conv = _CONV[dimension](in_channels, out_channels, kernel_size, stride, padding, dilation, bias=True)
+        conv = CONV[dimension](in_channels, out_channels, kernel_size, stride, padding, dilation, bias=True)
     return nn.Sequential(
         conv,
-        _INSTANCE_NORM[dimension](out_channels, eps=NORM_EPS, affine=True),
+        INSTANCE_NORM[dimension](out_channels, eps=NORM_EPS, affine=True),
         nn.LeakyReLU(LEAKY_RELU_SLOPE, inplace=True),
     )
 
@@ -77,19 +77,8 @@ class PlainUNet(nn.Module):
                 dim, in_channels, features[stage], architecture.kernel_sizes[stage],
                 architecture.strides[stage], architecture.convs_per_stage, architecture.conv_block))
             in_channels = features[stage]
-        # Decoder modules are indexed from the stage just above the bottleneck upwards, i.e.
-        # decoder index i works at encoder stage num_stages - 2 - i.
-        self.upsamplers, self.decoder_stages, self.segmentation_heads = (
-            nn.ModuleList(), nn.ModuleList(), nn.ModuleList())
-        for stage in range(architecture.num_stages - 2, -1, -1):
-            up_stride = architecture.strides[stage + 1]
-            self.upsamplers.append(_TRANSPOSED_CONV[dim](
-                features[stage + 1], features[stage], up_stride, up_stride, bias=True))
-            self.decoder_stages.append(conv_stack(
-                dim, 2 * features[stage], features[stage], architecture.kernel_sizes[stage],
-                [1] * dim, architecture.convs_per_stage, architecture.conv_block))
-            self.segmentation_heads.append(_CONV[dim](
-                features[stage], architecture.num_classes, 1, 1, 0, bias=True))
+        self.upsamplers, self.decoder_stages, self.segmentation_heads = plain_decoder(
+            architecture, architecture.convs_per_stage)
         self.apply(he_initialise)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
@@ -97,23 +86,51 @@ class PlainUNet(nn.Module):
         for stage in self.encoder_stages:
             x = stage(x)
             skips.append(x)
-        x = skips.pop()  # bottleneck
-        logits_low_to_high = []
-        last = len(self.decoder_stages) - 1
-        for index, (upsample, decode, head) in enumerate(
-                zip(self.upsamplers, self.decoder_stages, self.segmentation_heads)):
-            x = decode(torch.cat((upsample(x), self.skip_connection(index, skips.pop(), x)), dim=1))
-            # Without deep supervision only the full-resolution head runs (saves its activations).
-            if self.deep_supervision or index == last:
-                logits_low_to_high.append(head(x))
-        if not self.deep_supervision:
-            return logits_low_to_high[-1]
-        return logits_low_to_high[::-1]
+        return run_decoder(self, skips, self.deep_supervision, self.skip_connection)
 
     def skip_connection(self, decoder_index: int, skip: torch.Tensor, below: torch.Tensor) -> torch.Tensor:
         """What decoder stage `decoder_index` concatenates from the encoder: the skip itself here; the
         attention U-Net (`autoseg.network.attention_unet`) gates it with `below`, the coarser decoder input."""
         return skip
+
+
+def plain_decoder(architecture: Architecture, convs_per_stage: int) -> tuple[nn.ModuleList, nn.ModuleList,
+                                                                             nn.ModuleList]:
+    """(upsamplers, decoder stages, segmentation heads) of nnU-Net's decoder, indexed from the stage just
+    above the bottleneck upwards (decoder index i works at encoder stage num_stages - 2 - i): a transposed
+    conv (kernel = stride) from the stage below, `convs_per_stage` convs on the concatenated skip, a 1x1 head."""
+    dim, features = architecture.dimension, architecture.features_per_stage
+    upsamplers, decoder_stages, heads = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
+    for stage in range(architecture.num_stages - 2, -1, -1):
+        up_stride = architecture.strides[stage + 1]
+        upsamplers.append(TRANSPOSED_CONV[dim](features[stage + 1], features[stage], up_stride, up_stride, bias=True))
+        decoder_stages.append(conv_stack(dim, 2 * features[stage], features[stage], architecture.kernel_sizes[stage],
+                                         [1] * dim, convs_per_stage, architecture.conv_block))
+        heads.append(CONV[dim](features[stage], architecture.num_classes, 1, 1, 0, bias=True))
+    return upsamplers, decoder_stages, heads
+
+
+def run_decoder(network: nn.Module, skips: list[torch.Tensor], deep_supervision: bool,
+                skip_connection=None) -> torch.Tensor | list[torch.Tensor]:
+    """The decoder of `plain_decoder` (held by `network` as upsamplers, decoder_stages, segmentation_heads)
+    on the encoder's outputs, finest first (the last is the bottleneck; the list is consumed).
+    With deep supervision the logits of every decoder stage, highest resolution first, else the top one.
+    skip_connection(decoder index, skip, decoder input below) -> what is concatenated (default: the skip)."""
+    x = skips.pop()  # bottleneck
+    logits_low_to_high = []
+    last = len(network.decoder_stages) - 1
+    for index, (upsample, decode, head) in enumerate(
+            zip(network.upsamplers, network.decoder_stages, network.segmentation_heads)):
+        skip = skips.pop()
+        if skip_connection is not None:
+            skip = skip_connection(index, skip, x)
+        x = decode(torch.cat((upsample(x), skip), dim=1))
+        # Without deep supervision only the full-resolution head runs (saves its activations).
+        if deep_supervision or index == last:
+            logits_low_to_high.append(head(x))
+    if not deep_supervision:
+        return logits_low_to_high[-1]
+    return logits_low_to_high[::-1]
 
 
 def he_initialise(module: nn.Module) -> None:
@@ -127,7 +144,7 @@ def he_initialise(module: nn.Module) -> None:
 def validate_architecture(architecture: Architecture) -> None:
     """Raise PlanError naming the field when the architecture cannot describe a U-Net."""
     dim, stages = architecture.dimension, architecture.num_stages
-    if dim not in _CONV:
+    if dim not in CONV:
         raise PlanError(f"architecture.dimension must be 2 or 3, got {dim!r}")
     if stages < 2:
         raise PlanError(f"architecture.features_per_stage needs at least 2 stages, got {stages}")

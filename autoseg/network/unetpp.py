@@ -25,7 +25,7 @@ from torch import nn
 
 from autoseg.errors import PlanError
 from autoseg.network.architecture import Architecture
-from autoseg.network.unet import _CONV, _TRANSPOSED_CONV, conv_stack, he_initialise, validate_architecture
+from autoseg.network.unet import CONV, TRANSPOSED_CONV, conv_stack, he_initialise, validate_architecture
 
 
 class UNetPlusPlus(nn.Module):
@@ -45,12 +45,12 @@ class UNetPlusPlus(nn.Module):
         for j in range(1, self.depth + 1):
             rows = range(self.depth + 1 - j)
             self.upsamplers.append(nn.ModuleList(
-                _TRANSPOSED_CONV[dim](features[i + 1], features[i], a.strides[i + 1], a.strides[i + 1], bias=True)
+                TRANSPOSED_CONV[dim](features[i + 1], features[i], a.strides[i + 1], a.strides[i + 1], bias=True)
                 for i in rows))
             self.columns.append(nn.ModuleList(
                 conv_stack(dim, (j + 1) * features[i], features[i], a.kernel_sizes[i], [1] * dim,
                            a.convs_per_stage, a.conv_block) for i in rows))
-        self.heads = nn.ModuleList(_CONV[dim](features[0], a.num_classes, 1, 1, 0, bias=True)
+        self.heads = nn.ModuleList(CONV[dim](features[0], a.num_classes, 1, 1, 0, bias=True)
                                    for _ in range(self.depth))  # heads[j - 1] reads X(0, j)
         self.apply(he_initialise)
 

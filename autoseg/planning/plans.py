@@ -26,6 +26,7 @@ from autoseg.io import is_picture_spacing
 from autoseg.network.architecture import ARCHITECTURES, CONV_BLOCKS, Architecture
 from autoseg.planning.loss_choice import default_loss, loss_from_json
 from autoseg.preprocessing.normalization import NORMALIZATION_SCHEMES
+from autoseg.planning.rules import RESENC_PRESETS
 from autoseg.planning.time_budget import BudgetDecision, OverBudget
 
 PLANS_SCHEMA_VERSION = 1
@@ -100,6 +101,7 @@ class Plans:
     gpu_memory_gb: float
     configurations: dict[str, dict]  # entries as stored: complete, or partial with inherits_from
     schema_version: int = PLANS_SCHEMA_VERSION
+    preset: str | None = None  # the ResEnc preset (M, L, XL) the plan was sized with; written only when set
 
     @property
     def configuration_names(self) -> list[str]:
@@ -119,6 +121,12 @@ class Plans:
             resolved = {**resolved, "architecture": architecture}
         return Configuration.from_json(resolved, f"{where}: configuration '{name}'", len(self.modality),
                                        len(self.labels))
+
+    @property
+    def networks(self) -> list[str]:
+        """The networks (NETWORK_BUILDERS keys) of the plan's configurations, each once, in plan order."""
+        names = [self.configuration(name).architecture.name for name in self.configurations]
+        return list(dict.fromkeys(names))
 
     @property
     def pixel_spacing(self) -> tuple[float, float] | None:
@@ -145,6 +153,7 @@ class Plans:
             "intensity_per_channel": {k: asdict(v) for k, v in self.intensity_per_channel.items()},
             "gpu_memory_gb": self.gpu_memory_gb,
             "configurations": {name: _jsonable(entry) for name, entry in self.configurations.items()},
+            **({"preset": self.preset} if self.preset is not None else {}),
         }
 
     @classmethod
@@ -155,7 +164,7 @@ class Plans:
         if version != PLANS_SCHEMA_VERSION:
             raise PlanError(f"{where}: field 'schema_version' is {version!r}, expected {PLANS_SCHEMA_VERSION}; "
                             "re-run `autoseg plan`")
-        _check_fields(data, {f.name for f in fields(cls)}, where)
+        _check_fields(data, {f.name for f in fields(cls)}, where, optional={"preset"})
         try:
             intensities = {k: ChannelIntensity(**v) for k, v in data["intensity_per_channel"].items()}
         except (TypeError, AttributeError) as e:
@@ -178,31 +187,10 @@ class Plans:
         return cls.from_json(data, where=str(path))
 
 
-def keep_user_configurations(plans: Plans, previous_entries: dict[str, Any]) -> tuple[Plans, list[str], list[str]]:
-    """Re-planning regenerates plans.json from the fingerprint; a configuration the user added to the old
-    file (a name the planner does not make) and that still resolves on the new plan, such as
-    `{"inherits_from": "3d_fullres", "batch_size": 8}`, is carried over. A complete entry (no
-    inherits_from) is not: its spacing, network and statistics were the old plan's.
-
-    Returns (plans with the kept entries, names kept, names dropped with the reason).
-    """
-    entries = dict(plans.configurations)
-    kept, dropped = [], []
-    for name, entry in previous_entries.items():
-        if name in entries or not isinstance(entry, dict):
-            continue
-        if not entry.get("inherits_from"):
-            dropped.append(f"{name} (a complete entry of the old plan; derive it with inherits_from to keep it)")
-            continue
-        candidate = Plans(**{**vars(plans), "configurations": {**entries, name: copy.deepcopy(entry)}})
-        try:
-            candidate.configuration(name)
-        except PlanError as error:
-            dropped.append(f"{name} ({error})")
-            continue
-        entries[name] = copy.deepcopy(entry)
-        kept.append(name)
-    return Plans(**{**vars(plans), "configurations": entries}), kept, dropped
+def has_own_network(entry: dict) -> bool:
+    """A plans.json entry that is complete or sets its own architecture (a network variant such as
+    3d_fullres_resenc inherits only its data from its parent), rather than following its parent's network."""
+    return not entry.get("inherits_from") or "architecture" in entry
 
 
 # --- validation ---------------------------------------------------------------------------------
@@ -227,7 +215,7 @@ def _check_fields(data: dict, expected: set[str], where: str, optional: set[str]
 
 def _architecture_from_json(data: Any, where: str) -> Architecture:
     known = {f.name for f in fields(Architecture)}
-    required = known - {"convs_per_stage", "deep_supervision", "conv_block"}
+    required = {f.name for f in fields(Architecture) if f.default is MISSING}
     if not isinstance(data, dict):
         raise PlanError(f"{where}: expected a JSON object")
     missing = sorted(required - set(data))
@@ -265,6 +253,10 @@ def _validate_architecture(architecture: Architecture, dimension: int, where: st
     _require(a.conv_block in CONV_BLOCKS, where, "conv_block", a.conv_block, f"one of {', '.join(CONV_BLOCKS)}")
     _require(a.conv_block != "rep" or all(k % 2 for kernel in a.kernel_sizes for k in kernel), where, "kernel_sizes",
              a.kernel_sizes, "odd sizes with conv_block 'rep' (its 1x1 branch sits at the kernel's centre)")
+    _require(a.blocks_per_stage is None or _is_list(a.blocks_per_stage, a.num_stages, _is_integer), where,
+             "blocks_per_stage", a.blocks_per_stage, f"null or {a.num_stages} positive integers, one per stage")
+    _require((a.name == "resenc") == (a.blocks_per_stage is not None), where, "blocks_per_stage",
+             a.blocks_per_stage, "a list for resenc (its residual blocks per encoder stage), null for other networks")
 
 
 def _validate_configuration(configuration: Configuration, where: str, num_channels: int | None,
@@ -356,6 +348,8 @@ def _validate_plans(plans: Plans, where: str) -> None:
         _require(all(map(_is_finite_number, vars(statistics).values())) and statistics.std >= 0,
                  where, f"intensity_per_channel.{channel}", vars(statistics), "finite numbers, std >= 0")
     _require(_is_positive_number(p.gpu_memory_gb), where, "gpu_memory_gb", p.gpu_memory_gb, "a positive number")
+    _require(p.preset is None or p.preset in RESENC_PRESETS, where, "preset", p.preset,
+             f"null or one of {', '.join(RESENC_PRESETS)}")
     if not isinstance(p.configurations, dict) or not p.configurations:
         raise PlanError(f"{where}: field 'configurations' must name at least one configuration")
     for name in p.configurations:

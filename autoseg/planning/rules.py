@@ -17,7 +17,8 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from autoseg.errors import PlanError
-from autoseg.network.architecture import Architecture, feature_map_elements
+from autoseg.network.architecture import Architecture
+from autoseg.network.cost import network_cost
 from autoseg.preprocessing.resampling import ANISOTROPY_THRESHOLD
 
 # --- transpose and target spacing ---------------------------------------------------------------
@@ -49,6 +50,10 @@ BASE_FEATURES = 32
 MAX_FEATURES = {2: 512, 3: 320}
 CONVS_PER_STAGE = 2
 NETWORK_NAME = "plain_unet"
+# nnU-Net's ResEnc presets: residual blocks per encoder stage (1, 3, 4, 6, then 6 for every deeper stage)
+# and one conv per decoder stage.
+RESENC_BLOCKS_PER_STAGE = (1, 3, 4, 6)
+RESENC_DECODER_CONVS = 1
 
 # --- patch size, GPU memory and batch size ------------------------------------------------------
 # The initial patch holds this many voxels with the same physical extent along every axis.
@@ -63,6 +68,27 @@ MIN_BATCH_SIZE = 2
 # One batch never covers more than this share of all the dataset's voxels (limits overfitting on
 # small datasets with big batches).
 MAX_DATASET_COVERED = 0.05
+
+
+class MemoryReference(NamedTuple):
+    """A calibration point: `elements` (per sample, by dimension) at REFERENCE_BATCH_SIZE train in
+    `gpu_memory_gb`; memory scales linearly from it. `max_dataset_covered`: the batch-size cap's share."""
+
+    elements: dict[int, float]
+    gpu_memory_gb: float
+    max_dataset_covered: float
+
+
+PLAIN_MEMORY_REFERENCE = MemoryReference(REFERENCE_FEATURE_MAP_ELEMENTS, REFERENCE_GPU_MEMORY_GB, MAX_DATASET_COVERED)
+# nnU-Net's ResEncUNetPlanner (no preset): its own calibration, the default's 5% cap.
+RESENC_MEMORY_REFERENCE = MemoryReference({2: 135e6, 3: 680e6}, 8.0, MAX_DATASET_COVERED)
+# The ResEnc presets (nnU-Net Revisited): named memory targets with their calibration, and no dataset cap.
+RESENC_PRESETS = {
+    "M": MemoryReference({2: 135e6, 3: 680e6}, 8.0, 1.0),
+    "L": MemoryReference({2: 380e6, 3: 2.1e9}, 24.0, 1.0),
+    "XL": MemoryReference({2: 560e6, 3: 3.6e9}, 40.0, 1.0),
+}
+DEFAULT_GPU_MEMORY_GB = 8.0
 
 # --- 3d_lowres ----------------------------------------------------------------------------------
 # A low-resolution stage is planned when the full-resolution patch covers less than this share of
@@ -202,14 +228,25 @@ def features_per_stage(n_stages: int, dimension: int) -> list[int]:
     return [min(BASE_FEATURES * 2**stage, MAX_FEATURES[dimension]) for stage in range(n_stages)]
 
 
-def architecture_for(topology: Topology, dimension: int, input_channels: int, num_classes: int) -> Architecture:
-    """The plain U-Net for a topology; `num_classes` includes background."""
+def architecture_for(topology: Topology, dimension: int, input_channels: int, num_classes: int,
+                     network: str = NETWORK_NAME) -> Architecture:
+    """The network `network` (a NETWORK_BUILDERS key) for a topology; `num_classes` includes background."""
+    n_stages = len(topology.strides)
     return Architecture(
-        name=NETWORK_NAME, dimension=dimension, input_channels=input_channels, num_classes=num_classes,
-        features_per_stage=features_per_stage(len(topology.strides), dimension),
+        name=network, dimension=dimension, input_channels=input_channels, num_classes=num_classes,
+        features_per_stage=features_per_stage(n_stages, dimension),
         kernel_sizes=topology.kernel_sizes, strides=topology.strides,
-        convs_per_stage=CONVS_PER_STAGE, deep_supervision=True,
+        convs_per_stage=RESENC_DECODER_CONVS if network == "resenc" else CONVS_PER_STAGE, deep_supervision=True,
+        blocks_per_stage=encoder_blocks(network, n_stages),
     )
+
+
+def encoder_blocks(network: str, n_stages: int) -> list[int] | None:
+    """Residual blocks per encoder stage for resenc (RESENC_BLOCKS_PER_STAGE cut or extended to the
+    stages); None for networks without residual stages."""
+    if network != "resenc":
+        return None
+    return [RESENC_BLOCKS_PER_STAGE[min(stage, len(RESENC_BLOCKS_PER_STAGE) - 1)] for stage in range(n_stages)]
 
 
 # --- patch size, memory, batch size ------------------------------------------------------------
@@ -221,41 +258,65 @@ def initial_patch_size(spacing: list[float], median_shape: list[float], dimensio
     return [max(1, min(p, int(round(m)))) for p, m in zip(patch, median_shape)]
 
 
-def memory_budget_elements(dimension: int, gpu_memory_gb: float) -> float:
+def memory_target_gb(gpu_memory_gb: float | None, preset: str | None) -> float:
+    """The GPU memory a plan is sized for: the explicit value, else the preset's, else DEFAULT_GPU_MEMORY_GB."""
+    if preset is not None and preset not in RESENC_PRESETS:
+        raise PlanError(f"preset {preset!r}: expected one of {', '.join(RESENC_PRESETS)}")
+    if gpu_memory_gb is not None:
+        return float(gpu_memory_gb)
+    return RESENC_PRESETS[preset].gpu_memory_gb if preset else DEFAULT_GPU_MEMORY_GB
+
+
+def memory_reference(network: str, preset: str | None = None) -> MemoryReference:
+    """The calibration a network's memory is estimated with: resenc's own (its preset's, if any), the
+    plain U-Net's for every other network (their feature maps are counted, the calibration is nnU-Net's)."""
+    if network != "resenc":
+        return PLAIN_MEMORY_REFERENCE
+    return RESENC_PRESETS[preset] if preset else RESENC_MEMORY_REFERENCE
+
+
+def memory_budget_elements(dimension: int, gpu_memory_gb: float,
+                           reference: MemoryReference = PLAIN_MEMORY_REFERENCE) -> float:
     """Feature-map elements of a whole batch that fit in `gpu_memory_gb` (nnU-Net's calibration)."""
-    reference_batch_elements = REFERENCE_FEATURE_MAP_ELEMENTS[dimension] * REFERENCE_BATCH_SIZE[dimension]
-    return reference_batch_elements * gpu_memory_gb / REFERENCE_GPU_MEMORY_GB
+    reference_batch_elements = reference.elements[dimension] * REFERENCE_BATCH_SIZE[dimension]
+    return reference_batch_elements * gpu_memory_gb / reference.gpu_memory_gb
 
 
-def estimated_memory_gb(elements_per_sample: int, batch_size: int, dimension: int) -> float:
+def estimated_memory_gb(elements_per_sample: int, batch_size: int, dimension: int,
+                        reference: MemoryReference = PLAIN_MEMORY_REFERENCE) -> float:
     """GPU memory (GB) of training with this feature-map size per sample at this batch size.
 
     Calibration: nnU-Net reports that 560e6 elements per sample at batch 2 (3D), or 85e6 at batch 12
-    (2D), train in about 8 GB; memory is taken proportional to elements x batch from that point.
-    It is an estimate of the same quantity the budget is in, so a plan's value is <= its gpu_memory_gb.
+    (2D), train in about 8 GB (a ResEnc: `memory_reference`); memory is taken proportional to
+    elements x batch from that point. It is an estimate of the same quantity the budget is in, so a
+    plan's value is <= its gpu_memory_gb.
     """
-    reference_batch_elements = REFERENCE_FEATURE_MAP_ELEMENTS[dimension] * REFERENCE_BATCH_SIZE[dimension]
-    return float(elements_per_sample * batch_size / reference_batch_elements * REFERENCE_GPU_MEMORY_GB)
+    reference_batch_elements = reference.elements[dimension] * REFERENCE_BATCH_SIZE[dimension]
+    return float(elements_per_sample * batch_size / reference_batch_elements * reference.gpu_memory_gb)
 
 
 def _fit(spacing: list[float], patch_size: list[int], dimension: int, input_channels: int,
-         num_classes: int) -> FittedPatch:
+         num_classes: int, network: str) -> FittedPatch:
     topology = topology_for(spacing, patch_size, dimension)
-    architecture = architecture_for(topology, dimension, input_channels, num_classes)
-    return FittedPatch(topology.patch_size, architecture, feature_map_elements(architecture, topology.patch_size))
+    architecture = architecture_for(topology, dimension, input_channels, num_classes, network)
+    return FittedPatch(topology.patch_size, architecture,
+                       network_cost(architecture, topology.patch_size).feature_map_elements)
 
 
 def fit_patch_to_memory(spacing: list[float], median_shape: list[float], patch_size: list[int],
-                        input_channels: int, num_classes: int, gpu_memory_gb: float) -> FittedPatch:
-    """Shrink the patch until a batch of MIN_BATCH_SIZE fits the memory budget.
+                        input_channels: int, num_classes: int, gpu_memory_gb: float,
+                        network: str = NETWORK_NAME, reference: MemoryReference = PLAIN_MEMORY_REFERENCE
+                        ) -> FittedPatch:
+    """Shrink the patch until a batch of MIN_BATCH_SIZE of `network` fits the memory budget (`reference`'s
+    calibration; the network's own feature maps, `autoseg.network.cost`).
 
     Each step shortens the axis with the largest patch / median-shape ratio (ties: the last such axis,
     as nnU-Net) by the divisibility step it would have after shortening, then re-derives the topology.
     Raises PlanError when the patch cannot shrink further (the GPU memory is too small for any patch).
     """
     dimension = len(spacing)
-    budget = memory_budget_elements(dimension, gpu_memory_gb)
-    fitted = _fit(spacing, patch_size, dimension, input_channels, num_classes)
+    budget = memory_budget_elements(dimension, gpu_memory_gb, reference)
+    fitted = _fit(spacing, patch_size, dimension, input_channels, num_classes, network)
     stuck_axes: set[int] = set()
     while fitted.feature_map_elements * MIN_BATCH_SIZE > budget:
         patch = list(fitted.patch_size)
@@ -270,7 +331,7 @@ def fit_patch_to_memory(spacing: list[float], median_shape: list[float], patch_s
         shorter[axis] = max(1, shorter[axis])
         step = topology_for(spacing, shorter, dimension).divisor[axis]
         patch[axis] = max(1, patch[axis] - step)
-        candidate = _fit(spacing, patch, dimension, input_channels, num_classes)
+        candidate = _fit(spacing, patch, dimension, input_channels, num_classes, network)
         if candidate.patch_size[axis] >= fitted.patch_size[axis]:
             stuck_axes.add(axis)  # padding undid the step: this axis cannot shrink any more
             continue
@@ -279,15 +340,16 @@ def fit_patch_to_memory(spacing: list[float], median_shape: list[float], patch_s
 
 
 def batch_size_for(elements_per_sample: int, patch_size: list[int], dataset_voxels: float,
-                   gpu_memory_gb: float) -> int:
-    """Largest batch that fits the budget, at most what covers 5% of the dataset's voxels, at least 2.
+                   gpu_memory_gb: float, reference: MemoryReference = PLAIN_MEMORY_REFERENCE) -> int:
+    """Largest batch that fits the budget, at most what covers 5% of the dataset's voxels (the reference's
+    `max_dataset_covered`: all of them for the ResEnc presets), at least 2.
 
     `dataset_voxels` = median resampled image voxels x number of cases. Departure from nnU-Net: the
     memory bound is rounded down, not to the nearest integer, so the estimate never exceeds the budget.
     """
     dimension = len(patch_size)
-    from_memory = int(memory_budget_elements(dimension, gpu_memory_gb) // elements_per_sample)
-    from_coverage = int(round(MAX_DATASET_COVERED * dataset_voxels / float(np.prod(patch_size, dtype=np.float64))))
+    from_memory = int(memory_budget_elements(dimension, gpu_memory_gb, reference) // elements_per_sample)
+    from_coverage = int(round(reference.max_dataset_covered * dataset_voxels / float(np.prod(patch_size, dtype=np.float64))))
     return max(min(from_memory, from_coverage), MIN_BATCH_SIZE)
 
 

@@ -6,15 +6,16 @@ user edited by hand.
 
 from __future__ import annotations
 
+from autoseg.network.cost import flops_per_voxel, network_cost
 from autoseg.planning import rules
-from autoseg.planning.plans import Configuration, Plans
+from autoseg.planning.plans import Configuration, Plans, has_own_network
 from autoseg.planning.time_budget import BudgetDecision, OverBudget, format_duration
 
 
 def format_plan_summary(plans: Plans) -> str:
     configurations = {name: plans.configuration(name) for name in plans.configurations}
     budgets = [c.budget for c in configurations.values() if c.budget is not None]
-    sized_for = f"a {plans.gpu_memory_gb:g} GB GPU"
+    sized_for = f"a {plans.gpu_memory_gb:g} GB GPU" + (f" (ResEnc preset {plans.preset})" if plans.preset else "")
     if budgets:
         sized_for = (f"{format_duration(budgets[0].time_budget_seconds)} of training per fold on this machine's "
                      f"{budgets[0].device} (within {sized_for})")
@@ -33,7 +34,7 @@ def format_plan_summary(plans: Plans) -> str:
     if over_budget:
         lines += ["", *over_budget]
     for name, configuration in configurations.items():
-        if configuration.inherits_from is None:
+        if has_own_network(plans.configurations[name]):
             lines += ["", f"{name} stages:", _stage_table(configuration)]
     notes = decision_notes(plans)
     if notes:
@@ -85,6 +86,9 @@ def _configuration_table(configurations: dict[str, Configuration]) -> str:
         "median shape (voxels)": lambda c: _xs(c.median_shape),
         "patch size": lambda c: _xs(c.patch_size),
         "batch size": lambda c: str(c.batch_size),
+        "network": lambda c: c.architecture.name,
+        "parameters": lambda c: f"{network_cost(c.architecture, c.patch_size).parameters / 1e6:.1f}M",
+        "FLOPs / voxel (forward)": lambda c: f"{flops_per_voxel(c.architecture, c.patch_size) / 1e6:.2f}M",
         "stages": lambda c: str(c.architecture.num_stages),
         "normalization": lambda c: ",".join(n + ("+mask" if m else "") for n, m in
                                             zip(c.normalization, c.use_mask_for_norm)),
@@ -133,10 +137,11 @@ def _budget_table(configurations: dict[str, Configuration]) -> str:
 
 def _stage_table(configuration: Configuration) -> str:
     architecture = configuration.architecture
-    table = [["stage", "features", "stride", "kernel"]]
+    blocks = architecture.blocks_per_stage
+    table = [["stage", "features", "stride", "kernel"] + (["residual blocks"] if blocks else [])]
     for stage in range(architecture.num_stages):
-        table.append([str(stage), str(architecture.features_per_stage[stage]),
-                      _xs(architecture.strides[stage]), _xs(architecture.kernel_sizes[stage])])
+        table.append([str(stage), str(architecture.features_per_stage[stage]), _xs(architecture.strides[stage]),
+                      _xs(architecture.kernel_sizes[stage])] + ([str(blocks[stage])] if blocks else []))
     return _render(table)
 
 

@@ -11,12 +11,13 @@ not yet cached takes a while.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from autoseg.errors import AutosegError, PlanError
-from autoseg.planning.plans import Plans
+from autoseg.planning.plans import Plans, has_own_network
 from autoseg.workspace import Workspace
 
 
@@ -49,23 +50,29 @@ def _ignore(*_) -> None:
 
 
 def plan_task(workspace: Workspace, task: str | Path | None = None, fingerprint_file: Path | None = None,
-              gpu_memory_gb: float = 8.0, time_budget: str | None = None, device: str = "auto",
-              remeasure: bool = False, workers: int = 2,
+              gpu_memory_gb: float | None = None, time_budget: str | None = None, device: str = "auto",
+              remeasure: bool = False, workers: int = 2, networks: list[str] | None = None,
+              preset: str | None = None,
               on_case_done: Callable[[int, int], None] = _ignore,
               on_measure: Callable[[SpeedLookup], None] = _ignore) -> PlanResult:
     """Plan a task from its dataset (fingerprinted first, or the fingerprint reused when the dataset has not
     changed) or from a fingerprint file alone, and write plans.json.
 
     time_budget ("15m", "2h"): each configuration trains one fold within it on `device`; `remeasure`
-    measures the device again instead of using the cache. The user's configurations derived in the
+    measures the device again instead of using the cache. networks: NETWORK_BUILDERS keys planned beside the
+    plain U-Net (3d_fullres_resenc, 2d_resenc, ...); preset: a ResEnc preset (M, L, XL), the memory target
+    (8 / 24 / 40 GB) unless gpu_memory_gb is given, and its calibration for resenc. The user's configurations derived in the
     previous plans.json (`inherits_from`) are kept when they still resolve. Planning a dataset makes
     it the workspace's current task. on_case_done(done, total) follows the fingerprinting.
     """
     from autoseg.planning import plan_experiment
-    from autoseg.planning.plans import keep_user_configurations
+    from autoseg.planning.planner import check_networks
+    from autoseg.planning.rules import memory_target_gb
 
+    memory_gb = memory_target_gb(gpu_memory_gb, preset)  # bad options fail before the fingerprinting
+    check_networks(networks)
     task_name, dataset_folder, fingerprint = _fingerprint(workspace, task, fingerprint_file, workers, on_case_done)
-    plans = plan_experiment(fingerprint, gpu_memory_gb=gpu_memory_gb)
+    plans = plan_experiment(fingerprint, gpu_memory_gb=memory_gb, networks=networks, preset=preset)
     if time_budget is not None:
         plans = fit_time_budget(workspace, plans, time_budget, device, fingerprint.num_cases, remeasure=remeasure,
                                 on_measure=on_measure)
@@ -101,6 +108,37 @@ def _fingerprint(workspace: Workspace, task: str | Path | None, fingerprint_file
 
     fingerprint, _ = load_or_extract(dataset, workspace.fingerprint_file(name), workers, on_case_done=case_done)
     return name, dataset.root, fingerprint
+
+
+def keep_user_configurations(plans: Plans, previous_entries: dict[str, Any]) -> tuple[Plans, list[str], list[str]]:
+    """Re-planning regenerates plans.json from the fingerprint; a configuration the user added to the old
+    file (a name the planner does not make) and that still resolves on the new plan, such as
+    `{"inherits_from": "3d_fullres", "batch_size": 8}`, is carried over. A complete entry (no
+    inherits_from) is not: its spacing, network and statistics were the old plan's; nor is one with its own
+    architecture (a network variant planned with --networks before), sized for the old plan.
+
+    Returns (plans with the kept entries, names kept, names dropped with the reason).
+    """
+    entries = dict(plans.configurations)
+    kept, dropped = [], []
+    for name, entry in previous_entries.items():
+        if name in entries or not isinstance(entry, dict):
+            continue
+        if not entry.get("inherits_from"):
+            dropped.append(f"{name} (a complete entry of the old plan; derive it with inherits_from to keep it)")
+            continue
+        if has_own_network(entry):  # e.g. 3d_fullres_resenc: its network, patch and batch were sized by the old plan
+            dropped.append(f"{name} (its network was sized for the old plan; plan it again, e.g. with --networks)")
+            continue
+        candidate = Plans(**{**vars(plans), "configurations": {**entries, name: copy.deepcopy(entry)}})
+        try:
+            candidate.configuration(name)
+        except PlanError as error:
+            dropped.append(f"{name} ({error})")
+            continue
+        entries[name] = copy.deepcopy(entry)
+        kept.append(name)
+    return Plans(**{**vars(plans), "configurations": entries}), kept, dropped
 
 
 def _previous_configurations(plans_file: Path) -> dict:
@@ -153,12 +191,13 @@ def replan_for_budget(workspace: Workspace, task_name: str, plans: Plans, config
     from autoseg.fingerprint import Fingerprint
     from autoseg.planning import plan_experiment
 
-    parent = plans.configurations.get(configuration, {}).get("inherits_from")
-    if parent:
-        raise PlanError(f"--time-budget: {configuration} inherits its network from {parent}; plan both with "
-                        f"`autoseg plan TASK --time-budget {time_budget}`")
+    entry = plans.configurations.get(configuration, {})
+    if not has_own_network(entry):
+        raise PlanError(f"--time-budget: {configuration} inherits its network from {entry['inherits_from']}; plan "
+                        f"both with `autoseg plan TASK --time-budget {time_budget}`")
     fingerprint = Fingerprint.load(workspace.fingerprint_file(task_name))
-    fresh = plan_experiment(fingerprint, gpu_memory_gb=plans.gpu_memory_gb)
+    fresh = plan_experiment(fingerprint, gpu_memory_gb=plans.gpu_memory_gb, networks=plans.networks,
+                            preset=plans.preset)
     if configuration not in fresh.configurations:
         raise PlanError(f"--time-budget: {configuration} is not a configuration autoseg plans for {task_name}")
     budgeted = fit_time_budget(workspace, fresh, time_budget, device, fingerprint.num_cases,

@@ -66,6 +66,7 @@ class TrainRequest:
     device: str = "auto"  # auto, cuda, cpu or mps
     precision: str = "auto"  # auto (the plan's, confirmed on the first epochs), fp32, bf16 or fp16
     resume: bool = False  # continue from checkpoint_latest.pt
+    pretrained: Path | None = None  # start a new run from this checkpoint's matching weights (resume wins)
     seed: int | None = None
     checkpoint_every: int | None = None  # epochs
     validate: bool = True  # predict and score the fold's validation cases after training
@@ -237,7 +238,7 @@ def _training_job(workspace: Workspace, task_name: str, dataset_folder: Path | N
     splits = _rank_0_first(request, lambda: load_or_create_splits(task_results.splits_file, case_ids))
     train_ids, val_ids = fold_cases(splits, request.fold, case_ids)
     return TrainingJob(plans, configuration, request.fold, data_folder, task_results, train_ids, val_ids,
-                       resume=request.resume)
+                       resume=request.resume, pretrained=request.pretrained)
 
 
 def check_all_cases_preprocessed(dataset_folder: Path, plans: Plans, configuration: str, data_folder: Path) -> None:

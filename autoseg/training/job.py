@@ -52,6 +52,9 @@ class TrainingJob:
     train_ids: list[str]
     val_ids: list[str]
     resume: bool = False
+    # A checkpoint whose matching weights a new run starts from (`autoseg.training.pretrained`); a resumed
+    # run continues from its own checkpoint instead.
+    pretrained: Path | None = None
 
     @property
     def output_folder(self) -> Path:

@@ -299,6 +299,12 @@ class Trainer:
             if not source.is_file():
                 raise AutosegError(f"--resume: no checkpoint in {self.job.output_folder}; train without --resume")
             self.restore(source)
+            if self.job.pretrained is not None:
+                self._note(f"--pretrained {self.job.pretrained} not loaded: resuming continues from {source.name}")
+        elif self.job.pretrained is not None:
+            from autoseg.training.pretrained import load_pretrained
+
+            self._note(load_pretrained(self.model, self.configuration.architecture, self.job.pretrained).message())
         if self.device.type == "cpu" and self.settings.cpu_threads:
             torch.set_num_threads(self.settings.cpu_threads)
         if self.epoch < self.settings.epochs:

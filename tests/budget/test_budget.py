@@ -16,14 +16,14 @@ import pytest
 
 from autoseg.errors import PlanError
 from autoseg.fingerprint import ChannelIntensity, Fingerprint
-from autoseg.network.architecture import Architecture, feature_map_elements
+from autoseg.network.architecture import Architecture, convolution_macs, feature_map_elements
 from autoseg.planning import plan_experiment
 from autoseg.budget.candidates import Candidate, benchmark_probes, patch_chain
 from autoseg.budget.solver import apply_budget, build_ladder, solve_budget
 from autoseg.budget.time_model import candidate_cost, fold_seconds, schedule_for, sliding_windows
 from autoseg.planning.time_budget import BudgetDecision, OverBudget, format_duration, parse_duration
 from autoseg.budget.measurement import load_or_measure, measure_device_speed
-from autoseg.budget.speed import CostModel, DeviceSpeed, Probe, SpeedSample, convolution_macs, fit_cost_model, work_of
+from autoseg.budget.speed import CostModel, DeviceSpeed, Probe, SpeedSample, fit_cost_model, work_of
 from autoseg.device import choose_precision, cpu_supports_bf16
 
 FINGERPRINTS = Path(__file__).resolve().parents[2] / "fingerprints"

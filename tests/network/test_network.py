@@ -63,7 +63,7 @@ def test_architecture_without_deep_supervision_returns_one_tensor():
 
 
 def test_unknown_architecture_name_lists_known_ones():
-    with pytest.raises(PlanError, match="resenc_unet.*plain_unet"):
+    with pytest.raises(PlanError, match="resenc_unet.*attention_unet.*plain_unet.*resenc"):
         build_network(arch_2d(name="resenc_unet"))
     assert set(NETWORK_BUILDERS) == set(ARCHITECTURES)
 
