@@ -26,7 +26,8 @@ To segment images from Python, load a trained task once, then predict:
 
 The networks are loaded once, in the constructor (`load_models`, as `predict` does); every `predict`
 reuses them. The constructor takes the same options (task, configuration, folds, checkpoint, device,
-PredictionSettings).
+PredictionSettings); without settings it predicts with runtime auto, as `autoseg predict` (a
+PredictionSettings' own default runtime is torch).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from autoseg.errors import AutosegError
 from autoseg.inference.case import PredictionSettings, predict_image
 from autoseg.inference.folder import FolderSummary
 from autoseg.inference.model import TrainedModel, load_trained_model
+from autoseg.inference.runtimes import check_runtime
 from autoseg.io import Geometry, image_from_sitk, is_sitk_image, read_image, segmentation_to_sitk
 from autoseg.preprocessing.store import PreprocessSummary
 from autoseg.stages import dataset as dataset_stages
@@ -52,6 +54,7 @@ from autoseg.stages import postprocess as postprocess_stage
 from autoseg.stages.choice import default_prediction_configurations
 from autoseg.stages.plan import PlanResult, SpeedLookup, plan_task
 from autoseg.stages.predict import predict_folder_with_models
+from autoseg.stages.runtime import RuntimeChoice, settings_with_runtime
 from autoseg.stages.train import TrainRequest, TrainResult, train_fold
 from autoseg.workspace import DEFAULT_HOME, Workspace
 
@@ -183,22 +186,29 @@ def find_best(*, task: str | None = None, configurations: Sequence[str] | None =
 def predict(input_path: str | Path, output_folder: str | Path, *, task: str | None = None,
             configuration: str | None = None, folds: Sequence[str] | None = None, checkpoint: str = "final",
             step_size: float = 0.5, use_tta: bool = True, save_probabilities: bool = False, device: str = "auto",
-            precision: str = "auto", batch_windows: int | None = None, overwrite: bool = False,
-            part: tuple[int, int] = (0, 1), postprocess: bool = True, home: str | Path = DEFAULT_HOME,
-            on_models: Callable[[list[TrainedModel]], None] | None = None,
+            precision: str = "auto", runtime: str = "auto", batch_windows: int | None = None,
+            overwrite: bool = False, part: tuple[int, int] = (0, 1), postprocess: bool = True,
+            home: str | Path = DEFAULT_HOME, on_models: Callable[[list[TrainedModel]], None] | None = None,
+            on_runtime: Callable[[RuntimeChoice, bool], None] | None = None,
             on_case: Callable[[str, str], None] | None = None,
             progress: Callable[[int, int], None] | None = None) -> FolderSummary:
     """`autoseg predict`: segment a folder of images (or one image file) with find-best's choice (or
     `configuration`). on_models(models) once they are loaded; on_case(case id, status) per case;
-    progress(windows done, windows total) inside a case. Failed cases are in the summary's failures."""
+    progress(windows done, windows total) inside a case. Failed cases are in the summary's failures.
+    runtime: auto (the fastest that agrees with torch fp32, measured once: `autoseg.stages.runtime`; told to
+    on_runtime(choice, whether cached)), torch, torch-compile, onnxruntime or openvino; precision applies to
+    the torch runtimes."""
     check_precision(precision)
-    models = load_models(Workspace(Path(home)), task, [configuration] if configuration else None, folds=folds,
+    check_runtime(runtime, precision)
+    workspace = Workspace(Path(home))
+    models = load_models(workspace, task, [configuration] if configuration else None, folds=folds,
                          checkpoint=checkpoint, device=device, postprocess=postprocess)
     if on_models is not None:
         on_models(models)
     settings = PredictionSettings(step_fraction=step_size, use_tta=use_tta, batch_windows=batch_windows,
-                                  device=device, precision=precision, save_probabilities=save_probabilities,
-                                  postprocess=postprocess)
+                                  device=device, precision=precision, runtime=runtime,
+                                  save_probabilities=save_probabilities, postprocess=postprocess)
+    settings = settings_with_runtime(workspace, models, settings, on_choice=on_runtime)
     return predict_folder_with_models(models, Path(input_path), Path(output_folder), settings, overwrite=overwrite,
                                       part=part, on_case=on_case, progress=progress)
 
@@ -216,7 +226,7 @@ class Segmenter:
             raise AutosegError("the chosen pipeline is an ensemble of configurations; pass configuration=... "
                                "or use predict_folder")
         self.model = self.models[0]
-        self.settings = settings or PredictionSettings()
+        self.settings = settings_with_runtime(self.workspace, self.models, settings or PredictionSettings(runtime="auto"))
 
     def predict(self, image, spacing: Sequence[float] | None = None, progress=None):
         """Segment one image, in the input's own geometry:

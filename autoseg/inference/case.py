@@ -21,7 +21,6 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from autoseg.device import inference_autocast_dtype
 from autoseg.errors import AutosegError
 from autoseg.inference.model import TrainedModel
 from autoseg.inference.sliding_window import DEFAULT_STEP_FRACTION
@@ -37,6 +36,9 @@ class PredictionSettings:
     batch_windows: int | None = None  # None: chosen from the device
     device: str = "auto"
     precision: str = "auto"  # auto: fp16 on CUDA, the trained precision's choice on CPU (fp32 unless bf16)
+    # torch, torch-compile, onnxruntime or openvino (`autoseg.inference.runtimes`); the predict stage turns
+    # auto into the runtime measured fastest on this machine (`autoseg.stages.runtime`).
+    runtime: str = "torch"
     save_probabilities: bool = False
     postprocess: bool = True
 
@@ -107,17 +109,19 @@ def predict_probabilities(model: TrainedModel, data: np.ndarray, settings: Predi
     softmax averaged over windows (Gaussian-weighted), mirror passes and the model's folds."""
     import torch
 
+    from autoseg.inference.runtimes import networks_for_runtime, runtime_autocast_dtype
     from autoseg.inference.stitching import predict_sliding_window
 
     configuration = model.configuration
+    autocast_dtype = runtime_autocast_dtype(settings.runtime, settings.precision, model.device, model.trained_precision)
     options = dict(num_classes=configuration.architecture.num_classes, step_fraction=settings.step_fraction,
                    mirror_axes=None if settings.use_tta else (), batch_windows=_batch_windows(model, settings),
-                   device=model.device, progress=progress,
-                   autocast_dtype=inference_autocast_dtype(settings.precision, model.device, model.trained_precision))
+                   device=model.device, progress=progress, autocast_dtype=autocast_dtype)
     image = torch.from_numpy(np.ascontiguousarray(data))
     options.update(_accumulator_placement(model, image.shape[1:], configuration.architecture.num_classes))
     # A 2d configuration's patch is (y, x): the volume is predicted slice by slice.
-    return predict_sliding_window(model.networks, image, configuration.patch_size, **options)
+    networks = networks_for_runtime(model, settings.runtime)
+    return predict_sliding_window(networks, image, configuration.patch_size, **options)
 
 
 def _accumulator_placement(model: TrainedModel, spatial_shape, num_classes: int) -> dict:
