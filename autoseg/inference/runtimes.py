@@ -84,10 +84,8 @@ class OpenVinoNetwork:
     """An ONNX model compiled by OpenVINO for the CPU (f32), compiled once per input shape."""
 
     def __init__(self, onnx_model: bytes, threads: int):
-        try:
-            import openvino
-        except ImportError:
-            raise RuntimeUnavailable("--runtime openvino: openvino is not installed (pip install openvino)") from None
+        import openvino
+
         self.core = openvino.Core()
         self.model = self.core.read_model(model=onnx_model, weights=b"")
         self.config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
@@ -109,9 +107,10 @@ class OpenVinoNetwork:
 
 
 def runtime_network(network: "torch.nn.Module", runtime: str, *, input_channels: int, dimension: int,
-                    threads: int | None = None) -> Callable:
+                    threads: int | None = None, onnx_model: bytes | None = None) -> Callable:
     """`network` (eval mode, deep supervision off, as `load_network` gives it) run by `runtime`;
-    `threads` for the ONNX runtimes (default: the CPUs this process may use)."""
+    `threads` for the ONNX runtimes (default: the CPUs this process may use); `onnx_model`: the network's
+    export when already made (`autoseg.network.onnx_export.export_onnx`)."""
     check_runtime(runtime, allow_auto=False)
     if runtime == "torch":
         return network
@@ -125,16 +124,22 @@ def runtime_network(network: "torch.nn.Module", runtime: str, *, input_channels:
         from autoseg.hardware import usable_cpus
 
         threads = usable_cpus()
-    if runtime == "onnxruntime":
-        try:
-            import onnxruntime  # noqa: F401 - only to say clearly that it is missing
-        except ImportError:
-            raise RuntimeUnavailable("--runtime onnxruntime: onnxruntime is not installed "
-                                     "(pip install onnxruntime)") from None
+    _check_installed(runtime)  # before the export, which takes seconds
     from autoseg.network.onnx_export import export_onnx
 
-    onnx_model = export_onnx(network, input_channels=input_channels, dimension=dimension)
+    if onnx_model is None:
+        onnx_model = export_onnx(network, input_channels=input_channels, dimension=dimension)
     return (OnnxRuntimeNetwork if runtime == "onnxruntime" else OpenVinoNetwork)(onnx_model, threads)
+
+
+def _check_installed(runtime: str) -> None:
+    """A RuntimeUnavailable when the package of an ONNX runtime (named as the runtime) cannot be imported."""
+    import importlib
+
+    try:
+        importlib.import_module(runtime)
+    except ImportError:
+        raise RuntimeUnavailable(f"--runtime {runtime}: {runtime} is not installed (pip install {runtime})") from None
 
 
 def networks_for_runtime(model: "TrainedModel", runtime: str) -> list:
@@ -242,10 +247,22 @@ def measure_runtimes(network: "torch.nn.Module", candidates: list[tuple[str, str
     with torch.inference_mode():
         reference = network(probe).float()
     channels, dimension = probe_shape[1], len(probe_shape) - 2
+    onnx_model, export_error = None, None
+    if any(runtime in ONNX_RUNTIMES for runtime, _ in candidates):  # one export for both ONNX runtimes
+        from autoseg.network.onnx_export import export_onnx
+
+        try:
+            onnx_model = export_onnx(network, input_channels=channels, dimension=dimension,
+                                     example_spatial=tuple(probe_shape[2:]))
+        except AutosegError as error:
+            export_error = error
     measurements = []
     for runtime, precision in candidates:
         try:
-            converted = runtime_network(network, runtime, input_channels=channels, dimension=dimension)
+            if export_error is not None and runtime in ONNX_RUNTIMES:
+                raise export_error
+            converted = runtime_network(network, runtime, input_channels=channels, dimension=dimension,
+                                        onnx_model=onnx_model)
         except AutosegError as error:
             nan = float("nan")
             measurements.append(RuntimeMeasurement(runtime, precision, nan, nan, nan, False, str(error)))

@@ -30,7 +30,7 @@ from autoseg.errors import AutosegError
 from autoseg.inference.case import PredictionSettings
 from autoseg.inference.model import TrainedModel
 from autoseg.inference.runtimes import (RuntimeMeasurement, check_runtime, fastest_agreeing, measure_runtimes,
-                                       runtime_candidates)
+                                       networks_for_runtime, runtime_candidates)
 from autoseg.workspace import Workspace
 
 RUNTIME_CHOICE_SCHEMA_VERSION = 1
@@ -155,12 +155,18 @@ def settings_with_runtime(workspace: Workspace, models: list[TrainedModel], sett
                           refresh: bool = False, measure: Measure = measure_runtimes,
                           on_choice: Callable[[RuntimeChoice, bool], None] | None = None) -> PredictionSettings:
     """`settings` with runtime auto replaced by the choice for the first model (and precision by the
-    choice's), told to on_choice(choice, whether it was cached); an explicit runtime is kept as it is."""
+    choice's), told to on_choice(choice, whether it was cached); an explicit runtime is kept as it is.
+    Every model's networks (each fold, a cascade's low-res stage too) are converted to the runtime here, so
+    a runtime that cannot run (not installed, not on this device) fails once, before any case."""
     check_runtime(settings.runtime, settings.precision)
-    if settings.runtime != "auto":
-        return settings
-    choice, cached = choose_runtime(workspace.runtime_choice_file, models[0], settings.precision, refresh=refresh,
-                                    measure=measure)
-    if on_choice is not None:
-        on_choice(choice, cached)
-    return replace(settings, runtime=choice.runtime, precision=choice.precision)
+    if settings.runtime == "auto":
+        choice, cached = choose_runtime(workspace.runtime_choice_file, models[0], settings.precision,
+                                        refresh=refresh, measure=measure)
+        if on_choice is not None:
+            on_choice(choice, cached)
+        settings = replace(settings, runtime=choice.runtime, precision=choice.precision)
+    for model in models:
+        for stage in (model.previous_stage, model):
+            if stage is not None:
+                networks_for_runtime(stage, settings.runtime)
+    return settings

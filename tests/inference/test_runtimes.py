@@ -5,6 +5,7 @@ and precisions an ONNX runtime lacks are one-line errors."""
 
 import copy
 import importlib.util
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -142,3 +143,21 @@ def test_unknown_runtimes_and_precisions_an_onnx_runtime_lacks_are_clear_errors(
         check_runtime("tensorrt")
     with pytest.raises(RuntimeUnavailable, match="computes in fp32; --precision bf16 is for the torch runtimes"):
         check_runtime("onnxruntime", "bf16")
+
+
+def test_a_runtime_that_is_not_installed_fails_once_before_any_case(trained_model, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    model = replace(trained_model, runtime_networks={})
+    with pytest.raises(RuntimeUnavailable, match=r"--runtime openvino: openvino is not installed \(pip install"):
+        settings_with_runtime(Workspace(tmp_path), [model], PredictionSettings(runtime="openvino"))
+
+
+def test_the_cli_names_the_runtimes_for_an_unknown_one(tmp_path):
+    from typer.testing import CliRunner
+
+    from autoseg.cli import app
+
+    result = CliRunner().invoke(app, ["--home", str(tmp_path), "predict", str(tmp_path), str(tmp_path / "out"),
+                                      "--runtime", "tensorrt"])
+    assert result.exit_code == 1
+    assert "error: --runtime 'tensorrt': expected auto, torch, torch-compile, onnxruntime or openvino" in result.output
