@@ -60,6 +60,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a smaller volume and fewer steps")
     parser.add_argument("--compile", action="store_true", help="also torch.compile (fp32 and bf16): slow to compile")
+    parser.add_argument("--no-bf16", action="store_true", help="leave torch bf16 out (slow emulation without bf16 hardware)")
     parser.add_argument("--features", type=int, default=8)
     parser.add_argument("--size", type=int, nargs=3, default=None, help="volume (z, y, x) on the network grid")
     parser.add_argument("--patch", type=int, nargs=3, default=None)
@@ -87,7 +88,8 @@ def main() -> None:
           f"{small_architecture(args.features).features_per_stage} trained {steps} steps ({train_seconds:.0f} s); "
           f"volume {size}, patch {patch}, batch_windows {args.batch_windows}, no TTA, {repeats} interleaved repeats")
 
-    names = [name for name in VARIANTS if args.compile or not name.startswith("torch-compile")]
+    names = [name for name in VARIANTS if (args.compile or not name.startswith("torch-compile"))
+             and not (args.no_bf16 and name.endswith("bf16"))]
     runners, conversions, first_calls = {}, {}, {}
     for name in names:
         try:
@@ -103,6 +105,7 @@ def main() -> None:
             seconds = time.perf_counter() - started
             if repeat == 0:
                 first_calls[name] = seconds
+                print(f"  first call: {name} {seconds:.2f} s")
             else:
                 timings[name].append(seconds)
         if repeat:
@@ -128,9 +131,9 @@ def probe_part(network, patch, args) -> None:
 
     started = time.perf_counter()
     candidates = runtime_candidates("cpu", "auto", cpu_supports_bf16())
-    measurements = measure_runtimes(network, candidates, (1, 1, *patch))
+    measurements = measure_runtimes(network, candidates, (args.batch_windows, 1, *patch), threads=args.threads)
     chosen = fastest_agreeing(measurements)
-    print(f"auto's probe ({time.perf_counter() - started:.1f} s, one {patch} window): "
+    print(f"auto's probe ({time.perf_counter() - started:.1f} s, {args.batch_windows} window(s) of {patch}): "
           + ", ".join(f"{m.name} {m.seconds:.3f} s (Dice {m.label_agreement_dice:.4f}, |dp| "
                       f"{m.max_probability_difference:.1e}{', ' + m.error if m.error else ''})" for m in measurements)
           + f" -> {chosen.name}")

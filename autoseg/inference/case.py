@@ -50,7 +50,7 @@ class Prediction:
     geometry: Geometry
 
 
-def _batch_windows(model: TrainedModel, settings: PredictionSettings) -> int:
+def batch_windows_for(model: TrainedModel, settings: PredictionSettings) -> int:
     """--batch-windows, else from the device, its CPU count and free memory (autoseg.hardware)."""
     if settings.batch_windows:
         return settings.batch_windows
@@ -115,7 +115,7 @@ def predict_probabilities(model: TrainedModel, data: np.ndarray, settings: Predi
     configuration = model.configuration
     autocast_dtype = runtime_autocast_dtype(settings.runtime, settings.precision, model.device, model.trained_precision)
     options = dict(num_classes=configuration.architecture.num_classes, step_fraction=settings.step_fraction,
-                   mirror_axes=None if settings.use_tta else (), batch_windows=_batch_windows(model, settings),
+                   mirror_axes=None if settings.use_tta else (), batch_windows=batch_windows_for(model, settings),
                    device=model.device, progress=progress, autocast_dtype=autocast_dtype)
     image = torch.from_numpy(np.ascontiguousarray(data))
     options.update(_accumulator_placement(model, image.shape[1:], configuration.architecture.num_classes))

@@ -235,11 +235,12 @@ def runtime_candidates(device_type: str, precision: str, cpu_bf16: bool) -> list
 
 
 def measure_runtimes(network: "torch.nn.Module", candidates: list[tuple[str, str]], probe_shape: tuple[int, ...],
-                     *, seed: int = 0, clock: Callable[[], float] = time.perf_counter,
-                     timed_calls: int = 2) -> list[RuntimeMeasurement]:
+                     *, seed: int = 0, clock: Callable[[], float] = time.perf_counter, timed_calls: int = 2,
+                     threads: int | None = None) -> list[RuntimeMeasurement]:
     """Each candidate (runtime, precision) measured on one random batch of `probe_shape` (B, C, *spatial)
-    against the torch fp32 network itself. A runtime that cannot be built here (not installed) is recorded
-    with its error, never chosen. Costs about 1 + 3 x len(candidates) network calls."""
+    against the torch fp32 network itself (`threads`: the ONNX runtimes', see `runtime_network`). A runtime
+    that cannot be built here (not installed) is recorded with its error, never chosen. Costs about
+    1 + 3 x len(candidates) network calls."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -262,7 +263,7 @@ def measure_runtimes(network: "torch.nn.Module", candidates: list[tuple[str, str
             if export_error is not None and runtime in ONNX_RUNTIMES:
                 raise export_error
             converted = runtime_network(network, runtime, input_channels=channels, dimension=dimension,
-                                        onnx_model=onnx_model)
+                                        threads=threads, onnx_model=onnx_model)
         except AutosegError as error:
             nan = float("nan")
             measurements.append(RuntimeMeasurement(runtime, precision, nan, nan, nan, False, str(error)))

@@ -4,14 +4,14 @@ and cached in the workspace, as the planner measures and caches the device's tra
     settings = settings_with_runtime(workspace, models, settings, on_choice=report)   # auto -> a runtime by name
 
 The measurement (`autoseg.inference.runtimes.measure_runtimes`) runs each candidate runtime on one random
-window of the model's patch size with its first fold's network, checks its labels (Dice >= 0.999) and, for
+batch of windows of the model's patch size (as many as the sliding window batches) with its first fold's network, checks its labels (Dice >= 0.999) and, for
 the ONNX runtimes, its probabilities (max difference < 1e-3) against torch fp32, and keeps the fastest that
 agrees. It costs about 1 + 3 x candidates window passes: seconds for the demo's network, about a minute for
 a full-size 3D network on a small CPU, once.
 
 The cache (HOME/runtime_choice.json) holds one choice per key. The key is everything that can change the
 answer: the machine (host, CPU model, torch threads, torch / onnxruntime / openvino versions, device), the
-network's shape class (architecture, patch size), the candidates measured (they depend on --precision) and
+network's shape class (architecture, patch size, probe batch), the candidates measured (they depend on --precision) and
 the weights of the network measured (a hash): a re-trained or different model, or another machine,
 measures again; a second prediction with the same model measures nothing. The choice is measured on the
 first model and applied to every model (configurations of an ensemble, a cascade's low-res stage) and fold.
@@ -27,7 +27,7 @@ from typing import Callable
 
 from autoseg.artifacts import build_versioned, read_json, write_json
 from autoseg.errors import AutosegError
-from autoseg.inference.case import PredictionSettings
+from autoseg.inference.case import PredictionSettings, batch_windows_for
 from autoseg.inference.model import TrainedModel
 from autoseg.inference.runtimes import (RuntimeMeasurement, check_runtime, fastest_agreeing, measure_runtimes,
                                        networks_for_runtime, runtime_candidates)
@@ -121,12 +121,14 @@ def _read_choices(cache_file: Path) -> dict:
 Measure = Callable[..., list[RuntimeMeasurement]]
 
 
-def choose_runtime(cache_file: Path, model: TrainedModel, precision: str, *, refresh: bool = False,
-                   measure: Measure = measure_runtimes, cpu_bf16: bool | None = None) -> tuple[RuntimeChoice, bool]:
+def choose_runtime(cache_file: Path, model: TrainedModel, precision: str, *, batch_windows: int = 1,
+                   refresh: bool = False, measure: Measure = measure_runtimes,
+                   cpu_bf16: bool | None = None) -> tuple[RuntimeChoice, bool]:
     """(the choice for `model` at `precision` (auto or an explicit one), whether it came from the cache).
 
-    Measures (`measure(network, candidates, probe_shape)`) only when the cache has no choice for this key,
-    or `refresh`; a single candidate (a GPU, or an explicit bf16) is chosen without measuring."""
+    Measures (`measure(network, candidates, probe_shape)`, a probe of `batch_windows` windows: the batch the
+    sliding window will run, as a CPU's speed per window depends on it) only when the cache has no choice for
+    this key, or `refresh`; a single candidate (a GPU, or an explicit bf16) is chosen without measuring."""
     from autoseg.device import cpu_supports_bf16
 
     if cpu_bf16 is None:
@@ -135,14 +137,14 @@ def choose_runtime(cache_file: Path, model: TrainedModel, precision: str, *, ref
     if len(candidates) == 1:
         runtime, chosen_precision = candidates[0]
         return RuntimeChoice(runtime, chosen_precision, []), False
-    identity = runtime_identity(model, candidates)
+    architecture = model.configuration.architecture
+    probe_shape = (batch_windows, architecture.input_channels, *model.configuration.patch_size)
+    identity = {**runtime_identity(model, candidates), "probe_shape": list(probe_shape)}
     key = _key(identity)
     choices = _read_choices(cache_file)
     if key in choices and not refresh:
         return RuntimeChoice.from_json(choices[key], where=f"{cache_file}: choice {key}"), True
     started = time.perf_counter()
-    architecture = model.configuration.architecture
-    probe_shape = (1, architecture.input_channels, *model.configuration.patch_size)
     measurements = measure(model.networks[0], candidates, probe_shape)
     best = fastest_agreeing(measurements)
     choice = RuntimeChoice(best.runtime, best.precision, measurements, identity, time.perf_counter() - started)
@@ -161,7 +163,8 @@ def settings_with_runtime(workspace: Workspace, models: list[TrainedModel], sett
     check_runtime(settings.runtime, settings.precision)
     if settings.runtime == "auto":
         choice, cached = choose_runtime(workspace.runtime_choice_file, models[0], settings.precision,
-                                        refresh=refresh, measure=measure)
+                                        batch_windows=batch_windows_for(models[0], settings), refresh=refresh,
+                                        measure=measure)
         if on_choice is not None:
             on_choice(choice, cached)
         settings = replace(settings, runtime=choice.runtime, precision=choice.precision)

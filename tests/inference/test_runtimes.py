@@ -102,9 +102,11 @@ class FakeMeasure:
 
     def __init__(self):
         self.calls = 0
+        self.probe_shapes = []
 
     def __call__(self, network, candidates, probe_shape):
         self.calls += 1
+        self.probe_shapes.append(tuple(probe_shape))
         seconds = {"torch": 3.0, "onnxruntime": 2.0, "openvino": 1.0}
         return [RuntimeMeasurement(runtime, precision, seconds[runtime], 1.0, 0.0, True)
                 for runtime, precision in candidates]
@@ -114,10 +116,13 @@ def test_auto_is_measured_once_then_read_from_the_cache(trained_model, tmp_path)
     workspace = Workspace(tmp_path)
     measure = FakeMeasure()
     told = []
-    settings = settings_with_runtime(workspace, [trained_model], PredictionSettings(runtime="auto"), measure=measure,
+    auto = PredictionSettings(runtime="auto", batch_windows=2)
+    settings = settings_with_runtime(workspace, [trained_model], auto, measure=measure,
                                      on_choice=lambda choice, cached: told.append(cached))
     assert (settings.runtime, settings.precision, measure.calls) == ("openvino", "fp32", 1)
-    again = settings_with_runtime(workspace, [trained_model], PredictionSettings(runtime="auto"), measure=measure,
+    # The probe is a batch of windows of the patch, as many as the sliding window batches.
+    assert measure.probe_shapes == [(2, 1, *trained_model.configuration.patch_size)]
+    again = settings_with_runtime(workspace, [trained_model], auto, measure=measure,
                                   on_choice=lambda choice, cached: told.append(cached))
     assert (again.runtime, measure.calls, told) == ("openvino", 1, [False, True])
     assert workspace.runtime_choice_file.is_file()
