@@ -15,7 +15,18 @@ conversion (ONNX export + session / OpenVINO compile per tile shape on the first
 the first call: the "first call" column).
 
 Measured 2026-12-02 on the shared 2-core AMD EPYC (AVX2 only: no avx512_bf16 on this host today), torch
-2.13, onnxruntime 1.32, openvino 2026.4, 1 thread, load average ~10 (see the report of the branch).
+2.13, onnxruntime 1.32, openvino 2026.4; --quick --size 32 96 96 --train-steps 30 (27 windows of 16x48x48,
+U-Net 8..64 features); seconds = best of 2, agreement = organ Dice of the labels vs torch fp32 (the lesion
+is found by none: nan), max |dp| = max probability difference vs torch fp32:
+  1 thread, load ~3:     torch fp32 1.84 s; onnxruntime 0.74x (Dice 1.0000, |dp| 4.9e-05); openvino 1.31x
+                         (1.0000, 9.5e-05); probe (1.9 s) -> openvino
+  2 threads, load ~3:    torch fp32 11.9 s (OpenMP threads spin-waiting on busy cores); onnxruntime 2.71x
+                         (1.0000, 2.8e-05); openvino 4.30x (1.0000, 2.8e-04); probe (6.9 s) -> openvino
+  1 thread, load ~10, --compile: torch.compile fp32 1.24x (1.0000, 8.6e-07) after a 140 s first call
+                         (compiling; an earlier 2-thread try took 300 s, and 180 s more for a second tile
+                         shape); onnxruntime 0.84x; openvino 1.52x
+  1 thread, load ~10, with bf16: torch bf16 autocast 0.03x (151 s vs 5.1 s; Dice 0.9989, |dp| 9.9e-03):
+                         without bf16 hardware it is emulated, and auto does not even measure it here.
 """
 
 from __future__ import annotations
