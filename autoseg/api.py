@@ -30,7 +30,8 @@ To segment images from Python, load a trained task once, then predict:
 
 The networks are loaded once, in the constructor (`load_models`, as `predict` does); every `predict`
 reuses them. The constructor takes the same options (task, configuration, folds, checkpoint, device,
-PredictionSettings), and `model` for a model bundle (`autoseg.bundle`).
+PredictionSettings), and `model` for a model bundle (`autoseg.bundle`); without settings it predicts with
+runtime auto, as `autoseg predict` (a PredictionSettings' own default runtime is torch).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from autoseg.inference.case import PredictionSettings, predict_image
 from autoseg.inference.sliding_window import DEFAULT_TILE_MODE, DEFAULT_TILE_OVERLAP
 from autoseg.inference.folder import FolderSummary
 from autoseg.inference.model import TrainedModel, load_trained_model
+from autoseg.inference.runtimes import check_runtime
 from autoseg.io import Geometry, image_from_sitk, is_sitk_image, read_image, segmentation_to_sitk
 from autoseg.preprocessing.store import PreprocessSummary
 from autoseg.stages import bundle as bundle_stage
@@ -59,6 +61,7 @@ from autoseg.stages.case_reports import CaseReports
 from autoseg.stages.choice import default_prediction_configurations
 from autoseg.stages.plan import PlanResult, SpeedLookup, plan_task
 from autoseg.stages.predict import predict_folder_with_models
+from autoseg.stages.runtime import RuntimeChoice, settings_with_runtime
 from autoseg.stages.train import TrainRequest, TrainResult, train_fold
 from autoseg.workspace import DEFAULT_HOME, Workspace
 
@@ -210,10 +213,12 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
             configuration: str | None = None, folds: Sequence[str] | None = None, checkpoint: str = "final",
             tile_mode: str = DEFAULT_TILE_MODE, tile_overlap: int = DEFAULT_TILE_OVERLAP,
             step_size: float = 0.5, use_tta: bool = True, save_probabilities: bool = False, device: str = "auto",
-            precision: str = "auto", batch_windows: int | None = None, overwrite: bool = False,
-            part: tuple[int, int] = (0, 1), postprocess: bool = True, output_format: str = "nifti",
-            statistics: bool = False, preview: bool = False, home: str | Path = DEFAULT_HOME,
-            model: str | Path | None = None, on_models: Callable[[list[TrainedModel]], None] | None = None,
+            precision: str = "auto", runtime: str = "auto", batch_windows: int | None = None,
+            overwrite: bool = False, part: tuple[int, int] = (0, 1), postprocess: bool = True,
+            output_format: str = "nifti", statistics: bool = False, preview: bool = False,
+            home: str | Path = DEFAULT_HOME, model: str | Path | None = None,
+            on_models: Callable[[list[TrainedModel]], None] | None = None,
+            on_runtime: Callable[[RuntimeChoice, bool], None] | None = None,
             on_case: Callable[[str, str], None] | None = None,
             progress: Callable[[int, int], None] | None = None) -> FolderSummary:
     """`autoseg predict`: segment a folder of images (or one image file) with find-best's choice (or
@@ -224,16 +229,22 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
     statistics: statistics.json/.csv (volume, intensities, bounding box per case and label); preview: a
     PNG per case in previews/ and index.html (`autoseg.stages.case_reports`).
     tile_mode "patch": the training patch at step_size (nnU-Net's sliding window); "large": tiles as large
-    as memory allows, overlapping by tile_overlap voxels (faster; see `sliding_window.DEFAULT_TILE_MODE`)."""
+    as memory allows, overlapping by tile_overlap voxels (faster; see `sliding_window.DEFAULT_TILE_MODE`).
+    runtime: auto (the fastest that agrees with torch fp32, measured once: `autoseg.stages.runtime`; told to
+    on_runtime(choice, whether cached)), torch, torch-compile, onnxruntime or openvino; precision applies to
+    the torch runtimes."""
     check_precision(precision)
+    check_runtime(runtime, precision)
     settings = PredictionSettings(tile_mode=tile_mode, step_fraction=step_size, tile_overlap=tile_overlap,
-                                  use_tta=use_tta, batch_windows=batch_windows,
-                                  device=device, precision=precision, save_probabilities=save_probabilities,
+                                  use_tta=use_tta, batch_windows=batch_windows, device=device, precision=precision,
+                                  runtime=runtime, save_probabilities=save_probabilities,
                                   postprocess=postprocess)  # checks the tile mode before any model loads
-    models = load_models(Workspace(Path(home)), task, [configuration] if configuration else None, folds=folds,
+    workspace = Workspace(Path(home))
+    models = load_models(workspace, task, [configuration] if configuration else None, folds=folds,
                          checkpoint=checkpoint, device=device, postprocess=postprocess, model=model)
     if on_models is not None:
         on_models(models)
+    settings = settings_with_runtime(workspace, models, settings, on_choice=on_runtime)
     reports = CaseReports.for_model(models[0], statistics, preview)
     return predict_folder_with_models(models, Path(input_path), Path(output_folder), settings, overwrite=overwrite,
                                       part=part, on_case=on_case, progress=progress, output_format=output_format,
@@ -269,7 +280,7 @@ class Segmenter:
             raise AutosegError("the chosen pipeline is an ensemble of configurations; pass configuration=... "
                                "or use predict_folder")
         self.model = self.models[0]
-        self.settings = settings or PredictionSettings()
+        self.settings = settings_with_runtime(self.workspace, self.models, settings or PredictionSettings(runtime="auto"))
 
     def predict(self, image, spacing: Sequence[float] | None = None, progress=None):
         """Segment one image, in the input's own geometry:

@@ -136,6 +136,12 @@ class PredictionReport:
         self.started = self.shown_at = time.perf_counter()
         self.first = (0, self.started)
 
+    def on_runtime(self, choice, cached: bool) -> None:
+        """The runtime `--runtime auto` chose (autoseg.stages.runtime.RuntimeChoice) and how it was known."""
+        how = "cached measurement" if cached else f"measured in {choice.measured_seconds:.1f} s"
+        typer.echo(f"runtime: {choice.summary} [{how}]" if choice.measurements else f"runtime: {choice.summary}")
+        self.started = self.shown_at = time.perf_counter()  # the measurement is not prediction time
+
     def on_windows(self, done: int, total: int) -> None:
         now = time.perf_counter()
         if done <= self.last or self.first[0] == 0:  # a new case's first batch

@@ -8,6 +8,7 @@
                                    dataset.json (of an imported model bundle)
     HOME/current_task.json         the task last planned, so later stages can omit it
     HOME/device_speed.json         this machine's measured training speed (compute-aware planning)
+    HOME/runtime_choice.json       the prediction runtime measured fastest, per machine and model (`predict --runtime auto`)
 """
 
 from __future__ import annotations
@@ -163,6 +164,10 @@ class Workspace:
     @property
     def device_speed_file(self) -> Path:
         return self.home / "device_speed.json"
+
+    @property
+    def runtime_choice_file(self) -> Path:
+        return self.home / "runtime_choice.json"
 
     def remember_task(self, task_name: str, dataset_folder: Path | None) -> None:
         write_json(self.home / "current_task.json",

@@ -36,7 +36,9 @@ def predict(
     no_tta: bool = typer.Option(False, "--no-tta", help="Skip mirror test-time augmentation (8x faster in 3D)."),
     save_probabilities: bool = typer.Option(False, "--save-probabilities"),
     device: str = typer.Option("auto", "--device"),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16: the torch runtimes' arithmetic."),
+    runtime: str = typer.Option("auto", "--runtime", help="auto (fastest agreeing with torch fp32, measured once), "
+                                "torch, torch-compile, onnxruntime or openvino."),
     batch_windows: Optional[int] = typer.Option(None, "--batch-windows", min=1),
     overwrite: bool = typer.Option(False, "--overwrite"),
     part: str = typer.Option("0/1", "--part", help="I/N: predict every N-th case starting at I."),
@@ -55,10 +57,10 @@ def predict(
                           folds=folds.split(",") if folds else None, checkpoint=checkpoint, tile_mode=tile_mode,
                           tile_overlap=tile_overlap, step_size=step_size,
                           use_tta=not no_tta, save_probabilities=save_probabilities, device=device,
-                          precision=precision, batch_windows=batch_windows, overwrite=overwrite,
+                          precision=precision, runtime=runtime, batch_windows=batch_windows, overwrite=overwrite,
                           part=_parse_part(part), postprocess=postprocess, output_format=output_format,
                           statistics=statistics, preview=preview, home=state.workspace.home, model=model,
-                          on_models=report.on_models, progress=report.on_windows,
+                          on_models=report.on_models, on_runtime=report.on_runtime, progress=report.on_windows,
                           on_case=lambda case_id, status: typer.echo(f"  {case_id}: {status}"))
     report.finished(summary)
     from autoseg.stages.case_reports import INDEX_HTML

@@ -21,7 +21,6 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from autoseg.device import inference_autocast_dtype
 from autoseg.errors import AutosegError
 from autoseg.inference.model import TrainedModel
 from autoseg.inference.sliding_window import DEFAULT_STEP_FRACTION, DEFAULT_TILE_MODE, DEFAULT_TILE_OVERLAP, TILE_MODES
@@ -41,6 +40,9 @@ class PredictionSettings:
     batch_windows: int | None = None  # None: chosen from the device
     device: str = "auto"
     precision: str = "auto"  # auto: fp16 on CUDA, the trained precision's choice on CPU (fp32 unless bf16)
+    # torch, torch-compile, onnxruntime or openvino (`autoseg.inference.runtimes`); the predict stage turns
+    # auto into the runtime measured fastest on this machine (`autoseg.stages.runtime`).
+    runtime: str = "torch"
     save_probabilities: bool = False
     postprocess: bool = True
 
@@ -84,7 +86,7 @@ def _available_bytes(model: TrainedModel) -> int:
     return available_memory_bytes()
 
 
-def _patch_tiling(model: TrainedModel, settings: PredictionSettings) -> Tiling:
+def patch_tiling(model: TrainedModel, settings: PredictionSettings) -> Tiling:
     """Today's windows: the training patch; --batch-windows, else from the device, its CPU count and
     free memory (autoseg.hardware), charging a window the training estimate of its activations."""
     from autoseg.hardware import inference_batch_windows, usable_cpus
@@ -110,7 +112,7 @@ def choose_tiling(model: TrainedModel, spatial_shape: Sequence[int], settings: P
     batch x channels x the first two spatial sizes <= 20480 (deep, small-map layers and thin tiles),
     measured 2-6x slower per voxel here (bench/tiles.py)."""
     if settings.tile_mode == "patch":
-        return _patch_tiling(model, settings)
+        return patch_tiling(model, settings)
     from autoseg.hardware import MEMORY_SHARE, inference_batch_windows, usable_cpus
     from autoseg.inference.sliding_window import choose_tile_size, padded_shape, tile_overlap
     from autoseg.network.architecture import feature_map_elements, forward_peak_elements
@@ -183,10 +185,11 @@ def predict_probabilities(model: TrainedModel, data: np.ndarray, settings: Predi
     softmax averaged over windows (Gaussian-weighted), mirror passes and the model's folds."""
     import torch
 
+    from autoseg.inference.runtimes import networks_for_runtime, runtime_autocast_dtype
     from autoseg.inference.stitching import predict_sliding_window
 
     configuration = model.configuration
-    autocast_dtype = inference_autocast_dtype(settings.precision, model.device, model.trained_precision)
+    autocast_dtype = runtime_autocast_dtype(settings.runtime, settings.precision, model.device, model.trained_precision)
     tiling = choose_tiling(model, data.shape[1:], settings, 4 if autocast_dtype is None else 2)
     options = dict(num_classes=configuration.architecture.num_classes, step_fraction=settings.step_fraction,
                    overlap=tiling.overlap, mirror_axes=None if settings.use_tta else (),
@@ -195,7 +198,8 @@ def predict_probabilities(model: TrainedModel, data: np.ndarray, settings: Predi
     image = torch.from_numpy(np.ascontiguousarray(data))
     options.update(_accumulator_placement(model, image.shape[1:], configuration.architecture.num_classes))
     # A 2d configuration's patch is (y, x): the volume is predicted slice by slice.
-    return predict_sliding_window(model.networks, image, tiling.window, **options)
+    networks = networks_for_runtime(model, settings.runtime)
+    return predict_sliding_window(networks, image, tiling.window, **options)
 
 
 def _accumulator_placement(model: TrainedModel, spatial_shape, num_classes: int) -> dict:

@@ -45,6 +45,8 @@ class TrainedModel:
     # What the user should know about how the model was loaded, e.g. that its folds use the plan they were
     # trained with rather than the workspace's changed one (`autoseg.console.PredictionReport` prints them).
     notes: list[str] = field(default_factory=list)
+    # The networks converted to another runtime, by runtime name (`autoseg.inference.runtimes.networks_for_runtime`).
+    runtime_networks: dict = field(default_factory=dict, repr=False)
 
     @property
     def num_input_channels(self) -> int:

@@ -66,7 +66,7 @@ def test_presets_are_memory_targets_and_an_explicit_memory_wins(fingerprint):
 
 
 def test_an_unknown_network_is_one_line_listing_the_known_ones(fingerprint):
-    with pytest.raises(PlanError, match=r"^networks: 'vnet' is not a known network; known: plain_unet, resenc"):
+    with pytest.raises(PlanError, match=r"^networks: 'vnet' is not a known network; known: plain_unet, attention_unet, unetpp, u2net, resenc"):
         plan_experiment(fingerprint, networks=["resenc", "vnet"])
 
 

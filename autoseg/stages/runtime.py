@@ -1,0 +1,175 @@
+"""`predict --runtime auto`: the fastest runtime on this machine that agrees with torch fp32, measured once
+and cached in the workspace, as the planner measures and caches the device's training speed.
+
+    settings = settings_with_runtime(workspace, models, settings, on_choice=report)   # auto -> a runtime by name
+
+The measurement (`autoseg.inference.runtimes.measure_runtimes`) runs each candidate runtime on one random
+batch of windows of the model's patch size (as many as the sliding window batches) with its first fold's network, checks its labels (Dice >= 0.999) and, for
+the ONNX runtimes, its probabilities (max difference < 1e-3) against torch fp32, and keeps the fastest that
+agrees. It costs about 1 + 3 x candidates window passes: seconds for the demo's network, about a minute for
+a full-size 3D network on a small CPU, once.
+
+The cache (HOME/runtime_choice.json) holds one choice per key. The key is everything that can change the
+answer: the machine (host, CPU model, torch threads, torch / onnxruntime / openvino versions, device), the
+network's shape class (architecture, patch size, probe batch), the candidates measured (they depend on --precision) and
+the weights of the network measured (a hash): a re-trained or different model, or another machine,
+measures again; a second prediction with the same model measures nothing. The choice is measured on the
+first model and applied to every model (configurations of an ensemble, a cascade's low-res stage) and fold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from autoseg.artifacts import build_versioned, read_json, write_json
+from autoseg.errors import AutosegError
+from autoseg.inference.case import PredictionSettings, patch_tiling
+from autoseg.inference.model import TrainedModel
+from autoseg.inference.runtimes import (RuntimeMeasurement, check_runtime, fastest_agreeing, measure_runtimes,
+                                       networks_for_runtime, runtime_candidates)
+from autoseg.workspace import Workspace
+
+RUNTIME_CHOICE_SCHEMA_VERSION = 1
+
+
+@dataclass
+class RuntimeChoice:
+    """The runtime (and torch precision) `auto` chose for one key, with what was measured."""
+
+    runtime: str
+    precision: str
+    measurements: list[RuntimeMeasurement]
+    identity: dict = field(default_factory=dict)  # what the key hashes (see the module's docstring)
+    measured_seconds: float = 0.0  # wall time of the measurement, conversions and warm-ups included
+    schema_version: int = RUNTIME_CHOICE_SCHEMA_VERSION
+
+    @property
+    def summary(self) -> str:
+        """e.g. "onnxruntime (0.21 s/window; torch fp32 0.35, openvino 0.25)"."""
+        chosen = next((m for m in self.measurements if (m.runtime, m.precision) == (self.runtime, self.precision)), None)
+        if chosen is None:  # a single candidate, not measured
+            return f"{self.runtime} at precision {self.precision}"
+        others = [f"{m.name} {m.seconds:.3g}" if m.agrees else f"{m.name} {m.error or 'disagrees'}"
+                  for m in self.measurements if m is not chosen]
+        return f"{chosen.name} ({chosen.seconds:.3g} s/window{'; ' + ', '.join(others) if others else ''})"
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data, where: str) -> "RuntimeChoice":
+        def build(fields: dict) -> "RuntimeChoice":
+            measurements = [RuntimeMeasurement(**m) for m in fields["measurements"]]
+            return cls(**{**fields, "measurements": measurements})
+
+        return build_versioned(data, build, expected_version=RUNTIME_CHOICE_SCHEMA_VERSION, where=where,
+                               what="runtime choice", what_to_do="delete the file to measure again")
+
+
+def weights_hash(network) -> str:
+    """A short hash of a network's parameters and buffers (their names, shapes and values)."""
+    digest = hashlib.sha1()
+    for name, tensor in network.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def runtime_identity(model: TrainedModel, candidates: list[tuple[str, str]]) -> dict:
+    """What a runtime choice depends on: the machine, the libraries, the network's shape and weights."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from autoseg.budget.speed import machine_identity
+
+    def installed(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return ""
+
+    identity = machine_identity(str(model.device), "any", model.configuration.dimension)
+    del identity["precision"]  # the candidates say which precisions were measured
+    return {**identity, "onnxruntime": installed("onnxruntime"), "openvino": installed("openvino"),
+            "architecture": model.configuration.architecture.to_json(),
+            "patch_size": list(model.configuration.patch_size), "candidates": [list(c) for c in candidates],
+            "weights": weights_hash(model.networks[0])}
+
+
+def _key(identity: dict) -> str:
+    from autoseg.budget.speed import identity_key
+
+    return identity_key(identity)
+
+
+def _read_choices(cache_file: Path) -> dict:
+    """The cached choices by key; {} when there is no usable cache (a lost cache is only a new measurement)."""
+    if not cache_file.is_file():
+        return {}
+    try:
+        data = read_json(cache_file)
+    except AutosegError:
+        return {}
+    if not isinstance(data, dict) or data.get("schema_version") != RUNTIME_CHOICE_SCHEMA_VERSION:
+        return {}
+    return dict(data.get("choices", {}))
+
+
+Measure = Callable[..., list[RuntimeMeasurement]]
+
+
+def choose_runtime(cache_file: Path, model: TrainedModel, precision: str, *, batch_windows: int = 1,
+                   refresh: bool = False, measure: Measure = measure_runtimes,
+                   cpu_bf16: bool | None = None) -> tuple[RuntimeChoice, bool]:
+    """(the choice for `model` at `precision` (auto or an explicit one), whether it came from the cache).
+
+    Measures (`measure(network, candidates, probe_shape)`, a probe of `batch_windows` windows: the batch the
+    sliding window will run, as a CPU's speed per window depends on it) only when the cache has no choice for
+    this key, or `refresh`; a single candidate (a GPU, or an explicit bf16) is chosen without measuring."""
+    from autoseg.device import cpu_supports_bf16
+
+    if cpu_bf16 is None:
+        cpu_bf16 = model.device.type == "cpu" and cpu_supports_bf16()
+    candidates = runtime_candidates(model.device.type, precision, cpu_bf16)
+    if len(candidates) == 1:
+        runtime, chosen_precision = candidates[0]
+        return RuntimeChoice(runtime, chosen_precision, []), False
+    architecture = model.configuration.architecture
+    probe_shape = (batch_windows, architecture.input_channels, *model.configuration.patch_size)
+    identity = {**runtime_identity(model, candidates), "probe_shape": list(probe_shape)}
+    key = _key(identity)
+    choices = _read_choices(cache_file)
+    if key in choices and not refresh:
+        return RuntimeChoice.from_json(choices[key], where=f"{cache_file}: choice {key}"), True
+    started = time.perf_counter()
+    measurements = measure(model.networks[0], candidates, probe_shape)
+    best = fastest_agreeing(measurements)
+    choice = RuntimeChoice(best.runtime, best.precision, measurements, identity, time.perf_counter() - started)
+    choices[key] = choice.to_json()
+    write_json(cache_file, {"schema_version": RUNTIME_CHOICE_SCHEMA_VERSION, "choices": choices})
+    return choice, False
+
+
+def settings_with_runtime(workspace: Workspace, models: list[TrainedModel], settings: PredictionSettings, *,
+                          refresh: bool = False, measure: Measure = measure_runtimes,
+                          on_choice: Callable[[RuntimeChoice, bool], None] | None = None) -> PredictionSettings:
+    """`settings` with runtime auto replaced by the choice for the first model (and precision by the
+    choice's), told to on_choice(choice, whether it was cached); an explicit runtime is kept as it is.
+    Every model's networks (each fold, a cascade's low-res stage too) are converted to the runtime here, so
+    a runtime that cannot run (not installed, not on this device) fails once, before any case."""
+    check_runtime(settings.runtime, settings.precision)
+    if settings.runtime == "auto":
+        choice, cached = choose_runtime(workspace.runtime_choice_file, models[0], settings.precision,
+                                        batch_windows=patch_tiling(models[0], settings).batch_windows, refresh=refresh,
+                                        measure=measure)
+        if on_choice is not None:
+            on_choice(choice, cached)
+        settings = replace(settings, runtime=choice.runtime, precision=choice.precision)
+    for model in models:
+        for stage in (model.previous_stage, model):
+            if stage is not None:
+                networks_for_runtime(stage, settings.runtime)
+    return settings

@@ -1,0 +1,168 @@
+"""Runtimes: each available one predicts the sliding window of a trained demo fold with the labels of torch
+fp32; the probe measurement times with the clock it is given and refuses runtimes that disagree; `auto` is
+measured once and read back from the workspace's cache (a different model measures again); unknown runtimes
+and precisions an ONNX runtime lacks are one-line errors."""
+
+import copy
+import importlib.util
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from autoseg.inference.case import PredictionSettings, predict_probabilities
+from autoseg.inference.runtimes import (RuntimeMeasurement, RuntimeUnavailable, check_runtime, fastest_agreeing,
+                                        label_agreement_dice, measure_runtimes, runtime_candidates)
+from autoseg.stages.runtime import choose_runtime, settings_with_runtime
+from autoseg.workspace import Workspace
+from helpers_training import CONFIGURATION, small_task, trained_small_fold  # noqa: F401
+
+ONNX_RUNTIMES_INSTALLED = [runtime for runtime, package in (("onnxruntime", "onnxruntime"), ("openvino", "openvino"))
+                           if importlib.util.find_spec(package)]
+
+
+@pytest.fixture(scope="module")
+def trained_model(small_task, trained_small_fold):
+    from autoseg.inference.model import load_trained_model
+    from autoseg.workspace import TaskResults
+
+    return load_trained_model(TaskResults(trained_small_fold.results_folder), small_task.plans, CONFIGURATION,
+                              device="cpu")
+
+
+@pytest.fixture(scope="module")
+def case_and_reference(trained_model, small_task):
+    """A preprocessed case of the demo task and its probabilities by torch fp32 (no TTA)."""
+    from autoseg.preprocessing.store import load_case
+
+    data = load_case(small_task.data_folder, small_task.case_ids[0], mmap=False)[0]
+    return data, predict_probabilities(trained_model, data, PredictionSettings(use_tta=False, precision="fp32"))
+
+
+@pytest.mark.parametrize("runtime", ONNX_RUNTIMES_INSTALLED)
+def test_each_runtime_predicts_the_labels_of_torch_fp32(runtime, trained_model, case_and_reference):
+    data, reference = case_and_reference
+    probabilities = predict_probabilities(trained_model, data, PredictionSettings(use_tta=False, runtime=runtime))
+    num_classes = reference.shape[0]
+    assert label_agreement_dice(reference.argmax(0).numpy(), probabilities.argmax(0).numpy(), num_classes) >= 0.999
+    assert float((reference - probabilities).abs().max()) < 1e-3
+    assert reference.argmax(0).max() > 0  # the trained fold finds its organ: labels were compared, not background
+
+
+def test_label_agreement_is_the_mean_foreground_dice():
+    reference = np.array([0, 1, 1, 1, 2, 2])
+    labels = np.array([0, 1, 1, 2, 2, 2])
+    # class 1: 2 common of 3 + 2 -> 0.8; class 2: 2 common of 2 + 3 -> 0.8
+    assert label_agreement_dice(reference, labels, 3) == pytest.approx(0.8)
+    assert label_agreement_dice(np.zeros(4), np.zeros(4), 3) == 1.0
+
+
+def test_the_probe_times_with_the_given_clock_and_compares_with_torch():
+    from autoseg.network import build_network
+    from autoseg.network.architecture import Architecture
+
+    torch.manual_seed(0)
+    network = build_network(Architecture("plain_unet", 2, 1, 2, [4, 8], [[3, 3]] * 2, [[1, 1], [2, 2]],
+                                         deep_supervision=False)).eval()
+    ticks = iter(range(100))
+    candidates = [("torch", "fp32"), *[(runtime, "fp32") for runtime in ONNX_RUNTIMES_INSTALLED]]
+    measurements = measure_runtimes(network, candidates, (1, 1, 16, 16), clock=lambda: float(next(ticks)) ** 2)
+    # Two timed calls per candidate, each between two clock readings t0**2 and (t0 + 1)**2.
+    for index, measurement in enumerate(measurements):
+        first = 4 * index
+        assert measurement.seconds == pytest.approx(np.median([2 * first + 1, 2 * first + 5]))
+        assert measurement.agrees and measurement.label_agreement_dice == 1.0
+    assert measurements[0].max_probability_difference == 0.0
+    assert all(m.max_probability_difference < 1e-4 for m in measurements[1:])
+
+
+def test_the_fastest_runtime_that_disagrees_is_not_chosen():
+    nan = float("nan")
+    measurements = [RuntimeMeasurement("torch", "fp32", 2.0, 1.0, 0.0, True),
+                    RuntimeMeasurement("torch", "bf16", nan, 0.98, 0.2, False),
+                    RuntimeMeasurement("onnxruntime", "fp32", 1.5, 1.0, 1e-6, True),
+                    RuntimeMeasurement("openvino", "fp32", nan, nan, nan, False, "openvino is not installed")]
+    assert fastest_agreeing(measurements).runtime == "onnxruntime"
+    with pytest.raises(RuntimeUnavailable, match="no runtime agrees"):
+        fastest_agreeing(measurements[1:2])
+
+
+def test_candidates_follow_the_device_and_the_precision():
+    assert runtime_candidates("cpu", "auto", cpu_bf16=False) == [("torch", "fp32"), ("onnxruntime", "fp32"),
+                                                                 ("openvino", "fp32")]
+    assert ("torch", "bf16") in runtime_candidates("cpu", "auto", cpu_bf16=True)
+    assert runtime_candidates("cpu", "bf16", cpu_bf16=True) == [("torch", "bf16")]
+    assert runtime_candidates("cuda", "auto", cpu_bf16=False) == [("torch", "auto")]
+
+
+class FakeMeasure:
+    """Stands for `measure_runtimes`: counts its calls and makes openvino the fastest."""
+
+    def __init__(self):
+        self.calls = 0
+        self.probe_shapes = []
+
+    def __call__(self, network, candidates, probe_shape):
+        self.calls += 1
+        self.probe_shapes.append(tuple(probe_shape))
+        seconds = {"torch": 3.0, "onnxruntime": 2.0, "openvino": 1.0}
+        return [RuntimeMeasurement(runtime, precision, seconds[runtime], 1.0, 0.0, True)
+                for runtime, precision in candidates]
+
+
+def test_auto_is_measured_once_then_read_from_the_cache(trained_model, tmp_path):
+    workspace = Workspace(tmp_path)
+    measure = FakeMeasure()
+    told = []
+    auto = PredictionSettings(runtime="auto", batch_windows=2)
+    settings = settings_with_runtime(workspace, [trained_model], auto, measure=measure,
+                                     on_choice=lambda choice, cached: told.append(cached))
+    assert (settings.runtime, settings.precision, measure.calls) == ("openvino", "fp32", 1)
+    # The probe is a batch of windows of the patch, as many as the sliding window batches.
+    assert measure.probe_shapes == [(2, 1, *trained_model.configuration.patch_size)]
+    again = settings_with_runtime(workspace, [trained_model], auto, measure=measure,
+                                  on_choice=lambda choice, cached: told.append(cached))
+    assert (again.runtime, measure.calls, told) == ("openvino", 1, [False, True])
+    assert workspace.runtime_choice_file.is_file()
+    # Another model (other weights) of the same shape measures again; so does an explicit refresh.
+    other = replace(trained_model, networks=[copy.deepcopy(trained_model.networks[0])], runtime_networks={})
+    with torch.no_grad():
+        next(other.networks[0].parameters()).add_(1.0)
+    choose_runtime(workspace.runtime_choice_file, other, "auto", measure=measure, cpu_bf16=False)
+    assert measure.calls == 2
+    choose_runtime(workspace.runtime_choice_file, trained_model, "auto", measure=measure, cpu_bf16=False, refresh=True)
+    assert measure.calls == 3
+
+
+def test_an_explicit_runtime_is_kept_and_measures_nothing(trained_model, tmp_path):
+    measure = FakeMeasure()
+    settings = settings_with_runtime(Workspace(tmp_path), [trained_model], PredictionSettings(runtime="torch"),
+                                     measure=measure)
+    assert settings.runtime == "torch" and measure.calls == 0
+
+
+def test_unknown_runtimes_and_precisions_an_onnx_runtime_lacks_are_clear_errors():
+    with pytest.raises(RuntimeUnavailable, match=r"--runtime 'tensorrt': expected auto, torch, .* or openvino"):
+        check_runtime("tensorrt")
+    with pytest.raises(RuntimeUnavailable, match="computes in fp32; --precision bf16 is for the torch runtimes"):
+        check_runtime("onnxruntime", "bf16")
+
+
+def test_a_runtime_that_is_not_installed_fails_once_before_any_case(trained_model, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    model = replace(trained_model, runtime_networks={})
+    with pytest.raises(RuntimeUnavailable, match=r"--runtime openvino: openvino is not installed \(pip install"):
+        settings_with_runtime(Workspace(tmp_path), [model], PredictionSettings(runtime="openvino"))
+
+
+def test_the_cli_names_the_runtimes_for_an_unknown_one(tmp_path):
+    from typer.testing import CliRunner
+
+    from autoseg.cli import app
+
+    result = CliRunner().invoke(app, ["--home", str(tmp_path), "predict", str(tmp_path), str(tmp_path / "out"),
+                                      "--runtime", "tensorrt"])
+    assert result.exit_code == 1
+    assert "error: --runtime 'tensorrt': expected auto, torch, torch-compile, onnxruntime or openvino" in result.output
