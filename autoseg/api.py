@@ -12,7 +12,7 @@ as keyword arguments and typed results. `home` is the workspace folder (the CLI'
     api.ensemble(["a/", "b/"], "out/")                                    # -> written segmentations
     api.postprocess("pred/", "out/")                                      # -> PostprocessResult
     best = api.find_best()                                                # -> FindBestResult
-    summary = api.predict("imagesTs/", "out/", use_tta=False)             # -> FolderSummary
+    summary = api.predict("imagesTs/", "out/", tta="off")                # -> FolderSummary
 
 To segment images from Python, load a trained task once, then predict:
 
@@ -26,7 +26,7 @@ To segment images from Python, load a trained task once, then predict:
 
 The networks are loaded once, in the constructor (`load_models`, as `predict` does); every `predict`
 reuses them. The constructor takes the same options (task, configuration, folds, checkpoint, device,
-PredictionSettings).
+PredictionSettings; without settings, the mirror TTA is `predict`'s `tta="auto"`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from autoseg.stages import dataset as dataset_stages
 from autoseg.stages import evaluate as evaluate_stage
 from autoseg.stages import find_best as find_best_stage
 from autoseg.stages import postprocess as postprocess_stage
-from autoseg.stages.choice import default_prediction_configurations
+from autoseg.stages.choice import MirroringDecision, default_prediction_configurations, prediction_mirroring
 from autoseg.stages.plan import PlanResult, SpeedLookup, plan_task
 from autoseg.stages.predict import predict_folder_with_models
 from autoseg.stages.train import TrainRequest, TrainResult, train_fold
@@ -63,8 +63,7 @@ def load_models(workspace: Workspace, task: str | None = None, configurations: S
     from autoseg.planning import Plans
     from autoseg.postprocessing import PostprocessingDecision
 
-    task_name = task if task is not None and not (Path(task) / "dataset.json").is_file() else None
-    task_name = task_name or (workspace.task_name(task) if task else workspace.current_task())
+    task_name = _task_name(workspace, task)
     plans = Plans.load(workspace.plans_file(task_name))
     results = workspace.task_results(task_name)
     names = list(configurations) if configurations else default_prediction_configurations(results, plans, checkpoint)
@@ -83,6 +82,12 @@ def load_models(workspace: Workspace, task: str | None = None, configurations: S
     for model in models:
         model.ensemble_postprocessing = decision  # applied after averaging when there are several
     return models
+
+
+def _task_name(workspace: Workspace, task: str | None) -> str:
+    """The task named (a name under raw/ or a dataset folder), else the one planned last."""
+    name = task if task is not None and not (Path(task) / "dataset.json").is_file() else None
+    return name or (workspace.task_name(task) if task else workspace.current_task())
 
 
 # ------------------------------------------------------------------------------- the CLI's stages
@@ -182,25 +187,33 @@ def find_best(*, task: str | None = None, configurations: Sequence[str] | None =
 
 def predict(input_path: str | Path, output_folder: str | Path, *, task: str | None = None,
             configuration: str | None = None, folds: Sequence[str] | None = None, checkpoint: str = "final",
-            step_size: float = 0.5, use_tta: bool = True, save_probabilities: bool = False, device: str = "auto",
+            step_size: float = 0.5, tta: str = "auto", save_probabilities: bool = False, device: str = "auto",
             precision: str = "auto", batch_windows: int | None = None, overwrite: bool = False,
             part: tuple[int, int] = (0, 1), postprocess: bool = True, home: str | Path = DEFAULT_HOME,
             on_models: Callable[[list[TrainedModel]], None] | None = None,
+            on_mirroring: Callable[[dict[str, MirroringDecision]], None] | None = None,
             on_case: Callable[[str, str], None] | None = None,
             progress: Callable[[int, int], None] | None = None) -> FolderSummary:
     """`autoseg predict`: segment a folder of images (or one image file) with find-best's choice (or
-    `configuration`). on_models(models) once they are loaded; on_case(case id, status) per case;
-    progress(windows done, windows total) inside a case. Failed cases are in the summary's failures."""
+    `configuration`). tta: the mirror test-time augmentation, "auto" (find-best's choice per
+    configuration, else all axes), "off", "all" or "axis:N" (`stages.choice.prediction_mirroring`).
+    on_models(models) once they are loaded; on_mirroring({configuration: MirroringDecision}) once the
+    TTA is resolved; on_case(case id, status) per case; progress(windows done, windows total) inside
+    a case. Failed cases are in the summary's failures."""
     check_precision(precision)
-    models = load_models(Workspace(Path(home)), task, [configuration] if configuration else None, folds=folds,
+    workspace = Workspace(Path(home))
+    models = load_models(workspace, task, [configuration] if configuration else None, folds=folds,
                          checkpoint=checkpoint, device=device, postprocess=postprocess)
     if on_models is not None:
         on_models(models)
-    settings = PredictionSettings(step_fraction=step_size, use_tta=use_tta, batch_windows=batch_windows,
-                                  device=device, precision=precision, save_probabilities=save_probabilities,
-                                  postprocess=postprocess)
+    mirroring = prediction_mirroring(tta, models, workspace.task_results(_task_name(workspace, task)))
+    if on_mirroring is not None:
+        on_mirroring(mirroring)
+    settings = PredictionSettings(step_fraction=step_size, batch_windows=batch_windows, device=device,
+                                  precision=precision, save_probabilities=save_probabilities, postprocess=postprocess)
     return predict_folder_with_models(models, Path(input_path), Path(output_folder), settings, overwrite=overwrite,
-                                      part=part, on_case=on_case, progress=progress)
+                                      part=part, on_case=on_case, progress=progress,
+                                      mirror_axes={name: d.mirror_axes for name, d in mirroring.items()})
 
 
 class Segmenter:
@@ -216,7 +229,11 @@ class Segmenter:
             raise AutosegError("the chosen pipeline is an ensemble of configurations; pass configuration=... "
                                "or use predict_folder")
         self.model = self.models[0]
-        self.settings = settings or PredictionSettings()
+        if settings is None:
+            results = self.workspace.task_results(_task_name(self.workspace, task))
+            mirroring = prediction_mirroring("auto", self.models, results)[self.model.configuration_name]
+            settings = PredictionSettings(mirror_axes=mirroring.mirror_axes)
+        self.settings = settings
 
     def predict(self, image, spacing: Sequence[float] | None = None, progress=None):
         """Segment one image, in the input's own geometry:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from autoseg.ensembling import ensemble_folders
 from autoseg.inference.case import PredictionSettings
@@ -26,18 +26,25 @@ AVERAGED_FOLDER = ".ensembled"  # OUTPUT/.ensembled: the averaged ones, before p
 def predict_folder_with_models(models: list[TrainedModel], input_folder: Path, output_folder: Path,
                                settings: PredictionSettings, *, overwrite: bool = False,
                                part: tuple[int, int] = (0, 1), on_case: Callable[[str, str], None] | None = None,
-                               progress: Callable[[int, int], None] | None = None) -> FolderSummary:
+                               progress: Callable[[int, int], None] | None = None,
+                               mirror_axes: Mapping[str, tuple[int, ...]] | None = None) -> FolderSummary:
     """One model: `predict_folder`. Several: each predicts into OUTPUT/.members/CONFIG with its
     probabilities, then they are averaged per case and the segmentations (and with
-    `save_probabilities` the averaged probabilities) land in OUTPUT."""
+    `save_probabilities` the averaged probabilities) land in OUTPUT.
+
+    mirror_axes: {configuration name: mirror axes} (`choice.prediction_mirroring`), each model's
+    instead of settings.mirror_axes."""
+    settings_of = {m.configuration_name: settings if mirror_axes is None
+                   else replace(settings, mirror_axes=mirror_axes[m.configuration_name]) for m in models}
     if len(models) == 1:
-        return predict_folder(models[0], input_folder, output_folder, settings, overwrite=overwrite, part=part,
-                              on_case=on_case, progress=progress)
+        return predict_folder(models[0], input_folder, output_folder, settings_of[models[0].configuration_name],
+                              overwrite=overwrite, part=part, on_case=on_case, progress=progress)
     members = []
     summary = FolderSummary()
     for model in models:
         member_folder = Path(output_folder) / MEMBERS_FOLDER / model.configuration_name
-        member = predict_folder(model, input_folder, member_folder, replace(settings, save_probabilities=True),
+        member = predict_folder(model, input_folder, member_folder,
+                                replace(settings_of[model.configuration_name], save_probabilities=True),
                                 overwrite=overwrite, part=part, on_case=on_case, progress=progress)
         summary.failures.update(member.failures)
         summary.windows += member.windows

@@ -73,7 +73,7 @@ def test_plan_transposes_the_thick_axis_first(block_plans):
 def test_prediction_lands_in_the_input_geometry(block_plans, use_tta):
     image, label, geometry = block_case((44, 10, 33), (0.85, 3.3, 0.75), np.s_[5:25, 2:7, 10:30])
     prediction = predict_image(oracle_model(block_plans), image[None], geometry,
-                               PredictionSettings(use_tta=use_tta))
+                               PredictionSettings(mirror_axes=None if use_tta else ()))
     assert prediction.geometry == geometry
     assert prediction.segmentation.shape == label.shape
     overlap = np.logical_and(prediction.segmentation == 1, label == 1).sum()
@@ -85,7 +85,7 @@ def test_prediction_lands_in_the_input_geometry(block_plans, use_tta):
 def test_probabilities_sum_to_one(block_plans):
     image, _, geometry = block_case((40, 12, 36), (0.8, 3.0, 0.7), np.s_[10:30, 3:8, 8:20])
     prediction = predict_image(oracle_model(block_plans), image[None], geometry,
-                               PredictionSettings(use_tta=False, save_probabilities=True))
+                               PredictionSettings(mirror_axes=(), save_probabilities=True))
     assert prediction.probabilities.shape == (2, 40, 12, 36)
     np.testing.assert_allclose(prediction.probabilities.sum(0), 1.0, atol=1e-5)
 
@@ -152,7 +152,7 @@ def test_folder_prediction_skips_existing_and_reports_broken_cases(trained_works
 
 def test_parts_split_a_batch_without_overlap(trained_workspace, tmp_path):
     for part in ((0, 2), (1, 2)):
-        summary = api.predict(trained_workspace / "in", tmp_path / "out", use_tta=False, part=part, folds=["0"],
+        summary = api.predict(trained_workspace / "in", tmp_path / "out", tta="off", part=part, folds=["0"],
                               home=trained_workspace)
         assert not summary.failures, summary.failures
     assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["case0.nii.gz", "case1.nii.gz",
@@ -183,7 +183,7 @@ def test_per_channel_files_and_saved_probabilities(trained_workspace, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "scan_0000.nii.gz").write_bytes((trained_workspace / "in" / "case0.nii.gz").read_bytes())
-    summary = api.predict(inputs, tmp_path / "out", use_tta=False, save_probabilities=True, home=trained_workspace)
+    summary = api.predict(inputs, tmp_path / "out", tta="off", save_probabilities=True, home=trained_workspace)
     assert not summary.failures, summary.failures
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scan.json", "scan.nii.gz", "scan.npz"]
     probabilities = np.load(tmp_path / "out" / "scan.npz")["probabilities"]
@@ -260,7 +260,7 @@ def segmenter(trained_workspace):
     """The API on the CLI test workspace, its networks replaced by the threshold oracle."""
     from autoseg.api import Segmenter
 
-    segmenter = Segmenter(trained_workspace, settings=PredictionSettings(use_tta=False))
+    segmenter = Segmenter(trained_workspace, settings=PredictionSettings(mirror_axes=()))
     assert segmenter.model.folds == ["0", "1"]  # every trained fold, loaded once
     segmenter.model.networks = [threshold_network]
     return segmenter
@@ -316,7 +316,7 @@ def test_2d_configuration_predicts_slice_by_slice_in_the_input_geometry(block_pl
 
     model = oracle_model(block_plans, "2d")
     model.networks = [counting_2d]
-    prediction = predict_image(model, image[None], geometry, PredictionSettings(use_tta=True, batch_windows=64))
+    prediction = predict_image(model, image[None], geometry, PredictionSettings(batch_windows=64))
     assert prediction.geometry == geometry and block_dice(prediction.segmentation, label) > 0.95
     assert len(passes) % 4 == 0  # 4 mirror passes per batch in 2D
 
