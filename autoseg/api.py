@@ -49,7 +49,8 @@ from autoseg.stages import dataset as dataset_stages
 from autoseg.stages import evaluate as evaluate_stage
 from autoseg.stages import find_best as find_best_stage
 from autoseg.stages import postprocess as postprocess_stage
-from autoseg.stages.choice import MirroringDecision, default_prediction_configurations, prediction_mirroring
+from autoseg.stages.choice import (MirroringDecision, check_tta, default_prediction_configurations,
+                                   prediction_mirroring)
 from autoseg.stages.plan import PlanResult, SpeedLookup, plan_task
 from autoseg.stages.predict import predict_folder_with_models
 from autoseg.stages.train import TrainRequest, TrainResult, train_fold
@@ -201,6 +202,7 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
     TTA is resolved; on_case(case id, status) per case; progress(windows done, windows total) inside
     a case. Failed cases are in the summary's failures."""
     check_precision(precision)
+    check_tta(tta)
     workspace = Workspace(Path(home))
     models = load_models(workspace, task, [configuration] if configuration else None, folds=folds,
                          checkpoint=checkpoint, device=device, postprocess=postprocess)

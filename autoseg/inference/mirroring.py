@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoseg.artifacts import build_versioned, load_artifact, write_json
-from autoseg.errors import AutosegError
 
 MIRROR_SCORES_SCHEMA_VERSION = 1
 OFF, ALL, AXIS_PREFIX = "off", "all", "axis:"
@@ -27,22 +26,6 @@ def candidate_mirror_sets(dimension: int) -> dict[str, tuple[int, ...]]:
     off, each single axis, all (5 sets in 3D, 4 in 2D)."""
     return {OFF: (), **{f"{AXIS_PREFIX}{axis}": (axis,) for axis in range(dimension)},
             ALL: tuple(range(dimension))}
-
-
-def mirror_axes_of(name: str, dimension: int) -> tuple[int, ...]:
-    """The mirror axes of a set's name ("off", "all", "axis:N") for a network of `dimension` spatial axes."""
-    sets = candidate_mirror_sets(dimension)
-    if name not in sets:
-        raise AutosegError(f"mirror set {name!r}: expected one of {', '.join(sets)} "
-                           f"for a {dimension}D network")
-    return sets[name]
-
-
-def mirror_set_name(mirror_axes: tuple[int, ...] | list[int], dimension: int) -> str:
-    """"off", "axis:N", "all", or the axes written out ("0,2") for a set that is none of those."""
-    axes = tuple(sorted(mirror_axes))
-    names = {axes_: name for name, axes_ in candidate_mirror_sets(dimension).items()}
-    return names.get(axes, ",".join(str(a) for a in axes))
 
 
 def passes_of(mirror_axes: tuple[int, ...] | list[int]) -> int:

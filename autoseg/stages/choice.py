@@ -71,14 +71,22 @@ class MirroringDecision:
     reason: str
 
 
+def check_tta(tta: str) -> None:
+    """A clear error, before any model is loaded, for a `--tta` that is not auto, off, all or axis:N."""
+    from autoseg.inference.mirroring import ALL, AXIS_PREFIX, OFF
+
+    axis = tta[len(AXIS_PREFIX):] if tta.startswith(AXIS_PREFIX) else None
+    if tta not in (TTA_AUTO, OFF, ALL) and not (axis is not None and axis.isdigit()):
+        raise AutosegError(f"--tta {tta!r}: expected auto, off, all or axis:N (N a spatial axis of the network)")
+
+
 def prediction_mirroring(tta: str, models: Sequence, task_results: TaskResults) -> dict[str, MirroringDecision]:
     """{configuration name: MirroringDecision} of the models (`TrainedModel`s) for `--tta` `tta`:
     "off", "all", "axis:N" (N a spatial axis of the network's patch), or "auto": the set find-best
     recorded for that configuration (`autoseg.mirror_choice`), else all axes as nnU-Net."""
-    from autoseg.inference.mirroring import ALL, AXIS_PREFIX, candidate_mirror_sets
+    from autoseg.inference.mirroring import candidate_mirror_sets
 
-    if tta != TTA_AUTO and tta not in ("off", ALL) and not tta.startswith(AXIS_PREFIX):
-        raise AutosegError(f"--tta {tta!r}: expected auto, off, all or axis:N")
+    check_tta(tta)
     decisions = {}
     for model in models:
         name, dimension = model.configuration_name, model.configuration.dimension

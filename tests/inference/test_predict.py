@@ -193,6 +193,66 @@ def test_per_channel_files_and_saved_probabilities(trained_workspace, tmp_path):
     np.testing.assert_array_equal(np.argmax(probabilities, 0), segmentation)
 
 
+@pytest.fixture
+def small_network_workspace(tmp_path, block_plans):
+    """A workspace like `trained_workspace` (one untrained fold, one input case) with a small network, so
+    that the mirror passes of several predictions stay cheap; returns (home, its task results folder)."""
+    from autoseg.checkpoint import identity_of_configuration, save_checkpoint
+    from autoseg.network import build_network
+    from helpers_training import small_plans
+
+    home, name = tmp_path / "ws", block_plans.dataset_name
+    plans = small_plans(block_plans, patch_size=(16, 8, 16), base_features=4)
+    plans.save(home / "preprocessed" / name / "plans.json")
+    (home / "current_task.json").write_text(json.dumps({"task": name, "dataset_folder": None}))
+    torch.manual_seed(0)
+    network = build_network(plans.configuration("3d_fullres").architecture)
+    save_checkpoint({"network_weights": network.state_dict(), "optimizer_state": {}, "scaler_state": None,
+                     "epoch": 1, "planned_epochs": 1, "log": {}, "best_ema": 0.0,
+                     "identity": identity_of_configuration(plans, "3d_fullres"), "inference": {"precision": "fp32"}},
+                    home / "results" / name / "3d_fullres" / "fold_0" / "checkpoint_final.pt")
+    image, _, geometry = block_case((24, 8, 20), (0.8, 3.0, 0.7), np.s_[5:15, 2:6, 5:15])
+    write_image(image, geometry, home / "in" / "case0.nii.gz")
+    return home, home / "results" / name
+
+
+def test_tta_auto_predicts_with_the_set_find_best_recorded(small_network_workspace, tmp_path):
+    from autoseg.mirror_choice import MirroringChoice
+    from autoseg.selection import Candidate, SelectionResult
+    from autoseg.workspace import TaskResults
+
+    home, results = small_network_workspace
+
+    def predict(name: str, *options: str):
+        result = run(home, str(home / "in"), str(tmp_path / name), "--save-probabilities", *options)
+        assert result.exit_code == 0, result.output
+        return result.output, np.load(tmp_path / name / "case0.npz")["probabilities"]
+
+    default_output, default = predict("default")
+    assert "mirror TTA all for 3d_fullres (default: find-best has not run)" in default_output
+    SelectionResult(["3d_fullres"], [Candidate(["3d_fullres"], 0.9, {"1": 0.9}, "3d_fullres/crossval")], ["0"],
+                    mirroring={"3d_fullres": MirroringChoice("axis:1", [1], {"off": 0.85, "axis:1": 0.9,
+                                                                             "all": 0.901})}).save(TaskResults(results))
+    auto_output, auto = predict("auto")
+    assert ("mirror TTA axis:1 for 3d_fullres (find-best's choice: cross-validation Dice 0.9000, all axes 0.9010)"
+            in auto_output)
+    np.testing.assert_array_equal(auto, predict("axis_1", "--tta", "axis:1")[1])
+    all_axes = predict("all", "--tta", "all")[1]
+    np.testing.assert_array_equal(default, all_axes)
+    assert not np.array_equal(auto, all_axes)
+    off_output, off = predict("off", "--no-tta")
+    assert "mirror TTA off for 3d_fullres (--tta off)" in off_output and not np.array_equal(off, auto)
+
+
+def test_contradicting_or_unknown_tta_is_refused(trained_workspace, tmp_path):
+    contradiction = run(trained_workspace, str(trained_workspace / "in"), str(tmp_path / "a"), "--no-tta",
+                        "--tta", "all")
+    assert contradiction.exit_code == 1 and "--no-tta contradicts --tta all" in contradiction.output
+    unknown = run(trained_workspace, str(trained_workspace / "in"), str(tmp_path / "b"), "--tta", "axis:x")
+    assert unknown.exit_code == 1 and "--tta 'axis:x': expected auto, off, all or axis:N" in unknown.output
+    assert not (tmp_path / "b").exists()
+
+
 # --------------------------------------------------------------------------------- input layout
 
 

@@ -67,3 +67,56 @@ def test_prediction_takes_the_only_trained_configuration_else_the_preferred(plan
     assert default_prediction_configurations(results, plans, "best") == ["3d_fullres"]
     trained(results, "3d_fullres")
     assert default_prediction_configurations(results, plans, "final") == ["3d_fullres"]
+
+
+# --------------------------------------------------------------------------------- mirror TTA (--tta)
+
+
+def fake_model(name: str, dimension: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(configuration_name=name, configuration=SimpleNamespace(dimension=dimension))
+
+
+def save_selection(results: TaskResults, mirroring: dict) -> None:
+    from autoseg.selection import Candidate, SelectionResult
+
+    SelectionResult(chosen=["2d", "3d_fullres"], candidates=[Candidate(["2d", "3d_fullres"], 0.9, {"1": 0.9}, "x")],
+                    folds=["0"], mirroring=mirroring).save(results)
+
+
+def test_tta_auto_takes_each_configurations_recorded_choice_else_all_axes(tmp_path):
+    from autoseg.mirror_choice import MirroringChoice
+    from autoseg.stages.choice import prediction_mirroring
+
+    results = TaskResults(tmp_path)
+    models = [fake_model("2d", 2), fake_model("3d_fullres", 3)]
+    before = prediction_mirroring("auto", models, results)
+    assert {n: (d.mirror_axes, d.reason) for n, d in before.items()} == {
+        "2d": ((0, 1), "default: find-best has not run"), "3d_fullres": ((0, 1, 2), "default: find-best has not run")}
+    results.root.mkdir(exist_ok=True)
+    save_selection(results, {"3d_fullres": MirroringChoice("axis:2", [2], {"off": 0.8, "axis:2": 0.9001,
+                                                                          "all": 0.9012})})
+    after = prediction_mirroring("auto", models, results)
+    assert after["3d_fullres"].mirror_axes == (2,) and after["3d_fullres"].name == "axis:2"
+    assert after["3d_fullres"].reason == "find-best's choice: cross-validation Dice 0.9001, all axes 0.9012"
+    assert after["2d"].mirror_axes == (0, 1) and "recorded no TTA choice for 2d" in after["2d"].reason
+    save_selection(results, {"2d": MirroringChoice(None, None, note="fold(s) 0 validated without mirroring")})
+    assert prediction_mirroring("auto", models, results)["2d"].reason == (
+        "default: find-best made no TTA choice (fold(s) 0 validated without mirroring)")
+
+
+def test_explicit_tta_overrides_the_choice_and_bad_values_are_clear_errors(tmp_path):
+    from autoseg.errors import AutosegError
+    from autoseg.stages.choice import prediction_mirroring
+
+    models = [fake_model("2d", 2), fake_model("3d_fullres", 3)]
+    results = TaskResults(tmp_path)
+    assert {n: d.mirror_axes for n, d in prediction_mirroring("off", models, results).items()} == {
+        "2d": (), "3d_fullres": ()}
+    assert prediction_mirroring("all", models, results)["3d_fullres"].mirror_axes == (0, 1, 2)
+    assert prediction_mirroring("axis:1", models, results)["2d"].reason == "--tta axis:1"
+    with pytest.raises(AutosegError, match="2d is a 2D network, its mirror sets are off, axis:0, axis:1, all"):
+        prediction_mirroring("axis:2", models, results)
+    with pytest.raises(AutosegError, match="--tta 'sideways': expected auto, off, all or axis:N"):
+        prediction_mirroring("sideways", models, results)
