@@ -12,7 +12,7 @@ as keyword arguments and typed results. `home` is the workspace folder (the CLI'
     api.ensemble(["a/", "b/"], "out/")                                    # -> written segmentations
     api.postprocess("pred/", "out/")                                      # -> PostprocessResult
     best = api.find_best()                                                # -> FindBestResult
-    summary = api.predict("imagesTs/", "out/", use_tta=False)             # -> FolderSummary
+    summary = api.predict("imagesTs/", "out/", tta="off")                # -> FolderSummary
     api.export_model("model.zip")                                         # -> ExportResult (.manifest)
     api.predict("imagesTs/", "out/", model="model.zip")                   # a bundle, on another machine
     api.import_model("model.zip", home="other_workspace")                 # -> ImportResult (.task)
@@ -31,7 +31,8 @@ To segment images from Python, load a trained task once, then predict:
 The networks are loaded once, in the constructor (`load_models`, as `predict` does); every `predict`
 reuses them. The constructor takes the same options (task, configuration, folds, checkpoint, device,
 PredictionSettings), and `model` for a model bundle (`autoseg.bundle`); without settings it predicts with
-runtime auto, as `autoseg predict` (a PredictionSettings' own default runtime is torch).
+runtime auto and the mirror TTA of `predict`'s `tta="auto"`, as `autoseg predict` (a PredictionSettings'
+own default runtime is torch).
 """
 
 from __future__ import annotations
@@ -52,13 +53,15 @@ from autoseg.inference.model import TrainedModel, load_trained_model
 from autoseg.inference.runtimes import check_runtime
 from autoseg.io import Geometry, image_from_sitk, is_sitk_image, read_image, segmentation_to_sitk
 from autoseg.preprocessing.store import PreprocessSummary
+from autoseg.selection import load_choice
 from autoseg.stages import bundle as bundle_stage
 from autoseg.stages import dataset as dataset_stages
 from autoseg.stages import evaluate as evaluate_stage
 from autoseg.stages import find_best as find_best_stage
 from autoseg.stages import postprocess as postprocess_stage
 from autoseg.stages.case_reports import CaseReports
-from autoseg.stages.choice import default_prediction_configurations
+from autoseg.stages.choice import (MirroringDecision, check_tta, default_prediction_configurations,
+                                   prediction_mirroring)
 from autoseg.stages.plan import PlanResult, SpeedLookup, plan_task
 from autoseg.stages.predict import predict_folder_with_models
 from autoseg.stages.runtime import RuntimeChoice, settings_with_runtime
@@ -93,8 +96,10 @@ def load_models(workspace: Workspace, task: str | None = None, configurations: S
         models.append(load_trained_model(results, plans, name, folds=folds, checkpoint=checkpoint,
                                          device=device, postprocessing=decision if len(names) == 1 else None,
                                          previous_stage=previous))
+    selection = load_choice(results)
     for model in models:
         model.ensemble_postprocessing = decision  # applied after averaging when there are several
+        model.mirroring_choice = selection.mirroring.get(model.configuration_name) if selection else None
     return models
 
 
@@ -212,13 +217,14 @@ def find_best(*, task: str | None = None, configurations: Sequence[str] | None =
 def predict(input_path: str | Path, output_folder: str | Path, *, task: str | None = None,
             configuration: str | None = None, folds: Sequence[str] | None = None, checkpoint: str = "final",
             tile_mode: str = DEFAULT_TILE_MODE, tile_overlap: int = DEFAULT_TILE_OVERLAP,
-            step_size: float = 0.5, use_tta: bool = True, save_probabilities: bool = False, device: str = "auto",
+            step_size: float = 0.5, tta: str = "auto", save_probabilities: bool = False, device: str = "auto",
             precision: str = "auto", runtime: str = "auto", batch_windows: int | None = None,
             overwrite: bool = False, part: tuple[int, int] = (0, 1), postprocess: bool = True,
             output_format: str = "nifti", statistics: bool = False, preview: bool = False,
             home: str | Path = DEFAULT_HOME, model: str | Path | None = None,
             on_models: Callable[[list[TrainedModel]], None] | None = None,
             on_runtime: Callable[[RuntimeChoice, bool], None] | None = None,
+            on_mirroring: Callable[[dict[str, MirroringDecision]], None] | None = None,
             on_case: Callable[[str, str], None] | None = None,
             progress: Callable[[int, int], None] | None = None) -> FolderSummary:
     """`autoseg predict`: segment a folder of images (or one image file) with find-best's choice (or
@@ -230,13 +236,17 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
     PNG per case in previews/ and index.html (`autoseg.stages.case_reports`).
     tile_mode "patch": the training patch at step_size (nnU-Net's sliding window); "large": tiles as large
     as memory allows, overlapping by tile_overlap voxels (faster; see `sliding_window.DEFAULT_TILE_MODE`).
+    tta: the mirror test-time augmentation, "auto" (find-best's choice per configuration, else all axes),
+    "off", "all" or "axis:N" (`stages.choice.prediction_mirroring`); on_mirroring({configuration:
+    MirroringDecision}) once the models are loaded.
     runtime: auto (the fastest that agrees with torch fp32, measured once: `autoseg.stages.runtime`; told to
     on_runtime(choice, whether cached)), torch, torch-compile, onnxruntime or openvino; precision applies to
     the torch runtimes."""
     check_precision(precision)
     check_runtime(runtime, precision)
+    check_tta(tta)
     settings = PredictionSettings(tile_mode=tile_mode, step_fraction=step_size, tile_overlap=tile_overlap,
-                                  use_tta=use_tta, batch_windows=batch_windows, device=device, precision=precision,
+                                  batch_windows=batch_windows, device=device, precision=precision,
                                   runtime=runtime, save_probabilities=save_probabilities,
                                   postprocess=postprocess)  # checks the tile mode before any model loads
     workspace = Workspace(Path(home))
@@ -244,11 +254,14 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
                          checkpoint=checkpoint, device=device, postprocess=postprocess, model=model)
     if on_models is not None:
         on_models(models)
+    mirroring = prediction_mirroring(tta, models)
+    if on_mirroring is not None:
+        on_mirroring(mirroring)
     settings = settings_with_runtime(workspace, models, settings, on_choice=on_runtime)
     reports = CaseReports.for_model(models[0], statistics, preview)
     return predict_folder_with_models(models, Path(input_path), Path(output_folder), settings, overwrite=overwrite,
                                       part=part, on_case=on_case, progress=progress, output_format=output_format,
-                                      reports=reports)
+                                      reports=reports, mirror_axes={name: d.mirror_axes for name, d in mirroring.items()})
 
 
 def export_model(bundle_path: str | Path, *, task: str | None = None, configurations: Sequence[str] | None = None,
@@ -280,7 +293,10 @@ class Segmenter:
             raise AutosegError("the chosen pipeline is an ensemble of configurations; pass configuration=... "
                                "or use predict_folder")
         self.model = self.models[0]
-        self.settings = settings_with_runtime(self.workspace, self.models, settings or PredictionSettings(runtime="auto"))
+        if settings is None:
+            mirroring = prediction_mirroring("auto", self.models)[self.model.configuration_name]
+            settings = PredictionSettings(mirror_axes=mirroring.mirror_axes, runtime="auto")
+        self.settings = settings_with_runtime(self.workspace, self.models, settings)
 
     def predict(self, image, spacing: Sequence[float] | None = None, progress=None):
         """Segment one image, in the input's own geometry:

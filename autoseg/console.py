@@ -121,14 +121,13 @@ class PredictionReport:
     """What `autoseg predict` prints besides each case: the models, the window rate every 30 s inside a long
     case (a CT on a CPU: minutes), the totals."""
 
-    def __init__(self, use_tta: bool):
-        self.use_tta = use_tta
+    def __init__(self):
         self.started = self.shown_at = 0.0  # from when the models are loaded: loading is not prediction time
         self.first, self.last = (0, 0.0), 0  # (windows, time) at a case's first batch; windows last seen
 
     def on_models(self, models) -> None:
         names = " + ".join(f"{m.configuration_name} (folds {','.join(m.folds)})" for m in models)
-        typer.echo(f"predicting with {names}, TTA {'on' if self.use_tta else 'off'}")
+        typer.echo(f"predicting with {names}")
         for model in models:
             stages = [model.previous_stage, model] if model.previous_stage else [model]
             for note in (note for stage in stages for note in stage.notes):
@@ -141,6 +140,11 @@ class PredictionReport:
         how = "cached measurement" if cached else f"measured in {choice.measured_seconds:.1f} s"
         typer.echo(f"runtime: {choice.summary} [{how}]" if choice.measurements else f"runtime: {choice.summary}")
         self.started = self.shown_at = time.perf_counter()  # the measurement is not prediction time
+
+    def on_mirroring(self, decisions) -> None:
+        """decisions: {configuration: `autoseg.stages.choice.MirroringDecision`}: the set used and why."""
+        for name, decision in decisions.items():
+            typer.echo(f"mirror TTA {decision.name} for {name} ({decision.reason})")
 
     def on_windows(self, done: int, total: int) -> None:
         now = time.perf_counter()

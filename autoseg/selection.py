@@ -3,7 +3,11 @@
 Every trained configuration's cross-validation predictions, and every pair of them ensembled, are
 gathered and scored by `autoseg.cross_validation` (inputs and folders described there). Then the
 best candidate by foreground-mean Dice wins (ties: single models before ensembles, then name
-order), and the largest-component postprocessing is decided on its predictions.
+order), and the largest-component postprocessing is decided on its predictions. Each scored
+configuration's mirror TTA is chosen on its folds' mirror scores (`autoseg.mirror_choice`); an
+ensemble's members each predict with their own choice (its probabilities are the members' mean, and
+each member's choice is within the tolerance of its best set; the sets of an ensemble's members are
+not scored together, as that would need every set's probabilities saved).
 Outputs, in the task's results (`autoseg.workspace.TaskResults`): the selection file (`SelectionResult`),
 its table, and the postprocessing file (`PostprocessingDecision`).
 """
@@ -31,9 +35,12 @@ from autoseg.cross_validation import (
 )
 from autoseg.errors import AutosegError, WorkspaceError
 from autoseg.evaluation import EvaluationSummary, find_segmentations
+from autoseg.mirror_choice import MirroringChoice, mirroring_choice
 from autoseg.workspace import TaskResults
 
-SELECTION_SCHEMA_VERSION = 1
+SELECTION_SCHEMA_VERSION = 2  # 2: the mirror TTA of each configuration ("mirroring")
+# Version 1 files (before the TTA choice) still load, with no TTA chosen: predict mirrors on all axes.
+_READABLE_SELECTION_VERSIONS = (1, SELECTION_SCHEMA_VERSION)
 # Members of an ensemble candidate are joined with this in its name and folder name.
 ENSEMBLE_SEPARATOR = "+"
 # nnU-Net only tries ensembles of two configurations.
@@ -93,13 +100,14 @@ class SelectionResult:
     """What find-best chose: `chosen` (1 or 2 configurations) and every candidate, best first.
 
     folds: the cross-validation folds the candidates were scored on; skipped: {configuration or
-    ensemble name: why it was not scored}.
+    ensemble name: why it was not scored}; mirroring: {configuration: its mirror TTA choice}.
     """
 
     chosen: list[str]
     candidates: list[Candidate]
     folds: list[str]
     skipped: dict[str, str] = field(default_factory=dict)
+    mirroring: dict[str, MirroringChoice] = field(default_factory=dict)
     schema_version: int = SELECTION_SCHEMA_VERSION
 
     @property
@@ -108,11 +116,14 @@ class SelectionResult:
 
     def to_json(self) -> dict:
         return {"schema_version": self.schema_version, "chosen": self.chosen, "folds": self.folds,
-                "candidates": [c.to_json() for c in self.candidates], "skipped": self.skipped}
+                "candidates": [c.to_json() for c in self.candidates], "skipped": self.skipped,
+                "mirroring": {name: choice.to_json() for name, choice in self.mirroring.items()}}
 
     @classmethod
     def from_json(cls, data: dict, where: str = "model selection") -> "SelectionResult":
-        result = build_versioned(data, cls._from_fields, expected_version=SELECTION_SCHEMA_VERSION, where=where,
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        expected = version if version in _READABLE_SELECTION_VERSIONS else SELECTION_SCHEMA_VERSION
+        result = build_versioned(data, cls._from_fields, expected_version=expected, where=where,
                                  what="model selection", what_to_do="re-run `autoseg find-best`")
         if not 1 <= len(result.chosen) <= ENSEMBLE_SIZE:
             raise AutosegError(f"{where}: field 'chosen' must name 1 or {ENSEMBLE_SIZE} configurations")
@@ -122,7 +133,9 @@ class SelectionResult:
     def _from_fields(cls, data: dict) -> "SelectionResult":
         return cls(chosen=[str(c) for c in data["chosen"]],
                    candidates=[Candidate.from_json(c) for c in data["candidates"]],
-                   folds=[str(f) for f in data["folds"]], skipped=dict(data.get("skipped", {})))
+                   folds=[str(f) for f in data["folds"]], skipped=dict(data.get("skipped", {})),
+                   mirroring={str(name): MirroringChoice.from_json(choice)
+                              for name, choice in data.get("mirroring", {}).items()})
 
     def save(self, results: TaskResults) -> Path:
         """Write the task's selection file and its readable table (`format_table`), atomically; returns
@@ -152,6 +165,7 @@ class SelectionResult:
             lines.append(f"{mark} {c.name:<{name_width}}  {c.foreground_dice:>8.4f}"
                          + "".join(f"  {c.label_dice.get(k, math.nan):>8.4f}" for k in label_keys))
         lines.extend(f"  skipped {name}: {reason}" for name, reason in self.skipped.items())
+        lines.extend(f"  mirror TTA of {name}: {choice.describe()}" for name, choice in self.mirroring.items())
         lines.append(f"chosen: {' + '.join(self.chosen)}")
         return "\n".join(lines)
 
@@ -227,8 +241,9 @@ def find_best(results: TaskResults, reference_folder: str | Path, labels: Mappin
         if allow_ensembles else []
 
     candidates = sorted([*single.values(), *ensembles], key=Candidate.rank_key)
+    mirroring = {name: mirroring_choice(results, name, inventory.complete[name]) for name in sorted(single)}
     result = SelectionResult(chosen=list(candidates[0].configurations), candidates=candidates,
-                             folds=inventory.folds, skipped=skipped)
+                             folds=inventory.folds, skipped=skipped, mirroring=mirroring)
     winner_folder = results.root / result.best.folder
     with _references_of(winner_folder, reference_folder) as references:
         decision = determine_postprocessing(winner_folder, references, labels, workers=workers)

@@ -99,6 +99,10 @@ class TaskResults:
         """The fold's predictions of its validation cases and their evaluation."""
         return self.fold_folder(configuration, fold) / "validation"
 
+    def mirror_scores_file(self, configuration: str, fold: int | str) -> Path:
+        """The fold validation's Dice of each candidate mirror TTA set (`autoseg.inference.mirroring`)."""
+        return self.validation_folder(configuration, fold) / "mirror_scores.json"
+
     def crossval_folder(self, configuration: str) -> Path:
         """Every fold's validation predictions of a configuration gathered by find-best."""
         return self.root / configuration / "crossval"

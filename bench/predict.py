@@ -223,7 +223,7 @@ def run_pipeline_variant(args) -> dict:
     model = trained_model(plans, [threshold_network()], args.device)
     tta = args.variant.endswith("_tta")
     warm_up = np.zeros((1, *args.patch), np.float32)
-    predict_probabilities(model, warm_up, PredictionSettings(use_tta=tta, precision="fp32"))
+    predict_probabilities(model, warm_up, PredictionSettings(mirror_axes=None if tta else (), precision="fp32"))
     naive_sliding_window(model.networks[0], torch.from_numpy(warm_up), args.patch, tta)
     rss_base = _current_rss_mb()  # torch, the network, one window predicted: what does not grow with the image
     image = np.load(Path(args.work) / "image.npy")
@@ -256,7 +256,7 @@ def run_pipeline_variant(args) -> dict:
         segmentation = np.asarray(model.label_values, np.int16)[np.argmax(restored, axis=0)]
         del restored
     else:
-        settings = PredictionSettings(use_tta=tta, batch_windows=args.batch_windows, precision="fp32")
+        settings = PredictionSettings(mirror_axes=None if tta else (), batch_windows=args.batch_windows, precision="fp32")
         probabilities = predict_probabilities(model, data, settings,
                                               lambda done, total: windows.__setitem__(0, total))
         del data

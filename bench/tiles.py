@@ -94,7 +94,7 @@ def compare_modes(name, model, data, label, args, tta_options) -> None:
     for tta in tta_options:
         runs = {}
         for mode in ("patch", "large"):
-            settings = PredictionSettings(tile_mode=mode, use_tta=tta, precision="fp32")
+            settings = PredictionSettings(tile_mode=mode, mirror_axes=None if tta else (), precision="fp32")
             runs[mode] = predict_labels(model, data, settings, args.repeats)
         (patch, patch_s, patch_tiling), (large, large_s, large_tiling) = runs["patch"], runs["large"]
         agreement = dice_per_class(large, patch)
@@ -115,14 +115,14 @@ def compare_variants(name, model, data, args) -> None:
     from autoseg.inference.case import PredictionSettings
     from autoseg.inference.sliding_window import axis_profiles
 
-    patch, _, _ = predict_labels(model, data, PredictionSettings(tile_mode="patch", use_tta=False), 1)
+    patch, _, _ = predict_labels(model, data, PredictionSettings(tile_mode="patch", mirror_axes=()), 1)
     patch_tiles = mock.patch.object(sliding_window, "choose_tile_size", lambda image, patch, *_, **__: list(patch))
     tile_gaussian = mock.patch.object(stitching, "tile_profiles", lambda tile, _, use: axis_profiles(tile, use))
     variants = [("patch-sized, flat-top 16", 16, patch_tiles)]
     variants += [(f"flat-top, overlap {overlap}", overlap, contextlib.nullcontext()) for overlap in (0, 8, 16, 32)]
     variants.append(("gaussian tile/8, overlap 16", 16, tile_gaussian))
     for label, overlap, context in variants:
-        settings = PredictionSettings(tile_mode="large", tile_overlap=overlap, use_tta=False)
+        settings = PredictionSettings(tile_mode="large", tile_overlap=overlap, mirror_axes=())
         with context:
             large, seconds, tiling = predict_labels(model, data, settings, 1)
         agreement = dice_per_class(large, patch)

@@ -162,13 +162,13 @@ def test_predict_uses_the_choice_and_the_segmenter_agrees(chosen_home, tmp_path)
     workspace, _ = chosen_home
     unseen = make_demo_dataset(tmp_path / "raw", TASK_NAME, replace(SMALL_SPEC, cases=2, seed=123))
     models, cases = [], []
-    summary = api.predict(unseen / "imagesTr", tmp_path / "out", use_tta=False, device="cpu", home=workspace.home,
+    summary = api.predict(unseen / "imagesTr", tmp_path / "out", tta="off", device="cpu", home=workspace.home,
                           on_models=models.extend, on_case=lambda case_id, status: cases.append(case_id))
     assert len(summary.written) == 2 and not summary.failures and summary.windows > 0
     assert [(m.configuration_name, m.folds) for m in models] == [(CONFIGURATION, ["0"])]
     assert sorted(cases) == ["demo_000", "demo_001"]
 
-    segmenter = api.Segmenter(workspace.home, device="cpu", settings=PredictionSettings(use_tta=False, device="cpu"))
+    segmenter = api.Segmenter(workspace.home, device="cpu", settings=PredictionSettings(mirror_axes=(), device="cpu"))
     image = unseen / "imagesTr" / "demo_000.nii.gz"
     np.testing.assert_array_equal(segmenter.predict(image).segmentation,
                                   read_segmentation(tmp_path / "out" / "demo_000.nii.gz")[0])

@@ -176,7 +176,7 @@ def test_a_dicom_dataset_is_preprocessed_and_an_ensemble_writes_dicom_segs_equal
     models = [TrainedModel(plans, name, plans.configuration(name), [lambda x: torch.cat([-10 * x, 10 * x], 1)],
                            ["oracle"], torch.device("cpu"), [0, 1]) for name in ("2d", "3d_fullres")]
     files = write_ct_series(tmp_path / "in" / "ct", block_volume((7, 20, 18)), SPACING, ORIGIN, ROTATED)
-    settings = PredictionSettings(use_tta=False, device="cpu")
+    settings = PredictionSettings(mirror_axes=(), device="cpu")
     for output_format in ("nifti", "dicom-seg"):
         summary = predict_folder_with_models(models, tmp_path / "in", tmp_path / output_format, settings,
                                              output_format=output_format)

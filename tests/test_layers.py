@@ -30,7 +30,7 @@ LAYERS = [
     ["autoseg.inference"],
     ["autoseg.training"],
     ["autoseg.budget"],
-    ["autoseg.cross_validation"],
+    ["autoseg.cross_validation", "autoseg.mirror_choice"],
     ["autoseg.selection"],
     ["autoseg.stages"],
     ["autoseg.api"],

@@ -212,7 +212,7 @@ def test_a_picture_given_to_predict_is_read_at_the_planned_spacing(trained, spac
     _, properties = _read_and_preprocess(model, [Path(picture)], "photo", PredictionSettings())
     assert list(properties.shape_after_resampling[1:]) == list(properties.shape_after_crop[1:])  # no resampling
 
-    summary = predict_folder(model, inputs, tmp_path / "out", PredictionSettings(use_tta=False))
+    summary = predict_folder(model, inputs, tmp_path / "out", PredictionSettings(mirror_axes=()))
     assert not summary.failures
     written = sitk.ReadImage(str(tmp_path / "out" / "photo.png"))
     assert written.GetSize() == sitk.ReadImage(str(picture)).GetSize()

@@ -163,10 +163,10 @@ def test_predict_applies_the_decision_unless_told_not_to():
 
     model = TrainedModel(plans, "3d_fullres", plans.configuration("3d_fullres"), [oracle], ["oracle"],
                          torch.device("cpu"), [0, 1], postprocessing=PostprocessingDecision(whole_foreground=True))
-    settings = PredictionSettings(use_tta=False)
+    settings = PredictionSettings(mirror_axes=())
     cleaned = predict_image(model, image, GEOMETRY, settings).segmentation
     assert np.array_equal(cleaned, organ())
-    raw = predict_image(model, image, GEOMETRY, PredictionSettings(use_tta=False, postprocess=False)).segmentation
+    raw = predict_image(model, image, GEOMETRY, PredictionSettings(mirror_axes=(), postprocess=False)).segmentation
     assert raw[10, 10, 10] == 1 and (raw == 1).sum() == 65
 
 

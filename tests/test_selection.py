@@ -151,7 +151,7 @@ def test_find_best_json_round_trips(tmp_path):
     assert load_choice(TaskResults(results)) == result
     assert SelectionResult.from_json(json.loads(json.dumps(result.to_json()))) == result
     saved = json.loads((results / "find_best.json").read_text())
-    assert saved["schema_version"] == 1 and saved["chosen"] == ["3d_fullres"] and saved["folds"] == ["0", "1"]
+    assert saved["schema_version"] == 2 and saved["chosen"] == ["3d_fullres"] and saved["folds"] == ["0", "1"]
     assert saved["candidates"][0]["label_dice"] == {"1": pytest.approx(1.0)}
     saved["schema_version"] = 0
     with pytest.raises(AutosegError, match="schema_version 0"):
@@ -194,3 +194,44 @@ def test_picture_distances_are_in_mm_at_the_plans_pixel_spacing(tmp_path):
     # Voxels 2 and 3 are missed: the reference's border voxel 3 lies 2 pixels from the prediction's
     # border voxel 1, which is 1 mm at 0.5 mm per pixel.
     assert max_distance_in_pixels == pytest.approx(2.0) and max_distance_in_mm == pytest.approx(1.0)
+
+
+def write_mirror_scores(results, configuration, fold, case_id, dice_by_set):
+    from autoseg.inference.mirroring import MirrorScores, candidate_mirror_sets
+
+    sets = {name: list(axes) for name, axes in candidate_mirror_sets(3).items()}
+    MirrorScores(sets, {case_id: {name: {"1": dice} for name, dice in dice_by_set.items()}}).save(
+        TaskResults(results).mirror_scores_file(configuration, fold))
+
+
+def test_find_best_records_each_configurations_mirror_choice(tmp_path):
+    results, references = make_workspace(tmp_path, {"A": COMPLEMENT_A, "B": COMPLEMENT_B})
+    # A: pooled over c1 (fold 0) and c2 (fold 1): off 0.9000, axis:0 0.9050, axis:1 0.9105, axis:2 0.9110,
+    # all 0.9125 -> axis:1 and axis:2 are within 0.002 with 2 passes; axis:2 has the higher Dice.
+    write_mirror_scores(results, "A", "0", "c1", {"off": 0.90, "axis:0": 0.90, "axis:1": 0.911, "axis:2": 0.912,
+                                                  "all": 0.915})
+    write_mirror_scores(results, "A", "1", "c2", {"off": 0.90, "axis:0": 0.91, "axis:1": 0.910, "axis:2": 0.910,
+                                                  "all": 0.910})
+    # B: fold 1 has no scores (validated before they existed): no choice.
+    write_mirror_scores(results, "B", "0", "c1", {"off": 0.9, "axis:0": 0.9, "axis:1": 0.9, "axis:2": 0.9,
+                                                  "all": 0.9})
+    result = find_best(TaskResults(results), references, LABELS)
+    assert result.chosen == ["A", "B"] and set(result.mirroring) == {"A", "B"}  # none for the ensemble itself
+    a = result.mirroring["A"]
+    assert (a.chosen, a.mirror_axes) == ("axis:2", [2])
+    assert a.foreground_dice == pytest.approx({"off": 0.9, "axis:0": 0.905, "axis:1": 0.9105, "axis:2": 0.911,
+                                               "all": 0.9125})
+    assert result.mirroring["B"].chosen is None and "fold 1 has no mirror_scores.json" in result.mirroring["B"].note
+    saved = json.loads((results / "find_best.json").read_text())
+    assert saved["mirroring"]["A"]["chosen"] == "axis:2" and saved["mirroring"]["A"]["mirror_axes"] == [2]
+    assert load_choice(TaskResults(results)) == result
+    assert "mirror TTA of A: axis:2 (Dice 0.9110; all axes 0.9125)" in (results / "find_best.txt").read_text()
+
+
+def test_a_version_1_selection_loads_with_no_mirror_choice(tmp_path):
+    results, references = make_workspace(tmp_path, {"3d_fullres": EXACT})
+    saved = find_best(TaskResults(results), references, LABELS).to_json()
+    del saved["mirroring"]
+    saved["schema_version"] = 1
+    old = SelectionResult.from_json(saved)
+    assert old.chosen == ["3d_fullres"] and old.mirroring == {}

@@ -33,7 +33,9 @@ def predict(
                                        "allows (faster; InstanceNorm then sees whole tiles: check agreement)."),
     tile_overlap: int = typer.Option(16, "--tile-overlap", min=0, help="large: overlap of tiles (voxels per axis)."),
     step_size: float = typer.Option(0.5, "--step-size", min=0.05, max=1.0, help="patch: step between windows."),
-    no_tta: bool = typer.Option(False, "--no-tta", help="Skip mirror test-time augmentation (8x faster in 3D)."),
+    tta: str = typer.Option("auto", "--tta", help="Mirror test-time augmentation: auto (find-best's choice, else "
+                            "all), off, all (8 passes in 3D, 4 in 2D) or axis:N (2 passes)."),
+    no_tta: bool = typer.Option(False, "--no-tta", help="The same as --tta off."),
     save_probabilities: bool = typer.Option(False, "--save-probabilities"),
     device: str = typer.Option("auto", "--device"),
     precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16: the torch runtimes' arithmetic."),
@@ -52,15 +54,18 @@ def predict(
     """Segment images: sliding window, Gaussian weighting, mirror TTA, fold ensemble, postprocessing."""
     from autoseg import api
 
-    report = console.PredictionReport(use_tta=not no_tta)
+    if no_tta and tta not in ("auto", "off"):
+        fail(f"--no-tta contradicts --tta {tta}")
+    report = console.PredictionReport()
     summary = api.predict(input_path, output_folder, task=task, configuration=configuration,
                           folds=folds.split(",") if folds else None, checkpoint=checkpoint, tile_mode=tile_mode,
-                          tile_overlap=tile_overlap, step_size=step_size,
-                          use_tta=not no_tta, save_probabilities=save_probabilities, device=device,
+                          tile_overlap=tile_overlap, step_size=step_size, tta="off" if no_tta else tta,
+                          save_probabilities=save_probabilities, device=device,
                           precision=precision, runtime=runtime, batch_windows=batch_windows, overwrite=overwrite,
                           part=_parse_part(part), postprocess=postprocess, output_format=output_format,
                           statistics=statistics, preview=preview, home=state.workspace.home, model=model,
-                          on_models=report.on_models, on_runtime=report.on_runtime, progress=report.on_windows,
+                          on_models=report.on_models, on_runtime=report.on_runtime, on_mirroring=report.on_mirroring,
+                          progress=report.on_windows,
                           on_case=lambda case_id, status: typer.echo(f"  {case_id}: {status}"))
     report.finished(summary)
     from autoseg.stages.case_reports import INDEX_HTML

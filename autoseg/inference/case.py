@@ -36,7 +36,9 @@ class PredictionSettings:
     tile_mode: str = DEFAULT_TILE_MODE
     tile_overlap: int = DEFAULT_TILE_OVERLAP
     step_fraction: float = DEFAULT_STEP_FRACTION
-    use_tta: bool = True
+    # The network's spatial axes to mirror (every subset is a pass, `autoseg.inference.mirroring`):
+    # None = all of them (8 passes in 3D), () = no TTA. `autoseg predict --tta` resolves it.
+    mirror_axes: tuple[int, ...] | None = None
     batch_windows: int | None = None  # None: chosen from the device
     device: str = "auto"
     precision: str = "auto"  # auto: fp16 on CUDA, the trained precision's choice on CPU (fp32 unless bf16)
@@ -182,30 +184,40 @@ def _append_previous_stage(model: TrainedModel, data: np.ndarray, properties, im
 def predict_probabilities(model: TrainedModel, data: np.ndarray, settings: PredictionSettings,
                           progress: Callable[[int, int], None] | None = None):
     """Class probabilities (K, z', y', x') float32 tensor on the CPU for preprocessed data: the
-    softmax averaged over windows (Gaussian-weighted), mirror passes and the model's folds."""
+    softmax averaged over windows (Gaussian-weighted), the mirror passes of `settings.mirror_axes`
+    and the model's folds."""
+    return predict_probabilities_mirror_sets(model, data, settings, [settings.mirror_axes], progress)[0]
+
+
+def predict_probabilities_mirror_sets(model: TrainedModel, data: np.ndarray, settings: PredictionSettings,
+                                      mirror_sets: Sequence[Sequence[int] | None],
+                                      progress: Callable[[int, int], None] | None = None) -> list:
+    """`predict_probabilities` for several mirror sets at once (settings.mirror_axes ignored): one
+    (K, z', y', x') tensor per set, from network passes run once (`predict_sliding_window_mirror_sets`)."""
     import torch
 
     from autoseg.inference.runtimes import networks_for_runtime, runtime_autocast_dtype
-    from autoseg.inference.stitching import predict_sliding_window
+    from autoseg.inference.stitching import predict_sliding_window_mirror_sets
 
     configuration = model.configuration
+    num_classes = configuration.architecture.num_classes
     autocast_dtype = runtime_autocast_dtype(settings.runtime, settings.precision, model.device, model.trained_precision)
     tiling = choose_tiling(model, data.shape[1:], settings, 4 if autocast_dtype is None else 2)
-    options = dict(num_classes=configuration.architecture.num_classes, step_fraction=settings.step_fraction,
-                   overlap=tiling.overlap, mirror_axes=None if settings.use_tta else (),
-                   batch_windows=tiling.batch_windows, device=model.device, progress=progress,
-                   autocast_dtype=autocast_dtype)
+    options = dict(num_classes=num_classes, step_fraction=settings.step_fraction, overlap=tiling.overlap,
+                   mirror_sets=mirror_sets, batch_windows=tiling.batch_windows, device=model.device,
+                   progress=progress, autocast_dtype=autocast_dtype)
     image = torch.from_numpy(np.ascontiguousarray(data))
-    options.update(_accumulator_placement(model, image.shape[1:], configuration.architecture.num_classes))
+    options.update(_accumulator_placement(model, image.shape[1:], num_classes * len(mirror_sets)))
     # A 2d configuration's patch is (y, x): the volume is predicted slice by slice.
     networks = networks_for_runtime(model, settings.runtime)
-    return predict_sliding_window(networks, image, tiling.window, **options)
+    return predict_sliding_window_mirror_sets(networks, image, tiling.window, **options)
 
 
 def _accumulator_placement(model: TrainedModel, spatial_shape, num_classes: int) -> dict:
-    """On CUDA keep the accumulator on the GPU in float16 (probabilities are at most 1, so float16 is
-    safe) when it fits in a third of the free memory, so windows never travel back to the host;
-    otherwise stitch on the CPU in float32. The result comes back to the CPU as float32 either way."""
+    """On CUDA keep the accumulators on the GPU in float16 (probabilities are at most 1, so float16 is
+    safe) when they fit in a third of the free memory, so windows never travel back to the host;
+    otherwise stitch on the CPU in float32. The result comes back to the CPU as float32 either way.
+    num_classes: of all the accumulators together (classes x mirror sets)."""
     import torch
 
     if model.device.type != "cuda":

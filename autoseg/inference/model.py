@@ -47,6 +47,9 @@ class TrainedModel:
     notes: list[str] = field(default_factory=list)
     # The networks converted to another runtime, by runtime name (`autoseg.inference.runtimes.networks_for_runtime`).
     runtime_networks: dict = field(default_factory=dict, repr=False)
+    # find-best's recorded mirror TTA choice for this configuration (`autoseg.mirror_choice.MirroringChoice`),
+    # None when find-best has not chosen; set with the models by `autoseg.api.load_models`.
+    mirroring_choice: object = None
 
     @property
     def num_input_channels(self) -> int:

@@ -12,7 +12,9 @@ averaged, so the result is a probability map that sums to one per voxel; `softma
 the raw logits instead (nnU-Net's choice; also what the oracle tests check the stitching with).
 
 Memory: the only full-size buffer is the (num_classes, *spatial) accumulator; each window is added
-already divided by the summed weights (`normalized_axis_weights`).
+already divided by the summed weights (`normalized_axis_weights`). Several mirror sets at once
+(`predict_sliding_window_mirror_sets`, what the fold validation uses to score TTA choices) share
+the network passes but keep one accumulator each.
 
 A 2D patch on a (C, z, y, x) volume (the `2d` configuration) predicts each z-slice on its own, as
 nnU-Net does: a slice is a 3D window of depth 1, so the same core serves both. Axes of a (B, C,
@@ -41,7 +43,17 @@ Network = Callable[[torch.Tensor], torch.Tensor]
 ProgressCallback = Callable[[int, int], None]
 
 
-def predict_sliding_window(
+def predict_sliding_window(networks: Sequence[Network], image: torch.Tensor | np.ndarray,
+                           patch_size: Sequence[int], *, mirror_axes: Sequence[int] | None = None,
+                           **options) -> torch.Tensor:
+    """Class probabilities (or logits) (num_classes, *spatial) float32 on the CPU of a whole image
+    from overlapping windows, with the mirror passes of `mirror_axes` (None = every spatial axis,
+    () = no TTA): `predict_sliding_window_mirror_sets` with one set; `options` are its keyword
+    arguments (num_classes is required)."""
+    return predict_sliding_window_mirror_sets(networks, image, patch_size, mirror_sets=[mirror_axes], **options)[0]
+
+
+def predict_sliding_window_mirror_sets(
         networks: Sequence[Network],
         image: torch.Tensor | np.ndarray,
         patch_size: Sequence[int],
@@ -49,7 +61,7 @@ def predict_sliding_window(
         num_classes: int,
         step_fraction: float = DEFAULT_STEP_FRACTION,
         overlap: Sequence[int] | None = None,
-        mirror_axes: Sequence[int] | None = None,
+        mirror_sets: Sequence[Sequence[int] | None] = (None,),
         use_gaussian: bool = True,
         softmax: bool = True,
         batch_windows: int = 1,
@@ -59,8 +71,9 @@ def predict_sliding_window(
         autocast_dtype: torch.dtype | None = None,
         channels_last: bool = False,
         progress: ProgressCallback | None = None,
-) -> torch.Tensor:
-    """Class probabilities (or logits) of a whole image from overlapping windows.
+) -> list[torch.Tensor]:
+    """Class probabilities (or logits) of a whole image from overlapping windows, one result per
+    mirror set: the passes of every set run once, each set's mean is accumulated apart.
 
     networks: one or more callables (B, C, *patch_size) -> (B, num_classes, *patch_size) logits,
         e.g. the nets of several folds in eval mode with deep supervision off; their outputs are
@@ -76,9 +89,12 @@ def predict_sliding_window(
         weighted by a Gaussian of sigma patch / 8. Ignored when `overlap` is given.
     overlap: large-tile mode: neighbouring windows overlap by at least this many voxels per axis
         (`tile_starts`) and are weighted by `flat_top_profile`s falling off over the overlap.
-    mirror_axes: the networks' spatial axes (0-based, of the patch) to mirror for test-time
-        augmentation; every subset of them is run and the outputs averaged (8 passes for 3 axes,
-        4 for 2). None = all of them, () = no TTA.
+    mirror_sets: mirror axes sets for test-time augmentation. A set is the networks' spatial axes
+        (0-based, of the patch) to mirror: every subset of it is a pass, the passes' outputs are
+        averaged (8 passes for 3 axes, 4 for 2). None = all axes, () = no TTA. Passes shared by
+        several sets (the identity is in all) run once: scoring the sets (), (0,), (1,), (2,) and
+        None together costs the 8 passes of None. Memory: one accumulator per set (the fold
+        validation compares 5 sets in 3D: 5x the accumulator of one prediction).
     use_gaussian: weight each window by `gaussian_importance_map` (else a flat weight of 1).
     softmax: average the softmax (over the class axis) of every pass: the result sums to 1 per
         voxel. False: average the raw logits.
@@ -94,12 +110,13 @@ def predict_sliding_window(
         `.to(memory_format=torch.channels_last_3d)`); only memory layout changes, not values.
     progress: called as progress(windows_done, windows_total) after every batch.
 
-    Returns (num_classes, *spatial) float32 on the CPU: the weighted mean over windows, TTA passes
-    and networks. With a float32 CPU accumulator the result is that buffer itself (no copy).
+    Returns per mirror set (num_classes, *spatial) float32 on the CPU: the weighted mean over
+    windows, the set's TTA passes and networks. With a float32 CPU accumulator the result is that
+    buffer itself (no copy).
     """
     patch_size = [int(p) for p in patch_size]
     image = _as_tensor(image, patch_size)
-    mirror_axes = tuple(range(len(patch_size))) if mirror_axes is None else tuple(mirror_axes)
+    mirror_sets = [tuple(range(len(patch_size))) if axes is None else tuple(axes) for axes in mirror_sets]
     if overlap is None:
         profiles = axis_profiles(patch_size, use_gaussian)
         place = functools.partial(window_starts, patch_size=patch_size, step_fraction=step_fraction)
@@ -111,11 +128,11 @@ def predict_sliding_window(
     else:  # slice by slice: one window of depth 1 per z index, in-plane windows as in 2D
         starts = [list(range(image.shape[1]))] + place(padded_shape(image.shape[2:], patch_size))
         profiles = [np.ones(1, np.float32)] + profiles
-        mirror_axes = tuple(axis + 1 for axis in mirror_axes)
+        mirror_sets = [tuple(axis + 1 for axis in axes) for axes in mirror_sets]
         networks = [_on_depth_one_windows(network) for network in networks]
         patch_size = [1] + patch_size
     return _stitch_windows(networks, image, patch_size, starts, profiles, num_classes=num_classes,
-                           mirror_axes=mirror_axes, softmax=softmax, batch_windows=batch_windows, device=device,
+                           mirror_sets=mirror_sets, softmax=softmax, batch_windows=batch_windows, device=device,
                            accumulate_on=accumulate_on, accumulate_dtype=accumulate_dtype,
                            autocast_dtype=autocast_dtype, channels_last=channels_last, progress=progress)
 
@@ -169,48 +186,63 @@ def _window_weights(normalized: list[dict[int, torch.Tensor]], corners: list[tup
 
 def _stitch_windows(networks: Sequence[Network], image: torch.Tensor, patch_size: list[int],
                     starts: list[list[int]], profiles: list[np.ndarray], *, num_classes: int,
-                    mirror_axes: tuple[int, ...], softmax: bool, batch_windows: int,
+                    mirror_sets: list[tuple[int, ...]], softmax: bool, batch_windows: int,
                     device: str | torch.device, accumulate_on: str | torch.device | None,
                     accumulate_dtype: torch.dtype, autocast_dtype: torch.dtype | None,
-                    channels_last: bool, progress: ProgressCallback | None) -> torch.Tensor:
+                    channels_last: bool, progress: ProgressCallback | None) -> list[torch.Tensor]:
     """The core: run `networks` on every window given by `starts` (per axis, on the padded image)
-    and return the weighted mean (num_classes, *spatial) float32 on the CPU, padding removed."""
+    and return per mirror set the weighted mean (num_classes, *spatial) float32 on the CPU, padding
+    removed."""
     if not networks:
         raise ValueError("predict needs at least one network")
     if batch_windows < 1:
         raise ValueError(f"batch_windows must be >= 1, got {batch_windows}")
-    if any(not 0 <= axis < len(patch_size) for axis in mirror_axes):
-        raise ValueError(f"mirror_axes {list(mirror_axes)} must be spatial axes "
-                         f"0..{len(patch_size) - 1}")
+    for mirror_axes in mirror_sets:
+        if any(not 0 <= axis < len(patch_size) for axis in mirror_axes):
+            raise ValueError(f"mirror_axes {list(mirror_axes)} must be spatial axes "
+                             f"0..{len(patch_size) - 1}")
     device = torch.device(device)
     accumulate_on = torch.device("cpu" if accumulate_on is None else accumulate_on)
     padded, original = _pad_to_patch(image, patch_size)
     spatial = padded.shape[1:]
     # Not created under inference_mode, so callers may modify the result in place afterwards.
-    accumulator = torch.zeros((num_classes, *spatial), dtype=accumulate_dtype, device=accumulate_on)
+    accumulators = [torch.zeros((num_classes, *spatial), dtype=accumulate_dtype, device=accumulate_on)
+                    for _ in mirror_sets]
     normalized = [{start: torch.from_numpy(weights).to(device) for start, weights in axis.items()}
                   for axis in normalized_axis_weights(profiles, starts, spatial)]
     corners = list(itertools.product(*starts))
-    flips = mirror_axes_combinations(mirror_axes)
+    passes = _mirror_passes(mirror_sets)
     for first in range(0, len(corners), batch_windows):
         batch_corners = corners[first:first + batch_windows]
         windows = [tuple(slice(s, s + p) for s, p in zip(corner, patch_size)) for corner in batch_corners]
         batch = torch.stack([padded[(slice(None), *window)] for window in windows]).to(device)
         if channels_last:
             batch = batch.contiguous(memory_format=_channels_last_format(batch.ndim))
-        mean = _mean_over_passes(networks, batch, flips, num_classes, autocast_dtype, softmax)
-        weighted = (mean * _window_weights(normalized, batch_corners)).to(device=accumulate_on,
-                                                                          dtype=accumulate_dtype)
-        for index, window in enumerate(windows):
-            accumulator[(slice(None), *window)] += weighted[index]
+        means = _means_over_passes(networks, batch, passes, len(mirror_sets), num_classes, autocast_dtype, softmax)
+        weights = _window_weights(normalized, batch_corners)
+        for accumulator, mean in zip(accumulators, means):
+            weighted = (mean * weights).to(device=accumulate_on, dtype=accumulate_dtype)
+            for index, window in enumerate(windows):
+                accumulator[(slice(None), *window)] += weighted[index]
         if progress is not None:
             progress(first + len(batch_corners), len(corners))
-    result = _float32_on_cpu(accumulator[(slice(None), *original)])
-    del accumulator
-    if not torch.isfinite(result.sum()):  # a sum propagates inf/NaN without a full-size mask or copy
-        raise AutosegError("sliding-window output contains inf/NaN (a diverged network, or float16 "
-                           "overflow of raw logits); retry with accumulate_dtype=torch.float32")
-    return result
+    results = []
+    while accumulators:  # each accumulator is released as soon as its result exists
+        results.append(_float32_on_cpu(accumulators.pop(0)[(slice(None), *original)]))
+        if not torch.isfinite(results[-1].sum()):  # a sum propagates inf/NaN without a full-size mask or copy
+            raise AutosegError("sliding-window output contains inf/NaN (a diverged network, or float16 "
+                               "overflow of raw logits); retry with accumulate_dtype=torch.float32")
+    return results
+
+
+def _mirror_passes(mirror_sets: list[tuple[int, ...]]) -> dict[tuple[int, ...], list[int]]:
+    """{flipped axes of a pass: the indices of the mirror sets it belongs to}, each pass once, in
+    the order of `mirror_axes_combinations` of the sets (the identity first)."""
+    passes: dict[tuple[int, ...], list[int]] = {}
+    for index, mirror_axes in enumerate(mirror_sets):
+        for flip in mirror_axes_combinations(mirror_axes):
+            passes.setdefault(flip, []).append(index)
+    return passes
 
 
 def _channels_last_format(ndim: int) -> torch.memory_format:
@@ -230,20 +262,23 @@ def _float32_on_cpu(result: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _mean_over_passes(networks: Sequence[Network], batch: torch.Tensor,
-                      flips: list[tuple[int, ...]], num_classes: int,
-                      autocast_dtype: torch.dtype | None, softmax: bool) -> torch.Tensor:
-    """Mean over networks and mirror passes of the softmax (or logits) of one batch of windows.
+def _means_over_passes(networks: Sequence[Network], batch: torch.Tensor,
+                       passes: dict[tuple[int, ...], list[int]], num_sets: int, num_classes: int,
+                       autocast_dtype: torch.dtype | None, softmax: bool) -> list[torch.Tensor]:
+    """Per mirror set, the mean over networks and the set's mirror passes of the softmax (or
+    logits) of one batch of windows.
 
-    batch (B, C, *patch) on the compute device -> (B, num_classes, *patch) float32. A mirror pass
-    flips the input, runs the network and flips its output back.
+    batch (B, C, *patch) on the compute device -> num_sets x (B, num_classes, *patch) float32.
+    passes: `_mirror_passes`. A mirror pass flips the input, runs the network and flips its output
+    back; each pass runs once and is added to every set it belongs to.
     """
     autocast = (torch.autocast(batch.device.type, dtype=autocast_dtype)
                 if autocast_dtype is not None else contextlib.nullcontext())
-    total = None
+    totals: list[torch.Tensor | None] = [None] * num_sets
+    counts = [0] * num_sets
     with torch.inference_mode():
         for network in networks:
-            for flip in flips:
+            for flip, members in passes.items():
                 dims = [axis + 2 for axis in flip]
                 with autocast:
                     logits = network(batch.flip(dims) if dims else batch)
@@ -251,12 +286,16 @@ def _mean_over_passes(networks: Sequence[Network], batch: torch.Tensor,
                 output = logits.float()
                 output = torch.softmax(output, dim=1) if softmax else output
                 output = output.flip(dims) if dims else output
-                if total is None:
-                    # Raw logits may be (a view of) the network's input: copy before adding in place.
-                    total = output if softmax or dims else output.clone()
-                else:
-                    total += output
-        return total.div_(len(networks) * len(flips))
+                # Raw logits may be (a view of) the network's input, and a pass shared by several
+                # sets must not become one set's running total: copy before adding in place then.
+                shared = len(members) > 1 or not (softmax or dims)
+                for index in members:
+                    if totals[index] is None:
+                        totals[index] = output.clone() if shared else output
+                    else:
+                        totals[index] += output
+                    counts[index] += 1
+        return [total.div_(count) for total, count in zip(totals, counts)]
 
 
 def _check_logits(logits: object, batch: torch.Tensor, num_classes: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 from autoseg.ensembling import ensemble_folders
 from autoseg.errors import AutosegError
@@ -30,39 +30,46 @@ def predict_folder_with_models(models: list[TrainedModel], input_folder: Path, o
                                settings: PredictionSettings, *, overwrite: bool = False,
                                part: tuple[int, int] = (0, 1), on_case: Callable[[str, str], None] | None = None,
                                progress: Callable[[int, int], None] | None = None,
-                               output_format: str = "nifti", reports: CaseReports | None = None) -> FolderSummary:
+                               output_format: str = "nifti", reports: CaseReports | None = None,
+                               mirror_axes: Mapping[str, tuple[int, ...]] | None = None) -> FolderSummary:
     """One model: `predict_folder`. Several: each predicts into OUTPUT/.members/CONFIG with its
     probabilities, then they are averaged per case and the segmentations (and with
     `save_probabilities` the averaged probabilities) land in OUTPUT, as label map files or DICOM-SEGs.
     `reports`: statistics and previews (`autoseg.stages.case_reports`), written as each case is and
-    completed at the end."""
+    completed at the end. mirror_axes: {configuration name: mirror axes} (`choice.prediction_mirroring`),
+    each model's instead of settings.mirror_axes."""
+    settings_of = {m.configuration_name: settings if mirror_axes is None
+                   else replace(settings, mirror_axes=mirror_axes[m.configuration_name]) for m in models}
     cases = group_input_files(Path(input_folder), models[0].num_input_channels, channel_names(models[0]))
     check_output_format(cases, output_format)
     wants_reports = reports is not None and reports.wanted
     if len(models) == 1:
         hooks = [report_writer(reports, Path(output_folder))] if wants_reports else []
-        summary = predict_folder(models[0], input_folder, output_folder, settings, overwrite=overwrite, part=part,
-                                 on_case=on_case, progress=progress, output_format=output_format, after_case=hooks)
+        summary = predict_folder(models[0], input_folder, output_folder, settings_of[models[0].configuration_name],
+                                 overwrite=overwrite, part=part, on_case=on_case, progress=progress,
+                                 output_format=output_format, after_case=hooks)
     elif wants_reports and output_format == "dicom-seg":
         raise AutosegError("--statistics/--preview with an ensemble of configurations need --output-format nifti "
                            "(they are computed from the averaged label maps)")
     else:
-        summary = _predict_ensemble(models, input_folder, output_folder, settings, overwrite, part, on_case,
-                                    progress, cases, output_format)
+        summary = _predict_ensemble(models, settings_of, input_folder, output_folder, settings, overwrite, part,
+                                    on_case, progress, cases, output_format)
     if wants_reports:
         chosen = sorted(cases)[part[0]::part[1]]
         summary.failures.update(complete_case_reports(reports, Path(output_folder), cases, chosen, output_format))
     return summary
 
 
-def _predict_ensemble(models, input_folder: Path, output_folder: Path, settings: PredictionSettings, overwrite: bool,
-                      part: tuple[int, int], on_case, progress, cases: dict, output_format: str) -> FolderSummary:
+def _predict_ensemble(models, settings_of: dict, input_folder: Path, output_folder: Path,
+                      settings: PredictionSettings, overwrite: bool, part: tuple[int, int], on_case, progress,
+                      cases: dict, output_format: str) -> FolderSummary:
     """Each model predicts with probabilities into its member folder; the averages land in `output_folder`."""
     members = []
     summary = FolderSummary()
     for model in models:
         member_folder = Path(output_folder) / MEMBERS_FOLDER / model.configuration_name
-        member = predict_folder(model, input_folder, member_folder, replace(settings, save_probabilities=True),
+        member = predict_folder(model, input_folder, member_folder,
+                                replace(settings_of[model.configuration_name], save_probabilities=True),
                                 overwrite=overwrite, part=part, on_case=on_case, progress=progress)
         summary.failures.update(member.failures)
         summary.windows += member.windows

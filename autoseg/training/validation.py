@@ -1,6 +1,12 @@
 """End-of-training validation: predict the fold's held-out cases with the sliding window, write
 them in original geometry (segmentations and probabilities, for ensembling), and score them.
 
+TTA choice: a mirrored validation also scores each candidate mirror set (`autoseg.inference.mirroring`:
+no mirroring, each single axis, all axes) from the same network passes, one accumulator per set (5 in
+3D: 5x the accumulator memory of one prediction, for the validation only), and saves the per-case
+Dice in the fold's `TaskResults.mirror_scores_file`; find-best chooses the TTA from them. The
+written predictions and summary are those of all axes, as before.
+
 Cascade: a configuration with a `next_stage` (3d_lowres) also stores each held-out case's
 segmentation on the next stage's grid for cascade training (`autoseg.cascade`); a configuration
 with a `previous_stage` (3d_cascade_fullres) reads those stored segmentations as its extra input.
@@ -37,9 +43,11 @@ def validate_fold(plans, configuration_name: str, results: TaskResults, fold: st
     from autoseg.cascade import append_stored_previous_stage, foreground_labels_of, save_for_next_stage
     from autoseg.ensembling import save_probabilities
     from autoseg.evaluation import evaluate_folder, find_segmentations
-    from autoseg.inference.case import PredictionSettings, predict_probabilities, probabilities_to_prediction
+    from autoseg.inference.case import (PredictionSettings, predict_probabilities_mirror_sets,
+                                       probabilities_to_prediction)
+    from autoseg.inference.mirroring import MirrorScores, candidate_mirror_sets
     from autoseg.inference.model import load_trained_model
-    from autoseg.io import write_segmentation
+    from autoseg.io import read_segmentation, write_segmentation
     from autoseg.preprocessing.store import load_case
 
     configuration = plans.configuration(configuration_name)
@@ -48,17 +56,25 @@ def validate_fold(plans, configuration_name: str, results: TaskResults, fold: st
     next_stage_grid = _next_stage_grid(plans, configuration, data_folder) if str(fold) != "all" else None
     model = load_trained_model(results, plans, configuration_name, folds=[fold], checkpoint=checkpoint,
                                device=device, previous_stage_from_files=previous_stage_folder is not None)
-    settings = PredictionSettings(use_tta=use_tta)
+    # The sets scored (all axes last: its prediction is the one written); without mirroring only "off".
+    mirror_sets = candidate_mirror_sets(configuration.dimension) if use_tta else {"off": ()}
+    foreground = [v for v in sorted(int(v) for v in plans.labels) if v != 0]
+    scores = MirrorScores({name: list(axes) for name, axes in mirror_sets.items()}, {})
     output = results.validation_folder(configuration_name, fold)
     output.mkdir(parents=True, exist_ok=True)
+    results.mirror_scores_file(configuration_name, fold).unlink(missing_ok=True)  # a previous run's
     references = find_segmentations(reference_folder)
     for case_id in val_ids:
         data, _, properties = load_case(data_folder, case_id, mmap=False)
         if previous_stage_folder is not None:
             data = append_stored_previous_stage(data, previous_stage_folder, case_id, foreground_labels_of(plans))
-        probabilities = predict_probabilities(model, data, settings)
-        prediction = probabilities_to_prediction(model, probabilities, properties, keep_probabilities=True,
+        per_set = predict_probabilities_mirror_sets(model, data, PredictionSettings(), list(mirror_sets.values()))
+        prediction = probabilities_to_prediction(model, per_set.pop(), properties, keep_probabilities=True,
                                                  postprocess=False)
+        if case_id in references:  # else evaluate_folder below names the missing reference
+            reference = read_segmentation(references[case_id], model.pixel_spacing)[0]
+            scores.cases[case_id] = _set_dice(model, per_set, prediction.segmentation, properties, reference,
+                                              list(mirror_sets), foreground)
         ending = references[case_id].name[len(case_id):] if case_id in references else ".nii.gz"
         write_segmentation(prediction.segmentation, prediction.geometry, output / f"{case_id}{ending}")
         save_probabilities(output / case_id, prediction.probabilities.astype("float16"), prediction.geometry,
@@ -73,6 +89,27 @@ def validate_fold(plans, configuration_name: str, results: TaskResults, fold: st
     summary = evaluate_folder(output, reference_folder, labels, case_ids=list(val_ids),
                               pixel_spacing=model.pixel_spacing)
     summary.save(output)
+    scores.save(results.mirror_scores_file(configuration_name, fold))
     write_json(output / "validation_info.json", {"checkpoint": checkpoint, "use_tta": use_tta,
                                                   "cases": list(val_ids)})
     return summary
+
+
+def _set_dice(model, per_set: list, main_segmentation, properties, reference, names: list[str],
+              foreground: list[int]) -> dict[str, dict[str, float]]:
+    """{set name: {label: Dice}} of one case: the sets' probabilities in `per_set` (consumed, each
+    restored to the original grid as a prediction is), then the last set's written segmentation."""
+    from autoseg.inference.case import probabilities_to_prediction
+    from autoseg.metrics import overlap_metrics
+
+    def dice(segmentation) -> dict[str, float]:
+        return {str(label): overlap_metrics(segmentation == label, reference == label)["Dice"]
+                for label in foreground}
+
+    scored = {}
+    for name in names[:-1]:
+        segmentation = probabilities_to_prediction(model, per_set.pop(0), properties, keep_probabilities=False,
+                                                   postprocess=False).segmentation
+        scored[name] = dice(segmentation)
+    scored[names[-1]] = dice(main_segmentation)
+    return scored

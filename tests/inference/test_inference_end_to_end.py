@@ -43,7 +43,7 @@ def organ_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
 def test_predicted_unseen_cases_reach_the_validation_dice(trained_model_and_validation, tmp_path):
     model, validation_dice, seconds = trained_model_and_validation
     unseen = make_demo_dataset(tmp_path / "raw", "Task900_Demo", replace(SMALL_SPEC, cases=2, seed=123))
-    summary = predict_folder(model, unseen / "imagesTr", tmp_path / "predicted", PredictionSettings(use_tta=True))
+    summary = predict_folder(model, unseen / "imagesTr", tmp_path / "predicted", PredictionSettings())
     assert not summary.failures and len(summary.written) == 2
     dices = []
     for image_file in sorted((unseen / "imagesTr").glob("*.nii.gz")):

@@ -58,7 +58,7 @@ def workspace(tmp_path, block_plans):
 
 def predict(workspace, output):
     """The probabilities predicted for the workspace's one input case."""
-    summary = api.predict(workspace.home / "in", output, use_tta=False, save_probabilities=True,
+    summary = api.predict(workspace.home / "in", output, tta="off", save_probabilities=True,
                           home=workspace.home, device="cpu")
     assert not summary.failures, summary.failures
     return np.load(output / "case0.npz")["probabilities"]

@@ -73,7 +73,7 @@ def test_plan_transposes_the_thick_axis_first(block_plans):
 def test_prediction_lands_in_the_input_geometry(block_plans, use_tta):
     image, label, geometry = block_case((44, 10, 33), (0.85, 3.3, 0.75), np.s_[5:25, 2:7, 10:30])
     prediction = predict_image(oracle_model(block_plans), image[None], geometry,
-                               PredictionSettings(use_tta=use_tta))
+                               PredictionSettings(mirror_axes=None if use_tta else ()))
     assert prediction.geometry == geometry
     assert prediction.segmentation.shape == label.shape
     overlap = np.logical_and(prediction.segmentation == 1, label == 1).sum()
@@ -85,7 +85,7 @@ def test_prediction_lands_in_the_input_geometry(block_plans, use_tta):
 def test_probabilities_sum_to_one(block_plans):
     image, _, geometry = block_case((40, 12, 36), (0.8, 3.0, 0.7), np.s_[10:30, 3:8, 8:20])
     prediction = predict_image(oracle_model(block_plans), image[None], geometry,
-                               PredictionSettings(use_tta=False, save_probabilities=True))
+                               PredictionSettings(mirror_axes=(), save_probabilities=True))
     assert prediction.probabilities.shape == (2, 40, 12, 36)
     np.testing.assert_allclose(prediction.probabilities.sum(0), 1.0, atol=1e-5)
 
@@ -152,7 +152,7 @@ def test_folder_prediction_skips_existing_and_reports_broken_cases(trained_works
 
 def test_parts_split_a_batch_without_overlap(trained_workspace, tmp_path):
     for part in ((0, 2), (1, 2)):
-        summary = api.predict(trained_workspace / "in", tmp_path / "out", use_tta=False, part=part, folds=["0"],
+        summary = api.predict(trained_workspace / "in", tmp_path / "out", tta="off", part=part, folds=["0"],
                               home=trained_workspace)
         assert not summary.failures, summary.failures
     assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["case0.nii.gz", "case1.nii.gz",
@@ -183,7 +183,7 @@ def test_per_channel_files_and_saved_probabilities(trained_workspace, tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     (inputs / "scan_0000.nii.gz").write_bytes((trained_workspace / "in" / "case0.nii.gz").read_bytes())
-    summary = api.predict(inputs, tmp_path / "out", use_tta=False, save_probabilities=True, home=trained_workspace)
+    summary = api.predict(inputs, tmp_path / "out", tta="off", save_probabilities=True, home=trained_workspace)
     assert not summary.failures, summary.failures
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scan.json", "scan.nii.gz", "scan.npz"]
     probabilities = np.load(tmp_path / "out" / "scan.npz")["probabilities"]
@@ -191,6 +191,66 @@ def test_per_channel_files_and_saved_probabilities(trained_workspace, tmp_path):
     assert probabilities.shape == (2, *geometry.shape)
     np.testing.assert_allclose(probabilities.sum(0), 1.0, atol=1e-5)
     np.testing.assert_array_equal(np.argmax(probabilities, 0), segmentation)
+
+
+@pytest.fixture
+def small_network_workspace(tmp_path, block_plans):
+    """A workspace like `trained_workspace` (one untrained fold, one input case) with a small network, so
+    that the mirror passes of several predictions stay cheap; returns (home, its task results folder)."""
+    from autoseg.checkpoint import identity_of_configuration, save_checkpoint
+    from autoseg.network import build_network
+    from helpers_training import small_plans
+
+    home, name = tmp_path / "ws", block_plans.dataset_name
+    plans = small_plans(block_plans, patch_size=(16, 8, 16), base_features=4)
+    plans.save(home / "preprocessed" / name / "plans.json")
+    (home / "current_task.json").write_text(json.dumps({"task": name, "dataset_folder": None}))
+    torch.manual_seed(0)
+    network = build_network(plans.configuration("3d_fullres").architecture)
+    save_checkpoint({"network_weights": network.state_dict(), "optimizer_state": {}, "scaler_state": None,
+                     "epoch": 1, "planned_epochs": 1, "log": {}, "best_ema": 0.0,
+                     "identity": identity_of_configuration(plans, "3d_fullres"), "inference": {"precision": "fp32"}},
+                    home / "results" / name / "3d_fullres" / "fold_0" / "checkpoint_final.pt")
+    image, _, geometry = block_case((24, 8, 20), (0.8, 3.0, 0.7), np.s_[5:15, 2:6, 5:15])
+    write_image(image, geometry, home / "in" / "case0.nii.gz")
+    return home, home / "results" / name
+
+
+def test_tta_auto_predicts_with_the_set_find_best_recorded(small_network_workspace, tmp_path):
+    from autoseg.mirror_choice import MirroringChoice
+    from autoseg.selection import Candidate, SelectionResult
+    from autoseg.workspace import TaskResults
+
+    home, results = small_network_workspace
+
+    def predict(name: str, *options: str):
+        result = run(home, str(home / "in"), str(tmp_path / name), "--save-probabilities", *options)
+        assert result.exit_code == 0, result.output
+        return result.output, np.load(tmp_path / name / "case0.npz")["probabilities"]
+
+    default_output, default = predict("default")
+    assert "mirror TTA all for 3d_fullres (default: find-best recorded no TTA choice for 3d_fullres)" in default_output
+    SelectionResult(["3d_fullres"], [Candidate(["3d_fullres"], 0.9, {"1": 0.9}, "3d_fullres/crossval")], ["0"],
+                    mirroring={"3d_fullres": MirroringChoice("axis:1", [1], {"off": 0.85, "axis:1": 0.9,
+                                                                             "all": 0.901})}).save(TaskResults(results))
+    auto_output, auto = predict("auto")
+    assert ("mirror TTA axis:1 for 3d_fullres (find-best's choice: cross-validation Dice 0.9000, all axes 0.9010)"
+            in auto_output)
+    np.testing.assert_array_equal(auto, predict("axis_1", "--tta", "axis:1")[1])
+    all_axes = predict("all", "--tta", "all")[1]
+    np.testing.assert_array_equal(default, all_axes)
+    assert not np.array_equal(auto, all_axes)
+    off_output, off = predict("off", "--no-tta")
+    assert "mirror TTA off for 3d_fullres (--tta off)" in off_output and not np.array_equal(off, auto)
+
+
+def test_contradicting_or_unknown_tta_is_refused(trained_workspace, tmp_path):
+    contradiction = run(trained_workspace, str(trained_workspace / "in"), str(tmp_path / "a"), "--no-tta",
+                        "--tta", "all")
+    assert contradiction.exit_code == 1 and "--no-tta contradicts --tta all" in contradiction.output
+    unknown = run(trained_workspace, str(trained_workspace / "in"), str(tmp_path / "b"), "--tta", "axis:x")
+    assert unknown.exit_code == 1 and "--tta 'axis:x': expected auto, off, all or axis:N" in unknown.output
+    assert not (tmp_path / "b").exists()
 
 
 # --------------------------------------------------------------------------------- input layout
@@ -260,7 +320,7 @@ def segmenter(trained_workspace):
     """The API on the CLI test workspace, its networks replaced by the threshold oracle."""
     from autoseg.api import Segmenter
 
-    segmenter = Segmenter(trained_workspace, settings=PredictionSettings(use_tta=False))
+    segmenter = Segmenter(trained_workspace, settings=PredictionSettings(mirror_axes=()))
     assert segmenter.model.folds == ["0", "1"]  # every trained fold, loaded once
     segmenter.model.networks = [threshold_network]
     return segmenter
@@ -316,7 +376,7 @@ def test_2d_configuration_predicts_slice_by_slice_in_the_input_geometry(block_pl
 
     model = oracle_model(block_plans, "2d")
     model.networks = [counting_2d]
-    prediction = predict_image(model, image[None], geometry, PredictionSettings(use_tta=True, batch_windows=64))
+    prediction = predict_image(model, image[None], geometry, PredictionSettings(batch_windows=64))
     assert prediction.geometry == geometry and block_dice(prediction.segmentation, label) > 0.95
     assert len(passes) % 4 == 0  # 4 mirror passes per batch in 2D
 

@@ -43,7 +43,7 @@ def test_statistics_and_previews_of_every_case_agree_with_the_written_segmentati
 
 def test_parts_and_a_resumed_run_add_up_to_one_table(trained_workspace, tmp_path):
     output = tmp_path / "out"
-    options = dict(use_tta=False, folds=["0"], home=trained_workspace)
+    options = dict(tta="off", folds=["0"], home=trained_workspace)
     api.predict(trained_workspace / "in", output, part=(0, 2), **options)  # case0, case2: no statistics
     assert not api.predict(trained_workspace / "in", output, part=(1, 2), statistics=True, **options).failures
     assert [case.case_id for case in StatisticsTable.load(output).cases] == ["case1"]  # the only one measured

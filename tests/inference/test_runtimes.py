@@ -38,13 +38,13 @@ def case_and_reference(trained_model, small_task):
     from autoseg.preprocessing.store import load_case
 
     data = load_case(small_task.data_folder, small_task.case_ids[0], mmap=False)[0]
-    return data, predict_probabilities(trained_model, data, PredictionSettings(use_tta=False, precision="fp32"))
+    return data, predict_probabilities(trained_model, data, PredictionSettings(mirror_axes=(), precision="fp32"))
 
 
 @pytest.mark.parametrize("runtime", ONNX_RUNTIMES_INSTALLED)
 def test_each_runtime_predicts_the_labels_of_torch_fp32(runtime, trained_model, case_and_reference):
     data, reference = case_and_reference
-    probabilities = predict_probabilities(trained_model, data, PredictionSettings(use_tta=False, runtime=runtime))
+    probabilities = predict_probabilities(trained_model, data, PredictionSettings(mirror_axes=(), runtime=runtime))
     num_classes = reference.shape[0]
     assert label_agreement_dice(reference.argmax(0).numpy(), probabilities.argmax(0).numpy(), num_classes) >= 0.999
     assert float((reference - probabilities).abs().max()) < 1e-3

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from autoseg.inference.sliding_window import gaussian_importance_map, mirror_axes_combinations, window_starts
-from autoseg.inference.stitching import predict_sliding_window
+from autoseg.inference.stitching import predict_sliding_window, predict_sliding_window_mirror_sets
 
 
 def times(factor: float, num_classes: int):
@@ -159,6 +159,24 @@ def test_2d_tta_runs_four_passes():
     counting = lambda batch: passes.append(1) or times(1.0, 2)(batch)  # noqa: E731
     predict_sliding_window([counting], torch.zeros(1, 8, 8), (8, 8), num_classes=2)
     assert len(passes) == 4
+
+
+@pytest.mark.parametrize("softmax", [True, False], ids=["probabilities", "logits"])
+def test_mirror_sets_share_passes_and_each_equals_its_own_prediction(softmax):
+    # The fold validation's candidate sets in 3D: off, each axis, all -> the 8 passes of "all" once,
+    # and each set's result is what predicting with that set alone gives (same passes, same order).
+    image = torch.randn(1, 11, 9, 10)
+    network = random_conv_network(3, num_classes=3)
+    passes = []
+    counting = lambda batch: passes.append(1) or network(batch)  # noqa: E731
+    sets = [(), (0,), (1,), (2,), None]
+    options = dict(num_classes=3, batch_windows=8, softmax=softmax)
+    together = predict_sliding_window_mirror_sets([counting], image, (8, 8, 8), mirror_sets=sets, **options)
+    assert len(passes) == 8  # 8 windows in one batch, 8 passes
+    for axes, result in zip(sets, together):
+        alone = predict_sliding_window([network], image, (8, 8, 8), mirror_axes=axes, **options)
+        torch.testing.assert_close(result, alone, atol=0, rtol=0)
+    assert not torch.equal(together[0], together[1]) and not torch.equal(together[3], together[4])
 
 
 def test_tta_averages_each_window_with_its_mirror_image():

@@ -119,7 +119,7 @@ def test_the_bundle_predicts_elsewhere_as_the_workspace_did(exported, original_m
     assert_same_predictions(tmp_path / "out", expected)
     assert not (tmp_path / "fresh").exists()  # predicting from a bundle writes no workspace
     segmenter = api.Segmenter(tmp_path / "none", model=bundle, device="cpu",
-                              settings=PredictionSettings(use_tta=False, device="cpu"))
+                              settings=PredictionSettings(mirror_axes=(), device="cpu"))
     assert np.array_equal(segmenter.predict(unseen / "demo_000.nii.gz").segmentation, expected["demo_000.nii.gz"])
 
 

@@ -67,3 +67,47 @@ def test_prediction_takes_the_only_trained_configuration_else_the_preferred(plan
     assert default_prediction_configurations(results, plans, "best") == ["3d_fullres"]
     trained(results, "3d_fullres")
     assert default_prediction_configurations(results, plans, "final") == ["3d_fullres"]
+
+
+# --------------------------------------------------------------------------------- mirror TTA (--tta)
+
+
+def fake_model(name: str, dimension: int, mirroring_choice=None):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(configuration_name=name, configuration=SimpleNamespace(dimension=dimension),
+                           mirroring_choice=mirroring_choice)
+
+
+def test_tta_auto_takes_each_configurations_recorded_choice_else_all_axes():
+    from autoseg.mirror_choice import MirroringChoice
+    from autoseg.stages.choice import prediction_mirroring
+
+    models = [fake_model("2d", 2), fake_model("3d_fullres", 3)]
+    before = prediction_mirroring("auto", models)
+    assert {n: (d.mirror_axes, d.reason) for n, d in before.items()} == {
+        "2d": ((0, 1), "default: find-best recorded no TTA choice for 2d"),
+        "3d_fullres": ((0, 1, 2), "default: find-best recorded no TTA choice for 3d_fullres")}
+    models[1].mirroring_choice = MirroringChoice("axis:2", [2], {"off": 0.8, "axis:2": 0.9001, "all": 0.9012})
+    after = prediction_mirroring("auto", models)
+    assert after["3d_fullres"].mirror_axes == (2,) and after["3d_fullres"].name == "axis:2"
+    assert after["3d_fullres"].reason == "find-best's choice: cross-validation Dice 0.9001, all axes 0.9012"
+    assert after["2d"].mirror_axes == (0, 1) and "recorded no TTA choice for 2d" in after["2d"].reason
+    models[0].mirroring_choice = MirroringChoice(None, None, note="fold(s) 0 validated without mirroring")
+    assert prediction_mirroring("auto", models)["2d"].reason == (
+        "default: find-best made no TTA choice (fold(s) 0 validated without mirroring)")
+
+
+def test_explicit_tta_overrides_the_choice_and_bad_values_are_clear_errors():
+    from autoseg.errors import AutosegError
+    from autoseg.stages.choice import prediction_mirroring
+
+    models = [fake_model("2d", 2), fake_model("3d_fullres", 3)]
+    assert {n: d.mirror_axes for n, d in prediction_mirroring("off", models).items()} == {
+        "2d": (), "3d_fullres": ()}
+    assert prediction_mirroring("all", models)["3d_fullres"].mirror_axes == (0, 1, 2)
+    assert prediction_mirroring("axis:1", models)["2d"].reason == "--tta axis:1"
+    with pytest.raises(AutosegError, match="2d is a 2D network, its mirror sets are off, axis:0, axis:1, all"):
+        prediction_mirroring("axis:2", models)
+    with pytest.raises(AutosegError, match="--tta 'sideways': expected auto, off, all or axis:N"):
+        prediction_mirroring("sideways", models)
