@@ -11,7 +11,6 @@ A checkpoint holds plain tensors and JSON-able values only:
 from __future__ import annotations
 
 import re
-from dataclasses import MISSING, fields
 from pathlib import Path
 
 from autoseg.artifacts import write_atomic
@@ -119,11 +118,15 @@ def identity_of_configuration(plans: Plans, configuration_name: str) -> dict:
 
 def check_identity(state: dict, expected: dict, path: Path) -> None:
     """Refuse a checkpoint made for another plan (different dataset, network, patch or data)."""
-    found = dict(state.get("identity", {}))
-    if isinstance(found.get("architecture"), dict):
-        # Architecture fields added since the checkpoint was saved take their defaults (conv_block "plain").
-        defaults = {f.name: f.default for f in fields(Architecture) if f.default is not MISSING}
-        found["architecture"] = {**defaults, **found["architecture"]}
+    found, expected = dict(state.get("identity", {})), dict(expected)
+    for identity in (found, expected):
+        # Compared as Architecture.to_json writes them: fields added since a checkpoint was saved take their
+        # defaults (conv_block "plain"), and defaults are left out on both sides.
+        if isinstance(identity.get("architecture"), dict):
+            try:
+                identity["architecture"] = Architecture.from_json(identity["architecture"]).to_json()
+            except TypeError:  # a field this version does not know: differs, reported below
+                pass
     for key in ("dataset_name", "configuration", "architecture", "patch_size", "fingerprint_signature"):
         if found.get(key) != expected.get(key):
             # An architecture is too long for a one-line message; the other values are short.
