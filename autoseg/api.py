@@ -265,11 +265,13 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
 
 
 def export_model(bundle_path: str | Path, *, task: str | None = None, configurations: Sequence[str] | None = None,
-                 folds: Sequence[str] | None = None, home: str | Path = DEFAULT_HOME) -> bundle_stage.ExportResult:
+                 folds: Sequence[str] | None = None, onnx: bool = False,
+                 home: str | Path = DEFAULT_HOME) -> bundle_stage.ExportResult:
     """`autoseg export-model`: a model bundle (zip) of the task's models: find-best's choice (or
-    `configurations`), every fold with a final checkpoint (or `folds`)."""
+    `configurations`), every fold with a final checkpoint (or `folds`); with `onnx`, each fold's network
+    as ONNX too (parity with torch checked at export: ExportResult.onnx_parity)."""
     return bundle_stage.export_model(Workspace(Path(home)), Path(bundle_path), task=task,
-                                     configurations=configurations, folds=folds)
+                                     configurations=configurations, folds=folds, onnx=onnx)
 
 
 def import_model(bundle_path: str | Path, *, task_name: str | None = None,

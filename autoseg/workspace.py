@@ -83,6 +83,10 @@ class TaskResults:
         """checkpoint_final.pt, checkpoint_best.pt or checkpoint_latest.pt of a fold."""
         return self.fold_folder(configuration, fold) / checkpoint_file_name(which)
 
+    def onnx_file(self, configuration: str, fold: int | str) -> Path:
+        """The fold's network as ONNX (`autoseg export-model --onnx` packs it; the bundle's member name)."""
+        return self.fold_folder(configuration, fold) / "network.onnx"
+
     def fold_plans_file(self, configuration: str, fold: int | str) -> Path:
         """The plan the fold was trained with, copied when its run started (as nnU-Net keeps plans.json
         next to its results): prediction uses it even after the workspace is re-planned."""

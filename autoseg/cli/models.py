@@ -22,6 +22,8 @@ def export_model(
                                                  "default: find-best's choice."),
     folds: Optional[str] = typer.Option(None, "--folds", help="Comma-separated folds; default: every fold with a "
                                         "final checkpoint."),
+    onnx: bool = typer.Option(False, "--onnx", help="Also each fold's network as ONNX (dynamic spatial axes), "
+                              "checked against torch at export."),
 ) -> None:
     """Pack a task's models for prediction elsewhere into one zip, with a manifest of SHA-256 checksums.
 
@@ -30,10 +32,12 @@ def export_model(
     from autoseg import api
 
     result = api.export_model(bundle, task=task, configurations=configurations.split(",") if configurations else None,
-                              folds=folds.split(",") if folds else None, home=state.workspace.home)
+                              folds=folds.split(",") if folds else None, onnx=onnx, home=state.workspace.home)
     size = sum(member.size for member in result.manifest.members)
     typer.echo(f"{result.manifest.task}: {_held(result.manifest)} ({len(result.manifest.members)} files, "
                f"{size / 2**20:.1f} MiB) -> {result.path}")
+    for network, difference in result.onnx_parity.items():
+        typer.echo(f"  ONNX {network}: max probability difference vs torch fp32 {difference:.2e}")
     typer.echo(f"predict with: autoseg predict IN OUT --model {result.path}")
 
 

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -37,6 +37,8 @@ DESCRIPTION_KEYS = ("name", "description", "reference", "licence", "release", "t
 class ExportResult:
     path: Path
     manifest: BundleManifest
+    # With --onnx: "CONFIG fold F" -> the max probability difference of its ONNX network against torch fp32.
+    onnx_parity: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ def dataset_description(workspace: Workspace, task_name: str, plans: Plans) -> d
 
 def bundle_contents(workspace: Workspace, task_name: str, configurations: Sequence[str] | None,
                     folds: Sequence[str] | None, scratch: Path) -> BundleContents:
-    """The files of an export. Those made for it go to `scratch`: dataset.json's description (and, for
-    another export format of the networks, its files: a member may be any file under results/)."""
+    """The files of an export. Those made for it go to `scratch`: dataset.json's description (and the
+    ONNX networks of `add_onnx_networks`: a member may be any file under results/)."""
     plans = Plans.load(workspace.plans_file(task_name))
     results = workspace.task_results(task_name)
     chosen = list(configurations) if configurations else default_prediction_configurations(results, plans,
@@ -99,13 +101,42 @@ def bundle_contents(workspace: Workspace, task_name: str, configurations: Sequen
     return BundleContents(task_name, chosen, folds_of, files)
 
 
+def add_onnx_networks(workspace: Workspace, contents: BundleContents, scratch: Path) -> dict[str, float]:
+    """Each bundled fold's network as ONNX (results/CONFIG/fold_F/network.onnx, dynamic batch and spatial
+    axes), each checked against torch fp32 on a random patch (`onnx_export.check_parity`, < 1e-3 in
+    probability, else an ExportError). Returns "CONFIG fold F" -> the measured difference."""
+    import torch
+
+    from autoseg.inference.model import load_trained_model
+    from autoseg.network.onnx_export import check_parity, export_onnx
+
+    plans = Plans.load(workspace.plans_file(contents.task))
+    results = workspace.task_results(contents.task)
+    parity, generator = {}, torch.Generator().manual_seed(0)
+    for name, folds in contents.folds.items():
+        for fold in folds:
+            model = load_trained_model(results, plans, name, folds=[fold], checkpoint=BUNDLED_CHECKPOINT, device="cpu")
+            architecture, patch = model.configuration.architecture, list(model.configuration.patch_size)
+            target = scratch / name / f"fold_{fold}" / "network.onnx"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            onnx_model = export_onnx(model.networks[0], input_channels=architecture.input_channels,
+                                     dimension=architecture.dimension, example_spatial=tuple(patch), path=target)
+            image = torch.randn((1, architecture.input_channels, *patch), generator=generator)
+            parity[f"{name} fold {fold}"] = check_parity(model.networks[0], onnx_model, image)
+            contents.files[member_name(workspace, contents.task, results.onnx_file(name, fold))] = target
+    return parity
+
+
 def export_model(workspace: Workspace, bundle_path: Path, *, task: str | None = None,
-                 configurations: Sequence[str] | None = None, folds: Sequence[str] | None = None) -> ExportResult:
-    """Pack the task's models (default: find-best's choice, every fold with a final checkpoint)."""
+                 configurations: Sequence[str] | None = None, folds: Sequence[str] | None = None,
+                 onnx: bool = False) -> ExportResult:
+    """Pack the task's models (default: find-best's choice, every fold with a final checkpoint); with
+    `onnx`, each fold's network as ONNX too, checked against torch at export."""
     task_name = workspace.trained_task_name(task)
     with tempfile.TemporaryDirectory(prefix="autoseg-export-") as scratch:
         contents = bundle_contents(workspace, task_name, configurations, folds, Path(scratch))
-        return ExportResult(Path(bundle_path), write_bundle(Path(bundle_path), contents))
+        parity = add_onnx_networks(workspace, contents, Path(scratch)) if onnx else {}
+        return ExportResult(Path(bundle_path), write_bundle(Path(bundle_path), contents), parity)
 
 
 def check_bundle_request(manifest: BundleManifest, where: str, configurations: Sequence[str] | None,

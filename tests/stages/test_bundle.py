@@ -265,3 +265,34 @@ def test_a_cascade_travels_with_its_previous_stage(tmp_path):
     with pytest.raises(WorkspaceError, match="fold 4 of 3d_lowres not trained"):
         export_model(workspace, tmp_path / "other.zip", task="Task03_Liver", configurations=["3d_lowres"],
                      folds=["4"])
+
+
+def test_export_with_onnx_packs_each_folds_network_and_checks_it_against_torch(exported, tmp_path):
+    """--onnx adds results/CONFIG/fold_F/network.onnx, listed in the manifest; run by onnxruntime on a
+    patch of another size than the export's (dynamic axes), its probabilities match the checkpoint's
+    torch network within 1e-3, as the parity printed at export says."""
+    import torch
+
+    from autoseg.inference.model import load_trained_model
+    from autoseg.network.onnx_export import max_probability_difference, onnxruntime_session
+    from autoseg.planning import Plans
+
+    workspace, _, _, _ = exported
+    bundle = tmp_path / "with_onnx.zip"
+    printed = run_cli("--home", workspace.home, "export-model", bundle, "--onnx").output
+    member = f"results/{CONFIGURATION}/fold_0/network.onnx"
+    assert member in {m.name for m in read_manifest(bundle).members}
+    difference = float(re.search(r"ONNX 3d_fullres fold 0: max probability difference vs torch fp32 ([0-9.e+-]+)",
+                                 printed).group(1))
+    assert difference < 1e-3
+    with zipfile.ZipFile(bundle) as archive:
+        onnx_model = archive.read(member)
+    results = workspace.task_results(TASK_NAME)
+    model = load_trained_model(results, Plans.load(workspace.plans_file(TASK_NAME)), CONFIGURATION, folds=["0"],
+                               device="cpu")
+    patch = list(model.configuration.patch_size)
+    image = torch.randn((1, 1, patch[0], patch[1] * 2, patch[2]), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        reference = model.networks[0](image)
+    logits = onnxruntime_session(onnx_model).run(None, {"image": image.numpy()})[0]
+    assert max_probability_difference(reference, torch.from_numpy(logits)) < 1e-3
