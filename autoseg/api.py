@@ -257,7 +257,9 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
     mirroring = prediction_mirroring(tta, models)
     if on_mirroring is not None:
         on_mirroring(mirroring)
-    settings = settings_with_runtime(workspace, models, settings, on_choice=on_runtime)
+    # A bundle predicting where there is no workspace leaves none behind: its runtime choice is not cached.
+    cache = workspace if model is None or workspace.home.is_dir() else None
+    settings = settings_with_runtime(cache, models, settings, on_choice=on_runtime)
     reports = CaseReports.for_model(models[0], statistics, preview)
     return predict_folder_with_models(models, Path(input_path), Path(output_folder), settings, overwrite=overwrite,
                                       part=part, on_case=on_case, progress=progress, output_format=output_format,
@@ -298,7 +300,8 @@ class Segmenter:
         if settings is None:
             mirroring = prediction_mirroring("auto", self.models)[self.model.configuration_name]
             settings = PredictionSettings(mirror_axes=mirroring.mirror_axes, runtime="auto")
-        self.settings = settings_with_runtime(self.workspace, self.models, settings)
+        cache = self.workspace if model is None or self.workspace.home.is_dir() else None
+        self.settings = settings_with_runtime(cache, self.models, settings)
 
     def predict(self, image, spacing: Sequence[float] | None = None, progress=None):
         """Segment one image, in the input's own geometry:

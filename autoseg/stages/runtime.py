@@ -121,7 +121,7 @@ def _read_choices(cache_file: Path) -> dict:
 Measure = Callable[..., list[RuntimeMeasurement]]
 
 
-def choose_runtime(cache_file: Path, model: TrainedModel, precision: str, *, batch_windows: int = 1,
+def choose_runtime(cache_file: Path | None, model: TrainedModel, precision: str, *, batch_windows: int = 1,
                    refresh: bool = False, measure: Measure = measure_runtimes,
                    cpu_bf16: bool | None = None) -> tuple[RuntimeChoice, bool]:
     """(the choice for `model` at `precision` (auto or an explicit one), whether it came from the cache).
@@ -141,7 +141,7 @@ def choose_runtime(cache_file: Path, model: TrainedModel, precision: str, *, bat
     probe_shape = (batch_windows, architecture.input_channels, *model.configuration.patch_size)
     identity = {**runtime_identity(model, candidates), "probe_shape": list(probe_shape)}
     key = _key(identity)
-    choices = _read_choices(cache_file)
+    choices = _read_choices(cache_file) if cache_file is not None else {}
     if key in choices and not refresh:
         return RuntimeChoice.from_json(choices[key], where=f"{cache_file}: choice {key}"), True
     started = time.perf_counter()
@@ -149,20 +149,23 @@ def choose_runtime(cache_file: Path, model: TrainedModel, precision: str, *, bat
     best = fastest_agreeing(measurements)
     choice = RuntimeChoice(best.runtime, best.precision, measurements, identity, time.perf_counter() - started)
     choices[key] = choice.to_json()
-    write_json(cache_file, {"schema_version": RUNTIME_CHOICE_SCHEMA_VERSION, "choices": choices})
+    if cache_file is not None:
+        write_json(cache_file, {"schema_version": RUNTIME_CHOICE_SCHEMA_VERSION, "choices": choices})
     return choice, False
 
 
-def settings_with_runtime(workspace: Workspace, models: list[TrainedModel], settings: PredictionSettings, *,
+def settings_with_runtime(workspace: Workspace | None, models: list[TrainedModel], settings: PredictionSettings, *,
                           refresh: bool = False, measure: Measure = measure_runtimes,
                           on_choice: Callable[[RuntimeChoice, bool], None] | None = None) -> PredictionSettings:
     """`settings` with runtime auto replaced by the choice for the first model (and precision by the
     choice's), told to on_choice(choice, whether it was cached); an explicit runtime is kept as it is.
     Every model's networks (each fold, a cascade's low-res stage too) are converted to the runtime here, so
-    a runtime that cannot run (not installed, not on this device) fails once, before any case."""
+    a runtime that cannot run (not installed, not on this device) fails once, before any case. Without a
+    workspace (a model bundle predicting where there is none) the choice is measured and not cached."""
     check_runtime(settings.runtime, settings.precision)
     if settings.runtime == "auto":
-        choice, cached = choose_runtime(workspace.runtime_choice_file, models[0], settings.precision,
+        cache_file = workspace.runtime_choice_file if workspace is not None else None
+        choice, cached = choose_runtime(cache_file, models[0], settings.precision,
                                         batch_windows=patch_tiling(models[0], settings).batch_windows, refresh=refresh,
                                         measure=measure)
         if on_choice is not None:
