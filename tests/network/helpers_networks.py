@@ -28,6 +28,17 @@ def tiny_architecture(name: str, dimension: int, **overrides) -> Architecture:
     return Architecture(**{**fields, **overrides})
 
 
+def outputs_with_and_without_deep_supervision(architecture: Architecture, batch: int = 2):
+    """(the deep-supervision outputs, the single output with deep supervision off) of a fresh network of
+    `architecture` on one random batch of PATCH."""
+    network = build_network(architecture).eval()
+    x = torch.randn(batch, architecture.input_channels, *PATCH[architecture.dimension])
+    with torch.no_grad():
+        outputs = network(x)
+        network.deep_supervision = False
+        return outputs, network(x)
+
+
 def box_images(count: int, dimension: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """(images (count, 1, *PATCH) float, labels (count, 1, *PATCH) int64): one box of half the side per image."""
     shape = PATCH[dimension]

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from autoseg.network import build_network
 from autoseg.network.attention_unet import AttentionGate
-from helpers_networks import PATCH, dice_after_training, tiny_architecture
+from helpers_networks import dice_after_training, outputs_with_and_without_deep_supervision, tiny_architecture
 
 
 @pytest.mark.parametrize("dimension, expected_shapes", [
@@ -14,12 +13,7 @@ from helpers_networks import PATCH, dice_after_training, tiny_architecture
 ])
 def test_one_output_per_decoder_level_highest_resolution_first(dimension, expected_shapes):
     architecture = tiny_architecture("attention_unet", dimension, num_classes=3)
-    network = build_network(architecture).eval()
-    x = torch.randn(2, 1, *PATCH[dimension])
-    with torch.no_grad():
-        outputs = network(x)
-        network.deep_supervision = False
-        single = network(x)
+    outputs, single = outputs_with_and_without_deep_supervision(architecture)
     assert [tuple(o.shape) for o in outputs] == [(2, 3, *s) for s in expected_shapes]
     torch.testing.assert_close(single, outputs[0])
 

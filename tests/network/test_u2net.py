@@ -6,18 +6,13 @@ import torch
 
 from autoseg.network import build_network
 from autoseg.training.loss import loss_for_architecture
-from helpers_networks import PATCH, dice_after_training, tiny_architecture
+from helpers_networks import PATCH, dice_after_training, outputs_with_and_without_deep_supervision, tiny_architecture
 
 
 @pytest.mark.parametrize("dimension", [2, 3])
 def test_fused_output_first_then_one_side_output_per_stage(dimension):
     architecture = tiny_architecture("u2net", dimension, num_classes=3)
-    network = build_network(architecture).eval()
-    x = torch.randn(2, 1, *PATCH[dimension])
-    with torch.no_grad():
-        outputs = network(x)
-        network.deep_supervision = False
-        single = network(x)
+    outputs, single = outputs_with_and_without_deep_supervision(architecture)
     assert [tuple(o.shape) for o in outputs] == [(2, 3, *PATCH[dimension])] * 4  # fused + 3 stages
     torch.testing.assert_close(single, outputs[0])
     assert loss_for_architecture(architecture, batch_dice=True).weights == pytest.approx([0.25] * 4)

@@ -9,7 +9,7 @@ from autoseg.errors import PlanError
 from autoseg.network import build_network
 from autoseg.network.unetpp import prune_to_depth
 from autoseg.training.loss import loss_for_architecture
-from helpers_networks import PATCH, dice_after_training, tiny_architecture
+from helpers_networks import PATCH, dice_after_training, outputs_with_and_without_deep_supervision, tiny_architecture
 
 
 @pytest.mark.parametrize("dimension", [2, 3])
@@ -17,12 +17,7 @@ def test_one_full_resolution_output_per_top_node_deepest_first(dimension):
     architecture = tiny_architecture("unetpp", dimension, num_classes=3, features_per_stage=[4, 8, 8, 8],
                                      kernel_sizes=[[3] * dimension] * 4,
                                      strides=[[1] * dimension] + [[2] * dimension] * 3)
-    network = build_network(architecture).eval()
-    x = torch.randn(2, 1, *PATCH[dimension])
-    with torch.no_grad():
-        outputs = network(x)
-        network.deep_supervision = False
-        single = network(x)
+    outputs, single = outputs_with_and_without_deep_supervision(architecture)
     assert [tuple(o.shape) for o in outputs] == [(2, 3, *PATCH[dimension])] * 3  # X(0,3), X(0,2), X(0,1)
     torch.testing.assert_close(single, outputs[0])
     assert loss_for_architecture(architecture, batch_dice=True).weights == pytest.approx([1 / 3] * 3)
