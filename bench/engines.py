@@ -17,8 +17,8 @@ Per run: seconds per case (image in memory -> label map on the original grid: pr
 stitching, restore; the minimum over --repeats), the label agreement Dice per label against today's
 output, the network's FLOPs per voxel (2 x its MACs on one training patch / the patch's voxels), the
 FLOPs executed (every window batch of every mirror pass), the achieved GFLOP/s (FLOPs / seconds inside
-the network), its share of the device's peak (bench/efficiency.py: forward-only, one large conv at
-fp32; the ONNX runtimes run fp32), and the share of wall time outside the network.
+the network), its share of the device's peak at the mode's arithmetic (bench/efficiency.py: forward-only,
+one large conv, torch at fp32 or bf16), and the share of wall time outside the network.
 """
 
 from __future__ import annotations
@@ -35,13 +35,13 @@ from predict import bench_plans, dice_per_class, synthetic_ct, train_small_unet,
 from tiles import SPACING, TRAIN_SHAPE, VOLUMES  # noqa: E402
 
 
-def counted_networks(model, runtime: str) -> list[CountingNetwork]:
+def counted_networks(model, runtime: str, precision: str) -> list[CountingNetwork]:
     """The model's networks for `runtime`, each wrapped to count its FLOPs and seconds (reset per run)."""
-    from autoseg.inference.runtimes import networks_for_runtime
+    from autoseg.inference.runtimes import networks_for_runtime, runtime_networks_key
 
-    networks = networks_for_runtime(model, runtime)
+    networks = networks_for_runtime(model, runtime, precision)
     counted = [CountingNetwork(network, model.configuration.architecture) for network in networks]
-    model.runtime_networks[runtime] = counted
+    model.runtime_networks[runtime_networks_key(runtime, precision)] = counted
     if runtime == "torch":
         model.networks = counted
     return counted
@@ -50,8 +50,9 @@ def counted_networks(model, runtime: str) -> list[CountingNetwork]:
 def run_mode(model, image, geometry, settings, repeats: int):
     """(labels, best seconds, network FLOPs, network seconds) of predict_image in `settings`."""
     from autoseg.inference.case import predict_image
+    from autoseg.inference.runtimes import runtime_networks_key
 
-    counted = counted_networks(model, settings.runtime)
+    counted = counted_networks(model, settings.runtime, settings.precision)
     best = None
     for _ in range(repeats):
         for network in counted:
@@ -64,7 +65,7 @@ def run_mode(model, image, geometry, settings, repeats: int):
     unwrapped = [network.network for network in counted]  # so the next mode converts the plain networks
     if settings.runtime == "torch":
         model.networks = unwrapped
-    model.runtime_networks[settings.runtime] = unwrapped
+    model.runtime_networks[runtime_networks_key(settings.runtime, settings.precision)] = unwrapped
     return best
 
 
@@ -83,7 +84,7 @@ def main() -> None:
     import torch
 
     from autoseg.hardware import usable_cpus
-    from autoseg.inference.case import PredictionSettings, patch_tiling
+    from autoseg.inference.case import PredictionSettings, patch_tiling, preprocess_for
     from autoseg.io import Geometry
     from autoseg.stages.runtime import choose_runtime
 
@@ -95,28 +96,37 @@ def main() -> None:
     plans = bench_plans(SPACING, SPACING, args.patch, args.features)
     network, train_seconds = train_small_unet(plans, args.features, args.train_steps, TRAIN_SHAPE)
     model = trained_model(plans, [network])
-    settings = PredictionSettings(use_tta=not args.no_tta, precision="fp32", runtime="torch")
+    mirror_axes = () if args.no_tta else None
+    settings = PredictionSettings(mirror_axes=mirror_axes, precision="fp32", runtime="torch")
+    first_shape = {**VOLUMES, "ct": args.ct_size}[volumes[0]]
+    first_image = preprocess_for(model, synthetic_ct(first_shape, SPACING, seed=2)[0],
+                                 Geometry(shape=tuple(first_shape), spacing_zyx=tuple(SPACING)))[0]
     with tempfile.TemporaryDirectory() as cache:
         choice, _ = choose_runtime(Path(cache) / "runtime_choice.json", model, "auto",
-                                   batch_windows=patch_tiling(model, settings).batch_windows)
-    peak = measured_peak_gflops(3, "fp32")
+                                   batch_windows=patch_tiling(model, settings).batch_windows,
+                                   probe_image=lambda: first_image)
+    peaks = {"fp32": measured_peak_gflops(3, "fp32")}
+    if choice.precision == "bf16":
+        peaks["bf16"] = measured_peak_gflops(3, "bf16")
     architecture = model.configuration.architecture
     print(f"torch {torch.__version__}, {threads} thread(s); U-Net {args.features} features at stage 0, patch "
           f"{args.patch}, trained {args.train_steps} steps ({train_seconds:.0f} s); {flops_per_voxel(architecture, args.patch):.3g} "
-          f"FLOP/voxel per pass; runtime auto chose {choice.runtime} ({choice.precision}); device peak "
-          f"{peak:.1f} GFLOP/s fp32 (one 64->64 3x3x3 conv); TTA {'off' if args.no_tta else 'all axes'}; "
+          f"FLOP/voxel per pass; runtime auto chose {choice.summary}; device peak "
+          f"{', '.join(f'{v:.1f} GFLOP/s {k}' for k, v in peaks.items())} (one 64->64 3x3x3 torch conv); "
+          f"TTA {'off' if args.no_tta else 'all axes'}; "
           f"time = min of {repeats}")
-    modes = {"today": PredictionSettings(use_tta=not args.no_tta, precision="fp32", runtime="torch"),
-             "default": PredictionSettings(use_tta=not args.no_tta, precision=choice.precision, runtime=choice.runtime),
-             "large": PredictionSettings(use_tta=not args.no_tta, precision=choice.precision, runtime=choice.runtime,
+    modes = {"today": PredictionSettings(mirror_axes=mirror_axes, precision="fp32", runtime="torch"),
+             "default": PredictionSettings(mirror_axes=mirror_axes, precision=choice.precision, runtime=choice.runtime),
+             "large": PredictionSettings(mirror_axes=mirror_axes, precision=choice.precision, runtime=choice.runtime,
                                          tile_mode="large")}
     sizes = {**VOLUMES, "ct": args.ct_size}
     for name in volumes:
         image, label = synthetic_ct(sizes[name], SPACING, seed=2)
         geometry = Geometry(shape=tuple(sizes[name]), spacing_zyx=tuple(SPACING))
-        runs = {mode: run_mode(model, image[None], geometry, settings, repeats) for mode, settings in modes.items()}
+        runs = {mode: run_mode(model, image, geometry, settings, repeats) for mode, settings in modes.items()}
         today_seconds = runs["today"][1]
         for mode, (labels, seconds, flops, network_seconds) in runs.items():
+            peak = peaks[modes[mode].precision]
             agreement = dice_per_class(labels, runs["today"][0])
             truth = dice_per_class(labels, label)
             gflops = flops / network_seconds / 1e9 if network_seconds else 0.0

@@ -168,7 +168,9 @@ def test_predict_uses_the_choice_and_the_segmenter_agrees(chosen_home, tmp_path)
     assert [(m.configuration_name, m.folds) for m in models] == [(CONFIGURATION, ["0"])]
     assert sorted(cases) == ["demo_000", "demo_001"]
 
-    segmenter = api.Segmenter(workspace.home, device="cpu", settings=PredictionSettings(mirror_axes=(), device="cpu"))
+    # runtime auto reads back the choice predict cached, so both run the same runtime at the same arithmetic.
+    segmenter = api.Segmenter(workspace.home, device="cpu",
+                              settings=PredictionSettings(mirror_axes=(), device="cpu", runtime="auto"))
     image = unseen / "imagesTr" / "demo_000.nii.gz"
     np.testing.assert_array_equal(segmenter.predict(image).segmentation,
                                   read_segmentation(tmp_path / "out" / "demo_000.nii.gz")[0])

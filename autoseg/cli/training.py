@@ -39,6 +39,9 @@ def train(
     gpus: int = typer.Option(1, "--gpus", min=1, help="Train on N GPUs with DistributedDataParallel (torchrun); without a GPU (or with --device cpu), "
                                      "N CPU processes over gloo."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Predict and score the fold's cases."),
+    validation_runtime: str = typer.Option("auto", "--validation-runtime",
+                                           help="The validation's runtime, as predict --runtime: auto (measured on "
+                                                "the first case and cached for predict), torch, onnxruntime, ..."),
     nnodes: int = typer.Option(1, "--nnodes", min=1, help="Machines training together (torchrun's; --gpus per "
                                "machine, one shared workspace)."),
     node_rank: int = typer.Option(0, "--node-rank", min=0, help="This machine's rank, 0 .. --nnodes - 1."),
@@ -54,7 +57,7 @@ def train(
                                  iterations=iterations, validation_iterations=validation_iterations,
                                  time_budget=time_budget, workers=workers, device=device, precision=precision,
                                  resume=resume, pretrained=pretrained, seed=seed, checkpoint_every=checkpoint_every, validate=validate,
-                                 distributed=torchrun.init_rank(device)))
+                                 validation_runtime=validation_runtime, distributed=torchrun.init_rank(device)))
 
 
 def _train_and_show(request) -> None:

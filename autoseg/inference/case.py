@@ -209,7 +209,7 @@ def predict_probabilities_mirror_sets(model: TrainedModel, data: np.ndarray, set
     image = torch.from_numpy(np.ascontiguousarray(data))
     options.update(_accumulator_placement(model, image.shape[1:], num_classes * len(mirror_sets)))
     # A 2d configuration's patch is (y, x): the volume is predicted slice by slice.
-    networks = networks_for_runtime(model, settings.runtime)
+    networks = networks_for_runtime(model, settings.runtime, settings.precision)
     return predict_sliding_window_mirror_sets(networks, image, tiling.window, **options)
 
 

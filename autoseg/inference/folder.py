@@ -162,6 +162,20 @@ def _read_and_preprocess(model, files, case_id, settings):
     return preprocess_for(model, image, geometry, case_id, settings)
 
 
+def first_case_image(model: TrainedModel, input_path: Path) -> np.ndarray | None:
+    """The first case of `input_path` preprocessed for `model` (C, *spatial), for measuring runtimes on a
+    real image (`autoseg.stages.runtime`); None for a cascade stage (its input needs the low-res stage's
+    prediction) or when the case cannot be read: predicting it reports why, case by case."""
+    if model.previous_stage is not None:
+        return None
+    try:
+        case_id, files = next(iter(group_input_files(input_path, model.num_input_channels,
+                                                     channel_names(model)).items()))
+        return _read_and_preprocess(model, files, case_id, None)[0]
+    except (AutosegError, StopIteration):
+        return None
+
+
 def _export(model, holder: list, properties, output_path: Path, settings: PredictionSettings, output_format: str,
             input_files: list, after_case: Sequence[AfterCase] = ()) -> str:
     """Restore, postprocess and write one case, then call the `after_case` hooks. `holder` is

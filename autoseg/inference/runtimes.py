@@ -9,13 +9,13 @@ callable `predict_sliding_window` calls, (B, C, *spatial) float32 tensor -> (B, 
                  CPU, which a probe of a few seconds cannot amortize: it is never chosen by `auto`.
 - onnxruntime:   the ONNX export (`autoseg.network.onnx_export`) on onnxruntime's CPU provider, float32.
 - openvino:      the same ONNX model compiled by OpenVINO for the CPU, one compiled model per input shape
-                 (static shapes are faster than its dynamic ones, and a sliding window has few tile shapes).
-                 Inference precision f32: OpenVINO's default on CPUs with AMX is bf16, which no longer
-                 matches torch fp32 within 1e-3; bf16 arithmetic is the torch runtime's `--precision bf16`.
+                 (static shapes are faster than its dynamic ones, and a sliding window has few tile shapes),
+                 at f32 or, with `--precision bf16`, bf16 (its INFERENCE_PRECISION_HINT, set explicitly:
+                 OpenVINO's own default on CPUs with AMX is bf16, which would not be the fp32 asked for).
 
-`--runtime` says which engine runs the network and `--precision` which arithmetic the torch engines use
-(ONNX runtimes are float32 only), so `torch` at bf16 is `--runtime torch --precision bf16`, the one way to
-say it. `auto` is resolved by the predict stage from a measurement (`autoseg.stages.runtime`).
+`--runtime` says which engine runs the network and `--precision` which arithmetic it uses: the torch engines
+fp32, bf16 or fp16 under autocast, onnxruntime fp32 only, openvino fp32 or bf16; so OpenVINO at bf16 is
+`--runtime openvino --precision bf16`, the one way to say it. `auto` is resolved by the predict stage from a measurement (`autoseg.stages.runtime`).
 The ONNX runtimes run on the CPU only, and are imported only when asked for.
 """
 
@@ -37,9 +37,11 @@ if TYPE_CHECKING:
 
 RUNTIMES = ("torch", "torch-compile", "onnxruntime", "openvino")
 ONNX_RUNTIMES = ("onnxruntime", "openvino")
+# The arithmetic each ONNX runtime offers (`auto` is the first); the torch runtimes take any `--precision`.
+ONNX_PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
 # What a runtime must reach against torch fp32 on the probe to be chosen (issue 14's thresholds).
 MIN_LABEL_AGREEMENT_DICE = 0.999
-MAX_PROBABILITY_DIFFERENCE = 1e-3  # ONNX runtimes only: they claim to compute float32
+MAX_PROBABILITY_DIFFERENCE = 1e-3  # for runtimes that claim to compute in float32
 
 
 class RuntimeUnavailable(AutosegError):
@@ -51,9 +53,15 @@ def check_runtime(runtime: str, precision: str = "auto", allow_auto: bool = True
     choices = ("auto", *RUNTIMES) if allow_auto else RUNTIMES
     if runtime not in choices:
         raise RuntimeUnavailable(f"--runtime {runtime!r}: expected {', '.join(choices[:-1])} or {choices[-1]}")
-    if runtime in ONNX_RUNTIMES and precision not in ("auto", "fp32"):
-        raise RuntimeUnavailable(f"--runtime {runtime} computes in fp32; --precision {precision} is for the torch "
-                                 "runtimes (--runtime torch or torch-compile)")
+    offered = ONNX_PRECISIONS.get(runtime)
+    if offered is not None and precision not in ("auto", *offered):
+        raise RuntimeUnavailable(f"--runtime {runtime} computes in {' or '.join(offered)}, not --precision "
+                                 f"{precision} (the torch runtimes take any: --runtime torch or torch-compile)")
+
+
+def onnx_precision(runtime: str, precision: str) -> str:
+    """The arithmetic an ONNX runtime runs at for `precision` (auto: its first, fp32)."""
+    return ONNX_PRECISIONS[runtime][0] if precision == "auto" else precision
 
 
 def runtime_autocast_dtype(runtime: str, precision: str, device, trained_precision: str):
@@ -81,14 +89,15 @@ class OnnxRuntimeNetwork:
 
 
 class OpenVinoNetwork:
-    """An ONNX model compiled by OpenVINO for the CPU (f32), compiled once per input shape."""
+    """An ONNX model compiled by OpenVINO for the CPU at `precision` (fp32 or bf16), once per input shape."""
 
-    def __init__(self, onnx_model: bytes, threads: int):
+    def __init__(self, onnx_model: bytes, threads: int, precision: str = "fp32"):
         import openvino
 
         self.core = openvino.Core()
         self.model = self.core.read_model(model=onnx_model, weights=b"")
-        self.config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+        hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+        self.config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
                        "INFERENCE_NUM_THREADS": int(threads)}
         self.compiled: dict[tuple[int, ...], object] = {}
 
@@ -107,11 +116,13 @@ class OpenVinoNetwork:
 
 
 def runtime_network(network: "torch.nn.Module", runtime: str, *, input_channels: int, dimension: int,
-                    threads: int | None = None, onnx_model: bytes | None = None) -> Callable:
+                    precision: str = "fp32", threads: int | None = None,
+                    onnx_model: bytes | None = None) -> Callable:
     """`network` (eval mode, deep supervision off, as `load_network` gives it) run by `runtime`;
+    `precision` the ONNX runtimes' arithmetic (the torch ones take theirs from autocast around the call);
     `threads` for the ONNX runtimes (default: the CPUs this process may use); `onnx_model`: the network's
     export when already made (`autoseg.network.onnx_export.export_onnx`)."""
-    check_runtime(runtime, allow_auto=False)
+    check_runtime(runtime, precision, allow_auto=False)
     if runtime == "torch":
         return network
     if runtime == "torch-compile":
@@ -129,7 +140,9 @@ def runtime_network(network: "torch.nn.Module", runtime: str, *, input_channels:
 
     if onnx_model is None:
         onnx_model = export_onnx(network, input_channels=input_channels, dimension=dimension)
-    return (OnnxRuntimeNetwork if runtime == "onnxruntime" else OpenVinoNetwork)(onnx_model, threads)
+    if runtime == "onnxruntime":
+        return OnnxRuntimeNetwork(onnx_model, threads)
+    return OpenVinoNetwork(onnx_model, threads, onnx_precision(runtime, precision))
 
 
 def _check_installed(runtime: str) -> None:
@@ -142,19 +155,26 @@ def _check_installed(runtime: str) -> None:
         raise RuntimeUnavailable(f"--runtime {runtime}: {runtime} is not installed (pip install {runtime})") from None
 
 
-def networks_for_runtime(model: "TrainedModel", runtime: str) -> list:
-    """The model's networks (every fold) run by `runtime`, converted on first use and kept on the model."""
+def runtime_networks_key(runtime: str, precision: str) -> str:
+    """Where `networks_for_runtime` keeps a runtime's networks on the model: one per ONNX runtime and arithmetic."""
+    return runtime if runtime not in ONNX_RUNTIMES else f"{runtime} {onnx_precision(runtime, precision)}"
+
+
+def networks_for_runtime(model: "TrainedModel", runtime: str, precision: str = "auto") -> list:
+    """The model's networks (every fold) run by `runtime` (at `precision` for an ONNX runtime), converted on
+    first use and kept on the model."""
     if runtime == "auto":
         raise RuntimeUnavailable("runtime auto is chosen by the predict stage (autoseg.stages.runtime); "
                                  "pass a runtime by name here")
     if runtime == "torch":
         return model.networks
-    if runtime not in model.runtime_networks:
+    key = runtime_networks_key(runtime, precision)
+    if key not in model.runtime_networks:
         architecture = model.configuration.architecture
-        model.runtime_networks[runtime] = [
+        model.runtime_networks[key] = [
             runtime_network(network, runtime, input_channels=architecture.input_channels,
-                            dimension=architecture.dimension) for network in model.networks]
-    return model.runtime_networks[runtime]
+                            dimension=architecture.dimension, precision=precision) for network in model.networks]
+    return model.runtime_networks[key]
 
 
 # ----------------------------------------------------------------------------------- measuring a runtime
@@ -172,7 +192,7 @@ class RuntimeMeasurement:
 
     @property
     def name(self) -> str:
-        return self.runtime if self.runtime in ONNX_RUNTIMES else f"{self.runtime} {self.precision}"
+        return f"{self.runtime} {self.precision}"
 
 
 def label_agreement_dice(reference_labels: np.ndarray, labels: np.ndarray, num_classes: int) -> float:
@@ -185,10 +205,14 @@ def label_agreement_dice(reference_labels: np.ndarray, labels: np.ndarray, num_c
 
 
 def measure_runtime(network: Callable, runtime: str, precision: str, probe: "torch.Tensor",
-                    reference_logits: "torch.Tensor", *, timed_calls: int = 2,
+                    reference_logits: "torch.Tensor", *, timed_calls: int = 1,
                     clock: Callable[[], float] = time.perf_counter) -> RuntimeMeasurement:
     """Time `network` (already converted to `runtime`) on `probe` under `precision` and compare its output
-    with `reference_logits` (torch fp32 on the same probe). A runtime that disagrees is not timed."""
+    with `reference_logits` (torch fp32 on the same probe): labels within MIN_LABEL_AGREEMENT_DICE, and at
+    fp32 probabilities within MAX_PROBABILITY_DIFFERENCE (bf16 and fp16 round every activation to 8 or 11
+    bits, so only their labels are held to fp32's). A runtime that disagrees is not timed. One warm-up call
+    (kernel choice, OpenVINO's compilation for this shape) then `timed_calls`: on a busy 2-core machine the
+    median of more calls moved the choice less than the seconds they cost."""
     import contextlib
 
     import torch
@@ -196,7 +220,7 @@ def measure_runtime(network: Callable, runtime: str, precision: str, probe: "tor
     from autoseg.device import dtype_of
     from autoseg.network.onnx_export import max_probability_difference
 
-    dtype = None if runtime in ONNX_RUNTIMES else dtype_of(precision)
+    dtype = None if runtime in ONNX_RUNTIMES else dtype_of(precision)  # ONNX runtimes: set at conversion
     autocast = torch.autocast(probe.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     def call() -> "torch.Tensor":
@@ -207,8 +231,7 @@ def measure_runtime(network: Callable, runtime: str, precision: str, probe: "tor
     num_classes = reference_logits.shape[1]
     dice = label_agreement_dice(reference_logits.argmax(1).numpy(), logits.argmax(1).numpy(), num_classes)
     difference = max_probability_difference(reference_logits, logits)
-    agrees = dice >= MIN_LABEL_AGREEMENT_DICE and (runtime not in ONNX_RUNTIMES
-                                                    or difference < MAX_PROBABILITY_DIFFERENCE)
+    agrees = dice >= MIN_LABEL_AGREEMENT_DICE and (precision != "fp32" or difference < MAX_PROBABILITY_DIFFERENCE)
     seconds = float("nan")
     if agrees:
         durations = []
@@ -221,32 +244,40 @@ def measure_runtime(network: Callable, runtime: str, precision: str, probe: "tor
 
 
 def runtime_candidates(device_type: str, precision: str, cpu_bf16: bool) -> list[tuple[str, str]]:
-    """The (runtime, precision) pairs `auto` measures: on a CPU torch fp32, torch bf16 when the CPU has bf16
-    hardware, onnxruntime and openvino, keeping only those at `precision` unless it is auto; elsewhere torch
-    alone (the ONNX runtimes here run on the CPU), at `precision`. torch-compile is left out: see above."""
+    """The (runtime, precision) pairs `auto` measures: on a CPU torch, onnxruntime and openvino at fp32, and
+    torch and openvino at bf16 when the CPU has bf16 hardware (emulated bf16 is slower than fp32), keeping only
+    those at `precision` unless it is auto; elsewhere torch alone (the ONNX runtimes here run on the CPU), at
+    `precision`. torch-compile is left out: see above."""
     if device_type != "cpu":
         return [("torch", precision)]
     candidates = [("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32")]
     if cpu_bf16:
-        candidates.insert(1, ("torch", "bf16"))
+        candidates += [("torch", "bf16"), ("openvino", "bf16")]
     if precision == "auto":
         return candidates
     return [pair for pair in candidates if pair[1] == precision] or [("torch", precision)]
 
 
-def measure_runtimes(network: "torch.nn.Module", candidates: list[tuple[str, str]], probe_shape: tuple[int, ...],
-                     *, seed: int = 0, clock: Callable[[], float] = time.perf_counter, timed_calls: int = 2,
+def random_probe(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """A (B, C, *spatial) batch of standard normal noise: the probe when no image is at hand."""
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+
+
+def measure_runtimes(network: "torch.nn.Module", candidates: list[tuple[str, str]], probe: np.ndarray, *,
+                     clock: Callable[[], float] = time.perf_counter, timed_calls: int = 1,
                      threads: int | None = None) -> list[RuntimeMeasurement]:
-    """Each candidate (runtime, precision) measured on one random batch of `probe_shape` (B, C, *spatial)
-    against the torch fp32 network itself (`threads`: the ONNX runtimes', see `runtime_network`). A runtime
-    that cannot be built here (not installed) is recorded with its error, never chosen. Costs about
-    1 + 3 x len(candidates) network calls."""
+    """Each candidate (runtime, precision) measured on the batch `probe` (B, C, *spatial): windows of a real
+    preprocessed image (`autoseg.inference.sliding_window.probe_windows`) where there is one, whose confident
+    labels say more about agreement than noise does, else `random_probe`; against the torch fp32 network
+    itself (`threads`: the ONNX runtimes', see `runtime_network`). A runtime that cannot be built here (not
+    installed) is recorded with its error, never chosen. Costs 1 + (1 + timed_calls) x len(candidates)
+    network calls."""
     import torch
 
-    generator = torch.Generator().manual_seed(seed)
-    probe = torch.randn(probe_shape, generator=generator)
+    probe = torch.from_numpy(np.ascontiguousarray(probe, dtype=np.float32))
     with torch.inference_mode():
         reference = network(probe).float()
+    probe_shape = tuple(probe.shape)
     channels, dimension = probe_shape[1], len(probe_shape) - 2
     onnx_model, export_error = None, None
     if any(runtime in ONNX_RUNTIMES for runtime, _ in candidates):  # one export for both ONNX runtimes
@@ -263,7 +294,7 @@ def measure_runtimes(network: "torch.nn.Module", candidates: list[tuple[str, str
             if export_error is not None and runtime in ONNX_RUNTIMES:
                 raise export_error
             converted = runtime_network(network, runtime, input_channels=channels, dimension=dimension,
-                                        threads=threads, onnx_model=onnx_model)
+                                        precision=precision, threads=threads, onnx_model=onnx_model)
         except AutosegError as error:
             nan = float("nan")
             measurements.append(RuntimeMeasurement(runtime, precision, nan, nan, nan, False, str(error)))

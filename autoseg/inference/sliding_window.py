@@ -132,6 +132,27 @@ def padded_shape(spatial_shape: Sequence[int], patch_size: Sequence[int]) -> lis
     return [max(int(size), patch) for size, patch in zip(spatial_shape, patch_size)]
 
 
+def probe_windows(image: np.ndarray, patch_size: Sequence[int], count: int) -> np.ndarray:
+    """(count, C, *patch_size) float32: the `count` windows of the sliding window nearest the image's centre
+    (where the foreground usually lies), repeated when there are fewer; a patch with one spatial axis fewer
+    than the image (the 2d configuration on a volume) takes its windows from the middle slices. The batch a
+    runtime is measured on (`autoseg.inference.runtimes.measure_runtimes`)."""
+    image = np.asarray(image, dtype=np.float32)
+    if image.ndim == len(patch_size) + 2:  # (C, z, y, x) under a 2D patch: slices, as the stitching runs them
+        middle = image.shape[1] // 2
+        slices = [min(max(middle + offset, 0), image.shape[1] - 1) for offset in range(-(count // 2), count)]
+        return np.concatenate([probe_windows(image[:, z], patch_size, 1) for z in slices[:count]])
+    shape = padded_shape(image.shape[1:], patch_size)
+    before = [(padded - size) // 2 for padded, size in zip(shape, image.shape[1:])]
+    padded = np.pad(image, [(0, 0)] + [(b, p - s - b) for b, p, s in zip(before, shape, image.shape[1:])])
+    centre = np.array(shape) / 2
+    corners = sorted(itertools.product(*window_starts(shape, patch_size)),
+                     key=lambda corner: float(np.sum((np.array(corner) + np.array(patch_size) / 2 - centre) ** 2)))
+    chosen = [corners[index % len(corners)] for index in range(count)]
+    return np.stack([padded[(slice(None), *(slice(s, s + p) for s, p in zip(corner, patch_size)))]
+                     for corner in chosen])
+
+
 @functools.lru_cache(maxsize=32)
 def _cached_profile(patch: int, sigma_fraction: float) -> np.ndarray:
     # Centre at (patch - 1) / 2 so the profile is symmetric also for even patch sizes.

@@ -218,7 +218,8 @@ def _stitch_windows(networks: Sequence[Network], image: torch.Tensor, patch_size
         batch = torch.stack([padded[(slice(None), *window)] for window in windows]).to(device)
         if channels_last:
             batch = batch.contiguous(memory_format=_channels_last_format(batch.ndim))
-        means = _means_over_passes(networks, batch, passes, len(mirror_sets), num_classes, autocast_dtype, softmax)
+        means = _means_over_passes(networks, batch, passes, len(mirror_sets), num_classes, autocast_dtype, softmax,
+                                   batch_windows)
         weights = _window_weights(normalized, batch_corners)
         for accumulator, mean in zip(accumulators, means):
             weighted = (mean * weights).to(device=accumulate_on, dtype=accumulate_dtype)
@@ -264,45 +265,58 @@ def _float32_on_cpu(result: torch.Tensor) -> torch.Tensor:
 
 def _means_over_passes(networks: Sequence[Network], batch: torch.Tensor,
                        passes: dict[tuple[int, ...], list[int]], num_sets: int, num_classes: int,
-                       autocast_dtype: torch.dtype | None, softmax: bool) -> list[torch.Tensor]:
+                       autocast_dtype: torch.dtype | None, softmax: bool, batch_windows: int) -> list[torch.Tensor]:
     """Per mirror set, the mean over networks and the set's mirror passes of the softmax (or
     logits) of one batch of windows.
 
     batch (B, C, *patch) on the compute device -> num_sets x (B, num_classes, *patch) float32.
     passes: `_mirror_passes`. A mirror pass flips the input, runs the network and flips its output
-    back; each pass runs once and is added to every set it belongs to.
+    back; each pass runs once and is added to every set it belongs to. When the batch holds fewer
+    than `batch_windows` windows (an image of one or a few windows), several passes share one network
+    call, so the call still runs the batch the device was sized for: on a CPU a batch of one sends
+    PyTorch's conv3d to a kernel several times slower per voxel.
     """
     autocast = (torch.autocast(batch.device.type, dtype=autocast_dtype)
                 if autocast_dtype is not None else contextlib.nullcontext())
     totals: list[torch.Tensor | None] = [None] * num_sets
     counts = [0] * num_sets
+    flips = list(passes)
+    passes_per_call = max(1, batch_windows // len(batch))
     with torch.inference_mode():
         for network in networks:
-            for flip, members in passes.items():
-                dims = [axis + 2 for axis in flip]
+            for first in range(0, len(flips), passes_per_call):
+                packed = flips[first:first + passes_per_call]
+                inputs = [batch.flip([axis + 2 for axis in flip]) if flip else batch for flip in packed]
                 with autocast:
-                    logits = network(batch.flip(dims) if dims else batch)
-                _check_logits(logits, batch, num_classes)
-                output = logits.float()
-                output = torch.softmax(output, dim=1) if softmax else output
-                output = output.flip(dims) if dims else output
-                # Raw logits may be (a view of) the network's input, and a pass shared by several
-                # sets must not become one set's running total: copy before adding in place then.
-                shared = len(members) > 1 or not (softmax or dims)
-                for index in members:
-                    if totals[index] is None:
-                        totals[index] = output.clone() if shared else output
-                    else:
-                        totals[index] += output
-                    counts[index] += 1
+                    logits = network(inputs[0] if len(inputs) == 1 else torch.cat(inputs))
+                _check_logits(logits, inputs[0], num_classes, len(inputs))
+                for flip, output in zip(packed, logits.float().split(len(batch))):
+                    _add_pass(output, flip, passes[flip], totals, counts, softmax)
         return [total.div_(count) for total, count in zip(totals, counts)]
 
 
-def _check_logits(logits: object, batch: torch.Tensor, num_classes: int) -> None:
+def _add_pass(output: torch.Tensor, flip: tuple[int, ...], members: list[int], totals: list, counts: list[int],
+              softmax: bool) -> None:
+    """Add one mirror pass's logits `output`, flipped back, to the running totals of the sets in `members`."""
+    dims = [axis + 2 for axis in flip]
+    output = torch.softmax(output, dim=1) if softmax else output
+    output = output.flip(dims) if dims else output
+    # Raw logits may be (a view of) the network's input, and a pass shared by several
+    # sets must not become one set's running total: copy before adding in place then.
+    shared = len(members) > 1 or not (softmax or dims)
+    for index in members:
+        if totals[index] is None:
+            totals[index] = output.clone() if shared else output
+        else:
+            totals[index] += output
+        counts[index] += 1
+
+
+def _check_logits(logits: object, batch: torch.Tensor, num_classes: int, passes: int = 1) -> None:
     if not isinstance(logits, torch.Tensor):
         raise ValueError(f"a network returned {type(logits).__name__}, not a tensor; "
                          "turn deep supervision off for inference")
-    expected = (batch.shape[0], num_classes, *batch.shape[2:])
+    expected = (batch.shape[0] * passes, num_classes, *batch.shape[2:])
     if tuple(logits.shape) != expected:
         raise ValueError(f"a network returned logits of shape {tuple(logits.shape)} for windows "
                          f"{tuple(batch.shape)}; expected {expected} (num_classes={num_classes})")

@@ -3,11 +3,13 @@ and cached in the workspace, as the planner measures and caches the device's tra
 
     settings = settings_with_runtime(workspace, models, settings, on_choice=report)   # auto -> a runtime by name
 
-The measurement (`autoseg.inference.runtimes.measure_runtimes`) runs each candidate runtime on one random
-batch of windows of the model's patch size (as many as the sliding window batches) with its first fold's network, checks its labels (Dice >= 0.999) and, for
-the ONNX runtimes, its probabilities (max difference < 1e-3) against torch fp32, and keeps the fastest that
-agrees. It costs about 1 + 3 x candidates window passes: seconds for the demo's network, about a minute for
-a full-size 3D network on a small CPU, once.
+The measurement (`autoseg.inference.runtimes.measure_runtimes`) runs each candidate runtime on one batch
+of windows of the model's patch size (as many as the sliding window batches) with its first fold's network:
+windows of the first image to predict when the caller has it (predict: the first case, preprocessed; the
+fold validation: its first case), else random noise. It checks the labels (Dice >= 0.999) and, for fp32
+arithmetic, the probabilities (max difference < 1e-3) against torch fp32, and keeps the fastest that agrees.
+It costs 1 + 2 x candidates window passes: seconds for the demo's network, half a minute for a full-size 3D
+network on a small CPU, once.
 
 The cache (HOME/runtime_choice.json) holds one choice per key. The key is everything that can change the
 answer: the machine (host, CPU model, torch threads, torch / onnxruntime / openvino versions, device), the
@@ -25,15 +27,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from autoseg.artifacts import build_versioned, read_json, write_json
 from autoseg.errors import AutosegError
 from autoseg.inference.case import PredictionSettings, patch_tiling
 from autoseg.inference.model import TrainedModel
 from autoseg.inference.runtimes import (RuntimeMeasurement, check_runtime, fastest_agreeing, measure_runtimes,
-                                       networks_for_runtime, runtime_candidates)
+                                       networks_for_runtime, random_probe, runtime_candidates)
+from autoseg.inference.sliding_window import probe_windows
 from autoseg.workspace import Workspace
 
-RUNTIME_CHOICE_SCHEMA_VERSION = 1
+RUNTIME_CHOICE_SCHEMA_VERSION = 2  # 2: the probe's source; openvino at bf16
 
 
 @dataclass
@@ -45,6 +50,7 @@ class RuntimeChoice:
     measurements: list[RuntimeMeasurement]
     identity: dict = field(default_factory=dict)  # what the key hashes (see the module's docstring)
     measured_seconds: float = 0.0  # wall time of the measurement, conversions and warm-ups included
+    probe: str = "random"  # what the runtimes were measured on: "image" (windows of a case) or "random"
     schema_version: int = RUNTIME_CHOICE_SCHEMA_VERSION
 
     @property
@@ -119,16 +125,20 @@ def _read_choices(cache_file: Path) -> dict:
 
 
 Measure = Callable[..., list[RuntimeMeasurement]]
+# A preprocessed image (C, *spatial) to take the probe's windows from, made only when a measurement is due.
+ProbeImage = Callable[[], np.ndarray | None]
 
 
 def choose_runtime(cache_file: Path | None, model: TrainedModel, precision: str, *, batch_windows: int = 1,
-                   refresh: bool = False, measure: Measure = measure_runtimes,
+                   probe_image: ProbeImage | None = None, refresh: bool = False, measure: Measure = measure_runtimes,
                    cpu_bf16: bool | None = None) -> tuple[RuntimeChoice, bool]:
     """(the choice for `model` at `precision` (auto or an explicit one), whether it came from the cache).
 
-    Measures (`measure(network, candidates, probe_shape)`, a probe of `batch_windows` windows: the batch the
-    sliding window will run, as a CPU's speed per window depends on it) only when the cache has no choice for
-    this key, or `refresh`; a single candidate (a GPU, or an explicit bf16) is chosen without measuring."""
+    Measures (`measure(network, candidates, probe)`, a probe of `batch_windows` windows: the batch the
+    sliding window will run, as a CPU's speed per window depends on it; windows of `probe_image()` when it
+    gives an image, else noise) only when the cache has no choice for this key, or `refresh`; a single
+    candidate (a GPU) is chosen without measuring. The key leaves out which image the probe came from: the
+    choice belongs to the model on this machine, whichever stage (the fold validation, predict) made it."""
     from autoseg.device import cpu_supports_bf16
 
     if cpu_bf16 is None:
@@ -145,9 +155,13 @@ def choose_runtime(cache_file: Path | None, model: TrainedModel, precision: str,
     if key in choices and not refresh:
         return RuntimeChoice.from_json(choices[key], where=f"{cache_file}: choice {key}"), True
     started = time.perf_counter()
-    measurements = measure(model.networks[0], candidates, probe_shape)
+    image = probe_image() if probe_image is not None else None
+    probe = random_probe(probe_shape) if image is None else probe_windows(image, model.configuration.patch_size,
+                                                                          batch_windows)
+    measurements = measure(model.networks[0], candidates, probe)
     best = fastest_agreeing(measurements)
-    choice = RuntimeChoice(best.runtime, best.precision, measurements, identity, time.perf_counter() - started)
+    choice = RuntimeChoice(best.runtime, best.precision, measurements, identity, time.perf_counter() - started,
+                           probe="random" if image is None else "image")
     choices[key] = choice.to_json()
     if cache_file is not None:
         write_json(cache_file, {"schema_version": RUNTIME_CHOICE_SCHEMA_VERSION, "choices": choices})
@@ -155,10 +169,12 @@ def choose_runtime(cache_file: Path | None, model: TrainedModel, precision: str,
 
 
 def settings_with_runtime(workspace: Workspace | None, models: list[TrainedModel], settings: PredictionSettings, *,
-                          refresh: bool = False, measure: Measure = measure_runtimes,
+                          probe_image: ProbeImage | None = None, refresh: bool = False,
+                          measure: Measure = measure_runtimes,
                           on_choice: Callable[[RuntimeChoice, bool], None] | None = None) -> PredictionSettings:
     """`settings` with runtime auto replaced by the choice for the first model (and precision by the
-    choice's), told to on_choice(choice, whether it was cached); an explicit runtime is kept as it is.
+    choice's; `probe_image`: see `choose_runtime`), told to on_choice(choice, whether it was cached); an
+    explicit runtime is kept as it is.
     Every model's networks (each fold, a cascade's low-res stage too) are converted to the runtime here, so
     a runtime that cannot run (not installed, not on this device) fails once, before any case. Without a
     workspace (a model bundle predicting where there is none) the choice is measured and not cached."""
@@ -166,13 +182,13 @@ def settings_with_runtime(workspace: Workspace | None, models: list[TrainedModel
     if settings.runtime == "auto":
         cache_file = workspace.runtime_choice_file if workspace is not None else None
         choice, cached = choose_runtime(cache_file, models[0], settings.precision,
-                                        batch_windows=patch_tiling(models[0], settings).batch_windows, refresh=refresh,
-                                        measure=measure)
+                                        batch_windows=patch_tiling(models[0], settings).batch_windows,
+                                        probe_image=probe_image, refresh=refresh, measure=measure)
         if on_choice is not None:
             on_choice(choice, cached)
         settings = replace(settings, runtime=choice.runtime, precision=choice.precision)
     for model in models:
         for stage in (model.previous_stage, model):
             if stage is not None:
-                networks_for_runtime(stage, settings.runtime)
+                networks_for_runtime(stage, settings.runtime, settings.precision)
     return settings

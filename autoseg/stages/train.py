@@ -29,6 +29,7 @@ from autoseg.budget.compute_aware import TrainingSchedule, training_schedule
 from autoseg.device import check_precision
 from autoseg.errors import PlanError, WorkspaceError
 from autoseg.evaluation import EvaluationSummary
+from autoseg.inference.runtimes import check_runtime
 from autoseg.planning.plans import Configuration, Plans
 from autoseg.planning.time_budget import BudgetDecision, OverBudget, format_duration
 from autoseg.stages.choice import configurations_within_budget, default_training_configuration
@@ -70,6 +71,9 @@ class TrainRequest:
     seed: int | None = None
     checkpoint_every: int | None = None  # epochs
     validate: bool = True  # predict and score the fold's validation cases after training
+    # The validation's runtime: auto chooses (and caches for predict) the fastest that agrees with torch fp32,
+    # measured on the first validation case (`autoseg.stages.runtime`); or one by name.
+    validation_runtime: str = "auto"
     distributed: DistributedRank | None = None  # None: one process
 
     @property
@@ -132,6 +136,7 @@ def train_fold(workspace: Workspace, request: TrainRequest, events: TrainingEven
     on_trained(output_folder): checkpoints are written, validation follows; on_validation_case(case_id).
     """
     check_precision(request.precision)
+    check_runtime(request.validation_runtime)
     task_name, dataset_folder = workspace.resolve_task(request.task)
     plans = Plans.load(workspace.plans_file(task_name))
     configuration = request.configuration or default_training_configuration(plans)
@@ -158,7 +163,7 @@ def train_fold(workspace: Workspace, request: TrainRequest, events: TrainingEven
     on_trained(job.output_folder)
     validation = None
     if request.validate:
-        validation = _validate(workspace, task_name, job, request.training_device,
+        validation = _validate(workspace, task_name, job, request.training_device, request.validation_runtime,
                                schedule.final_validation_mirroring, on_validation_case)
     return TrainResult(setup, validation, _timing_report(config.budget, request, time.perf_counter() - started))
 
@@ -286,14 +291,21 @@ def training_cpu_threads(processes_on_this_machine: int = 1) -> int:
     return max(1, usable_cpus() // processes_on_this_machine)
 
 
-def _validate(workspace: Workspace, task_name: str, job: TrainingJob, device: str, use_tta: bool,
+def _validate(workspace: Workspace, task_name: str, job: TrainingJob, device: str, runtime: str, use_tta: bool,
               on_case: Callable[[str], None]) -> EvaluationSummary:
-    """The fold's validation predictions, written to its validation/ folder, and their EvaluationSummary."""
+    """The fold's validation predictions, written to its validation/ folder, and their EvaluationSummary,
+    predicted on `runtime` (auto: the choice predict will read back from the workspace's cache)."""
+    from autoseg.inference.case import PredictionSettings
+    from autoseg.stages.runtime import settings_with_runtime
     from autoseg.training.validation import validate_fold
+
+    def settings_for(model, first_case):
+        return settings_with_runtime(workspace, [model], PredictionSettings(runtime=runtime),
+                                     probe_image=lambda: first_case)
 
     return validate_fold(job.plans, job.configuration_name, job.results, job.fold, job.data_folder,
                          workspace.reference_segmentations(task_name), job.val_ids, device=device, use_tta=use_tta,
-                         on_case=on_case)
+                         on_case=on_case, settings_for=settings_for)
 
 
 def _timing_report(budget: BudgetDecision | None, request: TrainRequest, seconds: float) -> str | None:

@@ -15,10 +15,20 @@ with a `previous_stage` (3d_cascade_fullres) reads those stored segmentations as
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from autoseg.artifacts import write_json
 from autoseg.workspace import TaskResults
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from autoseg.inference.case import PredictionSettings
+    from autoseg.inference.model import TrainedModel
+
+# Given the loaded fold and its first validation case (preprocessed), the settings the cases are predicted
+# with: how `autoseg train` runs its validation on the runtime predict will use (`autoseg.stages.train`).
+SettingsFor = Callable[["TrainedModel", "np.ndarray"], "PredictionSettings"]
 
 
 def _next_stage_grid(plans, configuration, data_folder: Path) -> Path | None:
@@ -30,8 +40,11 @@ def _next_stage_grid(plans, configuration, data_folder: Path) -> Path | None:
 
 def validate_fold(plans, configuration_name: str, results: TaskResults, fold: str, data_folder: Path,
                   reference_folder: Path, val_ids: Sequence[str], *, checkpoint: str = "final",
-                  device: str = "auto", use_tta: bool = True, on_case: Callable[[str], None] | None = None):
+                  device: str = "auto", use_tta: bool = True, on_case: Callable[[str], None] | None = None,
+                  settings_for: SettingsFor | None = None):
     """Returns the EvaluationSummary of the fold; files go to the fold's `TaskResults.validation_folder`.
+    The cases are predicted with `settings_for(model, first case's data)` (default: PredictionSettings(),
+    torch at the trained precision); its mirror axes are ignored (see the module's docstring).
 
     Surface distances are in mm: the reference files' spacing, or for pictures (whose files hold
     none) the pixel spacing the plan was made for (dataset.json `pixel_spacing`, 1 x 1 by default).
@@ -64,11 +77,14 @@ def validate_fold(plans, configuration_name: str, results: TaskResults, fold: st
     output.mkdir(parents=True, exist_ok=True)
     results.mirror_scores_file(configuration_name, fold).unlink(missing_ok=True)  # a previous run's
     references = find_segmentations(reference_folder)
+    settings = None
     for case_id in val_ids:
         data, _, properties = load_case(data_folder, case_id, mmap=False)
         if previous_stage_folder is not None:
             data = append_stored_previous_stage(data, previous_stage_folder, case_id, foreground_labels_of(plans))
-        per_set = predict_probabilities_mirror_sets(model, data, PredictionSettings(), list(mirror_sets.values()))
+        if settings is None:
+            settings = settings_for(model, data) if settings_for is not None else PredictionSettings()
+        per_set = predict_probabilities_mirror_sets(model, data, settings, list(mirror_sets.values()))
         prediction = probabilities_to_prediction(model, per_set.pop(), properties, keep_probabilities=True,
                                                  postprocess=False)
         if case_id in references:  # else evaluate_folder below names the missing reference

@@ -14,7 +14,8 @@ import torch
 
 from autoseg.inference.case import PredictionSettings, predict_probabilities
 from autoseg.inference.runtimes import (RuntimeMeasurement, RuntimeUnavailable, check_runtime, fastest_agreeing,
-                                        label_agreement_dice, measure_runtimes, runtime_candidates)
+                                        label_agreement_dice, measure_runtimes, random_probe, runtime_candidates)
+from autoseg.inference.sliding_window import probe_windows
 from autoseg.stages.runtime import choose_runtime, settings_with_runtime
 from autoseg.workspace import Workspace
 from helpers_training import CONFIGURATION, small_task, trained_small_fold  # noqa: F401
@@ -51,6 +52,19 @@ def test_each_runtime_predicts_the_labels_of_torch_fp32(runtime, trained_model, 
     assert reference.argmax(0).max() > 0  # the trained fold finds its organ: labels were compared, not background
 
 
+@pytest.mark.skipif("openvino" not in ONNX_RUNTIMES_INSTALLED, reason="openvino is not installed")
+def test_openvino_bf16_predicts_the_labels_of_torch_fp32(trained_model, case_and_reference):
+    data, reference = case_and_reference
+    model = replace(trained_model, runtime_networks={})
+    settings = PredictionSettings(mirror_axes=(), runtime="openvino", precision="bf16")
+    probabilities = predict_probabilities(model, data, settings)
+    num_classes = reference.shape[0]
+    assert label_agreement_dice(reference.argmax(0).numpy(), probabilities.argmax(0).numpy(), num_classes) >= 0.999
+    # Two networks kept on the model, one per arithmetic: asking for fp32 afterwards does not reuse bf16.
+    predict_probabilities(model, data, replace(settings, precision="fp32"))
+    assert sorted(model.runtime_networks) == ["openvino bf16", "openvino fp32"]
+
+
 def test_label_agreement_is_the_mean_foreground_dice():
     reference = np.array([0, 1, 1, 1, 2, 2])
     labels = np.array([0, 1, 1, 2, 2, 2])
@@ -68,11 +82,11 @@ def test_the_probe_times_with_the_given_clock_and_compares_with_torch():
                                          deep_supervision=False)).eval()
     ticks = iter(range(100))
     candidates = [("torch", "fp32"), *[(runtime, "fp32") for runtime in ONNX_RUNTIMES_INSTALLED]]
-    measurements = measure_runtimes(network, candidates, (1, 1, 16, 16), clock=lambda: float(next(ticks)) ** 2)
-    # Two timed calls per candidate, each between two clock readings t0**2 and (t0 + 1)**2.
+    measurements = measure_runtimes(network, candidates, random_probe((1, 1, 16, 16)),
+                                    clock=lambda: float(next(ticks)) ** 2)
+    # One timed call per candidate (after its warm-up), between two clock readings t**2 and (t + 1)**2.
     for index, measurement in enumerate(measurements):
-        first = 4 * index
-        assert measurement.seconds == pytest.approx(np.median([2 * first + 1, 2 * first + 5]))
+        assert measurement.seconds == pytest.approx((2 * index + 1) ** 2 - (2 * index) ** 2)
         assert measurement.agrees and measurement.label_agreement_dice == 1.0
     assert measurements[0].max_probability_difference == 0.0
     assert all(m.max_probability_difference < 1e-4 for m in measurements[1:])
@@ -93,7 +107,8 @@ def test_candidates_follow_the_device_and_the_precision():
     assert runtime_candidates("cpu", "auto", cpu_bf16=False) == [("torch", "fp32"), ("onnxruntime", "fp32"),
                                                                  ("openvino", "fp32")]
     assert ("torch", "bf16") in runtime_candidates("cpu", "auto", cpu_bf16=True)
-    assert runtime_candidates("cpu", "bf16", cpu_bf16=True) == [("torch", "bf16")]
+    assert runtime_candidates("cpu", "bf16", cpu_bf16=True) == [("torch", "bf16"), ("openvino", "bf16")]
+    assert runtime_candidates("cpu", "bf16", cpu_bf16=False) == [("torch", "bf16")]  # asked for, not measured
     assert runtime_candidates("cuda", "auto", cpu_bf16=False) == [("torch", "auto")]
 
 
@@ -104,9 +119,10 @@ class FakeMeasure:
         self.calls = 0
         self.probe_shapes = []
 
-    def __call__(self, network, candidates, probe_shape):
+    def __call__(self, network, candidates, probe):
         self.calls += 1
-        self.probe_shapes.append(tuple(probe_shape))
+        self.probe_shapes.append(tuple(probe.shape))
+        self.probe = probe
         seconds = {"torch": 3.0, "onnxruntime": 2.0, "openvino": 1.0}
         return [RuntimeMeasurement(runtime, precision, seconds[runtime], 1.0, 0.0, True)
                 for runtime, precision in candidates]
@@ -136,6 +152,19 @@ def test_auto_is_measured_once_then_read_from_the_cache(trained_model, tmp_path)
     assert measure.calls == 3
 
 
+def test_the_probe_is_windows_of_the_image_when_there_is_one(trained_model, case_and_reference, tmp_path):
+    data = case_and_reference[0]
+    measure = FakeMeasure()
+    choice, cached = choose_runtime(tmp_path / "choice.json", trained_model, "auto", batch_windows=2,
+                                    probe_image=lambda: data, measure=measure, cpu_bf16=False)
+    assert (choice.probe, cached) == ("image", False)
+    np.testing.assert_array_equal(measure.probe, probe_windows(data, trained_model.configuration.patch_size, 2))
+    # The image does not enter the key: the choice is read back whatever the next caller probes with.
+    again, cached = choose_runtime(tmp_path / "choice.json", trained_model, "auto", batch_windows=2,
+                                   probe_image=lambda: None, measure=measure, cpu_bf16=False)
+    assert (again.runtime, again.probe, cached, measure.calls) == ("openvino", "image", True, 1)
+
+
 def test_an_explicit_runtime_is_kept_and_measures_nothing(trained_model, tmp_path):
     measure = FakeMeasure()
     settings = settings_with_runtime(Workspace(tmp_path), [trained_model], PredictionSettings(runtime="torch"),
@@ -146,8 +175,11 @@ def test_an_explicit_runtime_is_kept_and_measures_nothing(trained_model, tmp_pat
 def test_unknown_runtimes_and_precisions_an_onnx_runtime_lacks_are_clear_errors():
     with pytest.raises(RuntimeUnavailable, match=r"--runtime 'tensorrt': expected auto, torch, .* or openvino"):
         check_runtime("tensorrt")
-    with pytest.raises(RuntimeUnavailable, match="computes in fp32; --precision bf16 is for the torch runtimes"):
+    with pytest.raises(RuntimeUnavailable, match="onnxruntime computes in fp32, not --precision bf16"):
         check_runtime("onnxruntime", "bf16")
+    with pytest.raises(RuntimeUnavailable, match="openvino computes in fp32 or bf16, not --precision fp16"):
+        check_runtime("openvino", "fp16")
+    check_runtime("openvino", "bf16")
 
 
 def test_a_runtime_that_is_not_installed_fails_once_before_any_case(trained_model, tmp_path, monkeypatch):

@@ -355,3 +355,44 @@ def test_the_window_rules_and_their_defaults_import_without_torch():
             "print('torch' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+def test_probe_windows_are_the_windows_nearest_the_centre():
+    from autoseg.inference.sliding_window import probe_windows
+
+    image = np.arange(2 * 12 * 20, dtype=np.float32).reshape(2, 12, 20)
+    # Windows of 8x8 at step 4: starts [0, 4] x [0, 4, 8, 12]; the centre (6, 10) is nearest (2, 8) and (2, 12)
+    # from starts (0, 4), (4, 4), (0, 8), (4, 8) alike, so the first two of the sort (ties keep window order).
+    windows = probe_windows(image, (8, 8), 2)
+    assert windows.shape == (2, 2, 8, 8) and windows.dtype == np.float32
+    np.testing.assert_array_equal(windows[0], image[:, 0:8, 4:12])
+    np.testing.assert_array_equal(windows[1], image[:, 0:8, 8:16])
+    # More windows asked than the image has: repeated.
+    assert len(probe_windows(image[:, :8, :8], (8, 8), 3)) == 3
+
+
+def test_probe_windows_pad_a_small_image_and_slice_a_volume_for_a_2d_patch():
+    from autoseg.inference.sliding_window import probe_windows
+
+    small = np.ones((1, 4, 6), dtype=np.float32)
+    window = probe_windows(small, (8, 8), 1)[0, 0]
+    assert window.sum() == 24 and window[2:6, 1:7].min() == 1  # centred, zero around, as the stitching pads
+    volume = np.stack([np.full((8, 8), z, dtype=np.float32) for z in range(5)])[None]
+    slices = probe_windows(volume, (8, 8), 2)
+    assert slices.shape == (2, 1, 8, 8)
+    assert [float(s.mean()) for s in slices] == [1.0, 2.0]  # the middle slices
+
+
+def test_mirror_passes_share_a_call_when_the_image_has_fewer_windows_than_a_batch():
+    image = torch.randn(1, 8, 8, 7)  # one window of 8x8x8 (padded), 8 mirror passes
+    network = random_conv_network(3, num_classes=2)
+    batch_sizes = []
+
+    def counting(batch):
+        batch_sizes.append(len(batch))
+        return network(batch)
+
+    alone = predict_sliding_window([network], image, (8, 8, 8), num_classes=2, batch_windows=1)
+    packed = predict_sliding_window([counting], image, (8, 8, 8), num_classes=2, batch_windows=3)
+    torch.testing.assert_close(packed, alone, atol=1e-6, rtol=1e-5)
+    assert batch_sizes == [3, 3, 2]  # 8 passes of one window, three to a call

@@ -51,6 +51,17 @@ def test_a_fold_is_trained_validated_and_reported_in_order(workspace):
     assert calls == ["start", "epoch", fold, *setup.val_ids]
     assert sorted(case.case_id for case in result.validation.per_case) == sorted(setup.val_ids)
     assert json.loads((fold / "validation" / "validation_info.json").read_text())["use_tta"] is True
+    # The validation chose its runtime on its first case and cached the choice: predict reads it back.
+    from autoseg.inference.case import PredictionSettings
+    from autoseg.inference.model import load_trained_model
+    from autoseg.stages.runtime import settings_with_runtime
+
+    plans = Plans.load(workspace.plans_file(TASK_NAME))
+    model = load_trained_model(workspace.task_results(TASK_NAME), plans, CONFIGURATION, folds=["0"], device="cpu")
+    told = []
+    settings_with_runtime(workspace, [model], PredictionSettings(runtime="auto"),
+                          on_choice=lambda choice, cached: told.append((choice.probe, cached)))
+    assert told == [("image", True)]
 
 
 def test_fold_all_and_the_saved_splits_are_reused(workspace):
@@ -105,6 +116,8 @@ def test_a_resumed_run_keeps_its_schedule_unless_told_otherwise(workspace):
 def test_a_bad_precision_is_refused_before_anything_else(tmp_path):
     with pytest.raises(AutosegError, match="^--precision 'fp64': expected auto, fp32, bf16 or fp16$"):
         train_fold(Workspace(tmp_path), TrainRequest(precision="fp64"))
+    with pytest.raises(AutosegError, match="^--runtime 'tensorrt': expected auto, torch, "):
+        train_fold(Workspace(tmp_path), TrainRequest(validation_runtime="tensorrt"))
 
 
 def test_workers_fit_the_memory_and_threads_are_shared_between_ranks(small_task, monkeypatch):  # noqa: F811

@@ -66,3 +66,25 @@ def test_validation_without_mirroring_scores_only_off(small_task, trained_small_
     for case in summary.per_case:
         assert scores.cases[case.case_id]["off"] == pytest.approx(
             {str(label): case.metrics[str(label)]["Dice"] for label in foreground(small_task)}, abs=1e-12)
+
+
+def test_validation_predicts_with_the_settings_chosen_for_its_first_case(small_task, trained_small_fold, tmp_path):
+    from autoseg.training.validation import validate_fold
+
+    results = TaskResults(tmp_path / "results")
+    fold = results.fold_folder(CONFIGURATION, "0")
+    fold.mkdir(parents=True)
+    shutil.copy(trained_small_fold.folder / "checkpoint_final.pt", fold)
+    case_ids = training_job(small_task, results.root, fold=0).val_ids
+    asked = []
+
+    def settings_for(model, first_case):
+        asked.append((model, first_case))
+        return PredictionSettings(runtime="onnxruntime")
+
+    validate_fold(small_task.plans, CONFIGURATION, results, "0", small_task.data_folder, small_task.reference_folder,
+                  case_ids, device="cpu", use_tta=False, settings_for=settings_for)
+    assert len(asked) == 1 and len(case_ids) == 2  # asked once, for the first case
+    model, first_case = asked[0]
+    np.testing.assert_array_equal(first_case, load_case(small_task.data_folder, case_ids[0], mmap=False)[0])
+    assert list(model.runtime_networks) == ["onnxruntime fp32"]  # the cases ran on the runtime it chose
