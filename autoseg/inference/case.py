@@ -104,12 +104,14 @@ def patch_tiling(model: TrainedModel, settings: PredictionSettings) -> Tiling:
 
 
 def choose_tiling(model: TrainedModel, spatial_shape: Sequence[int], settings: PredictionSettings,
-                  bytes_per_element: int = 4) -> Tiling:
+                  bytes_per_element: int = 4, mirror_passes: int = 1) -> Tiling:
     """The windows for preprocessed data of `spatial_shape` (z', y', x'; a 2d configuration tiles each
     slice): in patch mode the training patch; in large mode `choose_tile_size`'s tile within
     MEMORY_SHARE of the available (device) memory, with the forward-only activations of one tile
     (at `bytes_per_element`) and its stitching maps, then as many tiles per batch as fit. On a CPU
-    the tiles fill whole batches of the device's batch size (an image of one tile is cut in two):
+    the tiles fill whole batches of the device's batch size, counting that the `mirror_passes` of a
+    tile share network calls (`stitching._means_over_passes`), so an image of one tile is cut in two
+    only without TTA:
     for a batch of one PyTorch takes its native convolution instead of oneDNN's wherever
     batch x channels x the first two spatial sizes <= 20480 (deep, small-map layers and thin tiles),
     measured 2-6x slower per voxel here (bench/tiles.py)."""
@@ -139,7 +141,7 @@ def choose_tiling(model: TrainedModel, spatial_shape: Sequence[int], settings: P
     # The batch the device wants (memory aside): on a CPU an image's tiles are chosen to fill whole
     # batches; slices of a 2d configuration share batches already.
     wanted = settings.batch_windows or inference_batch_windows(model.device.type, usable_cpus(), available, 1)
-    fill = wanted if model.device.type == "cpu" and len(patch) == len(spatial_shape) else 1
+    fill = max(1, wanted // mirror_passes) if model.device.type == "cpu" and len(patch) == len(spatial_shape) else 1
     tile = choose_tile_size(image, patch, architecture.total_downsampling(), overlap, tile_bytes,
                             int(available * MEMORY_SHARE), batch=fill)
     batch = settings.batch_windows or inference_batch_windows(model.device.type, usable_cpus(), available,
@@ -197,12 +199,16 @@ def predict_probabilities_mirror_sets(model: TrainedModel, data: np.ndarray, set
     import torch
 
     from autoseg.inference.runtimes import networks_for_runtime, runtime_autocast_dtype
+    from autoseg.inference.sliding_window import mirror_axes_combinations
     from autoseg.inference.stitching import predict_sliding_window_mirror_sets
 
     configuration = model.configuration
     num_classes = configuration.architecture.num_classes
     autocast_dtype = runtime_autocast_dtype(settings.runtime, settings.precision, model.device, model.trained_precision)
-    tiling = choose_tiling(model, data.shape[1:], settings, 4 if autocast_dtype is None else 2)
+    dimension = len(configuration.patch_size)
+    passes = set().union(*(mirror_axes_combinations(range(dimension) if axes is None else axes)
+                           for axes in mirror_sets))
+    tiling = choose_tiling(model, data.shape[1:], settings, 4 if autocast_dtype is None else 2, len(passes))
     options = dict(num_classes=num_classes, step_fraction=settings.step_fraction, overlap=tiling.overlap,
                    mirror_sets=mirror_sets, batch_windows=tiling.batch_windows, device=model.device,
                    progress=progress, autocast_dtype=autocast_dtype)

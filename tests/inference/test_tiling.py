@@ -82,9 +82,12 @@ def test_twice_network_with_mirror_passes_and_two_networks():
 
 def test_chooser_computes_the_fewest_voxels_not_the_largest_tile():
     # 300 voxels, patch 64, downsampling 32, overlap 16. Voxels computed (tiles x tile): 64 -> 6 x 64 = 384,
-    # 96 -> 4 x 96 = 384, 128 -> 3 x 128 = 384, 160 -> 2 x 160 = 320, 192 -> 384, 256 -> 512, 288 -> 576.
+    # 96 -> 4 x 96 = 384, 128 -> 3 x 128 = 384, 160 -> 2 x 160 = 320, 192 -> 384, 256 -> 512, 288 -> 576,
+    # 320 (the image zero-padded to the next multiple of 32) -> 1 x 320 = 320: as few as 160, in one call.
     unlimited = 10**12
-    assert choose_tile_size([300], [64], [32], [16], lambda tile: tile[0], unlimited) == [160]
+    assert choose_tile_size([300], [64], [32], [16], lambda tile: tile[0], unlimited) == [320]
+    # In batches of 2 one tile of 320 takes 640 slots: two of 160 fill the batch.
+    assert choose_tile_size([300], [64], [32], [16], lambda tile: tile[0], unlimited, batch=2) == [160]
     # A budget of 100 leaves 64 and 96 (384 voxels each): the larger one, fewer network calls.
     assert choose_tile_size([300], [64], [32], [16], lambda tile: tile[0], 100) == [96]
     # Not even the patch fits: the patch (batch size 1 is the caller's last resort).
@@ -108,10 +111,13 @@ def test_chooser_respects_divisibility_minimum_maximum_and_budget():
         tile = choose_tile_size(image, patch, downsampling, overlap, lambda t: int(np.prod(t)), budget)
         assert np.prod(tile) <= budget
         for size, low, step, chosen in zip(image, patch, downsampling, tile):
-            assert low <= chosen <= size and chosen % step == 0
+            assert low <= chosen < size + step and chosen % step == 0
     # Plenty of memory: the whole image on z (40 = 10 x 4); 100 and 130 are no multiples of 16, so the
-    # tile that computes the fewest voxels: 100 -> 2 x 64 = 128 (96 would take 2 x 96), 130 -> 2 x 80 = 160.
-    assert choose_tile_size(image, patch, downsampling, overlap, lambda t: 0, 10**9) == [40, 64, 80]
+    # tile that computes the fewest voxels: 100 -> 1 x 112 (2 x 64 = 128), 130 -> 1 x 144 (2 x 80 = 160).
+    assert choose_tile_size(image, patch, downsampling, overlap, lambda t: 0, 10**9) == [40, 112, 144]
+    # In batches of 2: two tiles of 40 x 112 x 80 (716,800 voxels) fill a batch; four of 40 x 64 x 80 take
+    # 819,200, one of 40 x 112 x 144 in a half-empty batch 2 x 645,120.
+    assert choose_tile_size(image, patch, downsampling, overlap, lambda t: 0, 10**9, batch=2) == [40, 112, 80]
     with pytest.raises(ValueError, match="pad it first"):
         choose_tile_size([10, 100, 130], patch, downsampling, overlap, lambda t: 0, 10**9)
 
@@ -185,6 +191,10 @@ def test_large_mode_on_a_cpu_cuts_the_image_into_whole_batches():
     # One tile of the whole image fills half a batch (2 x 5280 voxel slots); two tiles of 12 rows
     # (overlap >= 4) compute 2 x 12 x 12 x 22 = 6336, fewer than two of 8 slices (7040) or 14 columns (6720).
     assert tiling.window == [12, 12, 22] and tiling.batch_windows == 2
+    # With mirror TTA the 8 passes of one tile fill the batches already: the whole image, in one tile.
+    mirrored = choose_tiling(tiny_model([twice]), data_shape, PredictionSettings(tile_mode="large", batch_windows=2),
+                             mirror_passes=8)
+    assert mirrored.window == [12, 20, 22]
 
 
 def test_patch_mode_is_the_default():
