@@ -177,6 +177,11 @@ class Workspace:
     def runtime_choice_file(self) -> Path:
         return self.home / "runtime_choice.json"
 
+    @property
+    def onnx_cache_folder(self) -> Path:
+        """Earlier ONNX exports of trained networks, for the ONNX runtimes (safe to delete)."""
+        return self.home / "onnx_cache"
+
     def remember_task(self, task_name: str, dataset_folder: Path | None) -> None:
         write_json(self.home / "current_task.json",
                    {"task": task_name, "dataset_folder": str(dataset_folder) if dataset_folder else None})

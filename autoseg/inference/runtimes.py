@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -116,12 +117,13 @@ class OpenVinoNetwork:
 
 
 def runtime_network(network: "torch.nn.Module", runtime: str, *, input_channels: int, dimension: int,
-                    precision: str = "fp32", threads: int | None = None,
-                    onnx_model: bytes | None = None) -> Callable:
+                    precision: str = "fp32", threads: int | None = None, onnx_model: bytes | None = None,
+                    onnx_cache: Path | None = None, example_spatial: tuple[int, ...] | None = None) -> Callable:
     """`network` (eval mode, deep supervision off, as `load_network` gives it) run by `runtime`;
     `precision` the ONNX runtimes' arithmetic (the torch ones take theirs from autocast around the call);
     `threads` for the ONNX runtimes (default: the CPUs this process may use); `onnx_model`: the network's
-    export when already made (`autoseg.network.onnx_export.export_onnx`)."""
+    export when already made, else exported (`autoseg.network.onnx_export.cached_export_onnx`, through
+    `onnx_cache` when given, tracing a zero image of `example_spatial`)."""
     check_runtime(runtime, precision, allow_auto=False)
     if runtime == "torch":
         return network
@@ -136,10 +138,11 @@ def runtime_network(network: "torch.nn.Module", runtime: str, *, input_channels:
 
         threads = usable_cpus()
     _check_installed(runtime)  # before the export, which takes seconds
-    from autoseg.network.onnx_export import export_onnx
+    from autoseg.network.onnx_export import cached_export_onnx
 
     if onnx_model is None:
-        onnx_model = export_onnx(network, input_channels=input_channels, dimension=dimension)
+        onnx_model = cached_export_onnx(network, input_channels=input_channels, dimension=dimension,
+                                        cache_folder=onnx_cache, example_spatial=example_spatial)
     if runtime == "onnxruntime":
         return OnnxRuntimeNetwork(onnx_model, threads)
     return OpenVinoNetwork(onnx_model, threads, onnx_precision(runtime, precision))
@@ -160,9 +163,10 @@ def runtime_networks_key(runtime: str, precision: str) -> str:
     return runtime if runtime not in ONNX_RUNTIMES else f"{runtime} {onnx_precision(runtime, precision)}"
 
 
-def networks_for_runtime(model: "TrainedModel", runtime: str, precision: str = "auto") -> list:
+def networks_for_runtime(model: "TrainedModel", runtime: str, precision: str = "auto",
+                         onnx_cache: Path | None = None) -> list:
     """The model's networks (every fold) run by `runtime` (at `precision` for an ONNX runtime), converted on
-    first use and kept on the model."""
+    first use (their ONNX exports read from `onnx_cache` when there) and kept on the model."""
     if runtime == "auto":
         raise RuntimeUnavailable("runtime auto is chosen by the predict stage (autoseg.stages.runtime); "
                                  "pass a runtime by name here")
@@ -173,7 +177,8 @@ def networks_for_runtime(model: "TrainedModel", runtime: str, precision: str = "
         architecture = model.configuration.architecture
         model.runtime_networks[key] = [
             runtime_network(network, runtime, input_channels=architecture.input_channels,
-                            dimension=architecture.dimension, precision=precision) for network in model.networks]
+                            dimension=architecture.dimension, precision=precision, onnx_cache=onnx_cache,
+                            example_spatial=tuple(model.configuration.patch_size)) for network in model.networks]
     return model.runtime_networks[key]
 
 
@@ -265,13 +270,13 @@ def random_probe(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 def measure_runtimes(network: "torch.nn.Module", candidates: list[tuple[str, str]], probe: np.ndarray, *,
                      clock: Callable[[], float] = time.perf_counter, timed_calls: int = 1,
-                     threads: int | None = None) -> list[RuntimeMeasurement]:
+                     threads: int | None = None, onnx_cache: Path | None = None) -> list[RuntimeMeasurement]:
     """Each candidate (runtime, precision) measured on the batch `probe` (B, C, *spatial): windows of a real
     preprocessed image (`autoseg.inference.sliding_window.probe_windows`) where there is one, whose confident
     labels say more about agreement than noise does, else `random_probe`; against the torch fp32 network
     itself (`threads`: the ONNX runtimes', see `runtime_network`). A runtime that cannot be built here (not
     installed) is recorded with its error, never chosen. Costs 1 + (1 + timed_calls) x len(candidates)
-    network calls."""
+    network calls, and an ONNX export unless `onnx_cache` holds it (`runtime_network`)."""
     import torch
 
     probe = torch.from_numpy(np.ascontiguousarray(probe, dtype=np.float32))
@@ -281,11 +286,11 @@ def measure_runtimes(network: "torch.nn.Module", candidates: list[tuple[str, str
     channels, dimension = probe_shape[1], len(probe_shape) - 2
     onnx_model, export_error = None, None
     if any(runtime in ONNX_RUNTIMES for runtime, _ in candidates):  # one export for both ONNX runtimes
-        from autoseg.network.onnx_export import export_onnx
+        from autoseg.network.onnx_export import cached_export_onnx
 
         try:
-            onnx_model = export_onnx(network, input_channels=channels, dimension=dimension,
-                                     example_spatial=tuple(probe_shape[2:]))
+            onnx_model = cached_export_onnx(network, input_channels=channels, dimension=dimension,
+                                            cache_folder=onnx_cache, example_spatial=tuple(probe_shape[2:]))
         except AutosegError as error:
             export_error = error
     measurements = []

@@ -21,7 +21,6 @@ first model and applied to every model (configurations of an ensemble, a cascade
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -36,6 +35,7 @@ from autoseg.inference.model import TrainedModel
 from autoseg.inference.runtimes import (RuntimeMeasurement, check_runtime, fastest_agreeing, measure_runtimes,
                                        networks_for_runtime, random_probe, runtime_candidates)
 from autoseg.inference.sliding_window import probe_windows
+from autoseg.network.onnx_export import weights_hash
 from autoseg.workspace import Workspace
 
 RUNTIME_CHOICE_SCHEMA_VERSION = 2  # 2: the probe's source; openvino at bf16
@@ -55,13 +55,15 @@ class RuntimeChoice:
 
     @property
     def summary(self) -> str:
-        """e.g. "onnxruntime (0.21 s/window; torch fp32 0.35, openvino 0.25)"."""
+        """e.g. "openvino bf16 (0.51 s per batch of 2 windows; torch fp32 1.56, openvino fp32 1.01)"."""
         chosen = next((m for m in self.measurements if (m.runtime, m.precision) == (self.runtime, self.precision)), None)
         if chosen is None:  # a single candidate, not measured
             return f"{self.runtime} at precision {self.precision}"
         others = [f"{m.name} {m.seconds:.3g}" if m.agrees else f"{m.name} {m.error or 'disagrees'}"
                   for m in self.measurements if m is not chosen]
-        return f"{chosen.name} ({chosen.seconds:.3g} s/window{'; ' + ', '.join(others) if others else ''})"
+        windows = self.identity.get("probe_shape", [1])[0]
+        per = f"s per batch of {windows} windows" if windows != 1 else "s per window"
+        return f"{chosen.name} ({chosen.seconds:.3g} {per}{'; ' + ', '.join(others) if others else ''})"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -74,15 +76,6 @@ class RuntimeChoice:
 
         return build_versioned(data, build, expected_version=RUNTIME_CHOICE_SCHEMA_VERSION, where=where,
                                what="runtime choice", what_to_do="delete the file to measure again")
-
-
-def weights_hash(network) -> str:
-    """A short hash of a network's parameters and buffers (their names, shapes and values)."""
-    digest = hashlib.sha1()
-    for name, tensor in network.state_dict().items():
-        digest.update(f"{name}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
 
 
 def runtime_identity(model: TrainedModel, candidates: list[tuple[str, str]]) -> dict:
@@ -131,14 +124,15 @@ ProbeImage = Callable[[], np.ndarray | None]
 
 def choose_runtime(cache_file: Path | None, model: TrainedModel, precision: str, *, batch_windows: int = 1,
                    probe_image: ProbeImage | None = None, refresh: bool = False, measure: Measure = measure_runtimes,
-                   cpu_bf16: bool | None = None) -> tuple[RuntimeChoice, bool]:
+                   cpu_bf16: bool | None = None, onnx_cache: Path | None = None) -> tuple[RuntimeChoice, bool]:
     """(the choice for `model` at `precision` (auto or an explicit one), whether it came from the cache).
 
     Measures (`measure(network, candidates, probe)`, a probe of `batch_windows` windows: the batch the
     sliding window will run, as a CPU's speed per window depends on it; windows of `probe_image()` when it
     gives an image, else noise) only when the cache has no choice for this key, or `refresh`; a single
     candidate (a GPU) is chosen without measuring. The key leaves out which image the probe came from: the
-    choice belongs to the model on this machine, whichever stage (the fold validation, predict) made it."""
+    choice belongs to the model on this machine, whichever stage (the fold validation, predict) made it.
+    `onnx_cache`: where the ONNX runtimes' export is kept (`autoseg.network.onnx_export.cached_export_onnx`)."""
     from autoseg.device import cpu_supports_bf16
 
     if cpu_bf16 is None:
@@ -158,7 +152,7 @@ def choose_runtime(cache_file: Path | None, model: TrainedModel, precision: str,
     image = probe_image() if probe_image is not None else None
     probe = random_probe(probe_shape) if image is None else probe_windows(image, model.configuration.patch_size,
                                                                           batch_windows)
-    measurements = measure(model.networks[0], candidates, probe)
+    measurements = measure(model.networks[0], candidates, probe, onnx_cache=onnx_cache)
     best = fastest_agreeing(measurements)
     choice = RuntimeChoice(best.runtime, best.precision, measurements, identity, time.perf_counter() - started,
                            probe="random" if image is None else "image")
@@ -179,16 +173,18 @@ def settings_with_runtime(workspace: Workspace | None, models: list[TrainedModel
     a runtime that cannot run (not installed, not on this device) fails once, before any case. Without a
     workspace (a model bundle predicting where there is none) the choice is measured and not cached."""
     check_runtime(settings.runtime, settings.precision)
+    cache_file = workspace.runtime_choice_file if workspace is not None else None
+    onnx_cache = workspace.onnx_cache_folder if workspace is not None else None
     if settings.runtime == "auto":
-        cache_file = workspace.runtime_choice_file if workspace is not None else None
         choice, cached = choose_runtime(cache_file, models[0], settings.precision,
                                         batch_windows=patch_tiling(models[0], settings).batch_windows,
-                                        probe_image=probe_image, refresh=refresh, measure=measure)
+                                        probe_image=probe_image, refresh=refresh, measure=measure,
+                                        onnx_cache=onnx_cache)
         if on_choice is not None:
             on_choice(choice, cached)
         settings = replace(settings, runtime=choice.runtime, precision=choice.precision)
     for model in models:
         for stage in (model.previous_stage, model):
             if stage is not None:
-                networks_for_runtime(stage, settings.runtime, settings.precision)
+                networks_for_runtime(stage, settings.runtime, settings.precision, onnx_cache=onnx_cache)
     return settings

@@ -119,7 +119,7 @@ class FakeMeasure:
         self.calls = 0
         self.probe_shapes = []
 
-    def __call__(self, network, candidates, probe):
+    def __call__(self, network, candidates, probe, onnx_cache=None):
         self.calls += 1
         self.probe_shapes.append(tuple(probe.shape))
         self.probe = probe
@@ -158,6 +158,7 @@ def test_the_probe_is_windows_of_the_image_when_there_is_one(trained_model, case
     choice, cached = choose_runtime(tmp_path / "choice.json", trained_model, "auto", batch_windows=2,
                                     probe_image=lambda: data, measure=measure, cpu_bf16=False)
     assert (choice.probe, cached) == ("image", False)
+    assert choice.summary == "openvino fp32 (1 s per batch of 2 windows; torch fp32 3, onnxruntime fp32 2)"
     np.testing.assert_array_equal(measure.probe, probe_windows(data, trained_model.configuration.patch_size, 2))
     # The image does not enter the key: the choice is read back whatever the next caller probes with.
     again, cached = choose_runtime(tmp_path / "choice.json", trained_model, "auto", batch_windows=2,
@@ -180,6 +181,13 @@ def test_unknown_runtimes_and_precisions_an_onnx_runtime_lacks_are_clear_errors(
     with pytest.raises(RuntimeUnavailable, match="openvino computes in fp32 or bf16, not --precision fp16"):
         check_runtime("openvino", "fp16")
     check_runtime("openvino", "bf16")
+
+
+@pytest.mark.skipif("openvino" not in ONNX_RUNTIMES_INSTALLED, reason="openvino is not installed")
+def test_an_onnx_runtime_keeps_its_export_in_the_workspace(trained_model, tmp_path):
+    workspace = Workspace(tmp_path)
+    settings_with_runtime(workspace, [replace(trained_model, runtime_networks={})], PredictionSettings(runtime="openvino"))
+    assert len(list(workspace.onnx_cache_folder.glob("*.onnx"))) == 1  # the next prediction reads it back
 
 
 def test_a_runtime_that_is_not_installed_fails_once_before_any_case(trained_model, tmp_path, monkeypatch):

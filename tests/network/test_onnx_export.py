@@ -52,6 +52,27 @@ def test_an_export_of_other_weights_fails_the_parity_check():
     assert "\n" not in str(error.value)
 
 
+def test_exports_are_cached_by_weights_and_the_most_recent_kept(tmp_path, monkeypatch):
+    from autoseg.network import onnx_export
+
+    network = small_unet(3)
+    first = onnx_export.cached_export_onnx(network, input_channels=2, dimension=3, cache_folder=tmp_path,
+                                           example_spatial=(8, 8, 8))
+    assert [path.read_bytes() for path in tmp_path.glob("*.onnx")] == [first]
+
+    def no_export(*args, **kwargs):
+        raise AssertionError("exported again")
+
+    with monkeypatch.context() as patched:  # the same network: read back, not exported
+        patched.setattr(onnx_export, "export_onnx", no_export)
+        assert onnx_export.cached_export_onnx(network, input_channels=2, dimension=3, cache_folder=tmp_path) == first
+    # Other weights are another export; with keep=1 only the newest stays.
+    other = onnx_export.cached_export_onnx(small_unet(3, seed=1), input_channels=2, dimension=3, cache_folder=tmp_path,
+                                           example_spatial=(8, 8, 8), keep=1)
+    assert other != first and [path.read_bytes() for path in tmp_path.glob("*.onnx")] == [other]
+    assert check_parity(small_unet(3, seed=1), other, torch.randn(1, 2, 8, 8, 8)) < PARITY_TOLERANCE
+
+
 def test_a_wrong_example_shape_is_a_clear_error():
     with pytest.raises(ExportError, match="has not 3 axes"):
         export_onnx(small_unet(3), input_channels=2, dimension=3, example_spatial=(8, 8))
