@@ -16,8 +16,9 @@
 # per machine and model; `autoseg train` makes it in its fold validation, skipped here by --no-validate),
 # "cached" reads it back, as every later prediction does.
 #
-# Prints: both plans, "predict_s=" per system, the ratios, and the label agreement Dice of the new
-# autoseg default against the old one (issue 14 asks >= 0.99).
+# Prints: both plans, "predict_s=" per system (and autoseg with --tile-mode large), the ratios, the label
+# agreement Dice of the new default and of large tiles against the old output (issue 14 asks >= 0.99),
+# and every system's organ Dice against the test cases' true labels.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -67,20 +68,39 @@ OLD_S=$(predict old $OLD_ARGS)
 COLD_S=$(predict new $NEW_ARGS)
 cp "$WORK/predict_new.log" "$WORK/predict_new_cold.log"
 NEW_S=$(predict new $NEW_ARGS)
+LARGE_S=$(predict large $NEW_ARGS --tile-mode large)
 grep -i "runtime" "$WORK/predict_new_cold.log" | head -2 || true
-echo "predict_s nnunet=$NNUNET_S autoseg_old=$OLD_S autoseg_new_cold=$COLD_S autoseg_new=$NEW_S"
-awk -v n="$NNUNET_S" -v o="$OLD_S" -v c="$COLD_S" -v w="$NEW_S" 'BEGIN {
-    printf "speed-up vs nnU-Net: old %.2fx, new cold %.2fx, new cached %.2fx; new cached vs old %.2fx\n",
-           n / o, n / c, n / w, o / w }'
-"$BIN/python" - "$WORK/pred_old" "$WORK/pred_new" <<'PY'
+echo "predict_s nnunet=$NNUNET_S autoseg_old=$OLD_S autoseg_new_cold=$COLD_S autoseg_new=$NEW_S autoseg_large=$LARGE_S"
+awk -v n="$NNUNET_S" -v o="$OLD_S" -v c="$COLD_S" -v w="$NEW_S" -v l="$LARGE_S" 'BEGIN {
+    printf "speed-up vs nnU-Net: old %.2fx, new cold %.2fx, new cached %.2fx, large tiles %.2fx; new cached vs old %.2fx\n",
+           n / o, n / c, n / w, n / l, o / w }'
+# The test cases' true labels: the same generator and seed, every case written with its label.
+"$BIN/python" - "$WORK/truth" "$TASK" "$CASES" "$TEST_CASES" "$SHAPE" "$SPACING" <<'PY'
+import sys
+from autoseg.demo import DemoSpec, make_demo_dataset
+out, task, cases, tests, shape, spacing = sys.argv[1:]
+make_demo_dataset(out, task, DemoSpec(cases=int(cases) + int(tests), test_cases=0,
+                                      shape=tuple(int(v) for v in shape.split(",")),
+                                      spacing=tuple(float(v) for v in spacing.split(","))))
+PY
+"$BIN/python" - "$WORK" "$TASK" <<'PY'
 import sys
 from pathlib import Path
 import numpy as np
 from autoseg.io import read_segmentation
-old, new = Path(sys.argv[1]), Path(sys.argv[2])
-for path in sorted(old.glob("*.nii.gz")):
-    a, b = read_segmentation(path)[0], read_segmentation(new / path.name)[0]
-    dice = {int(k): 2 * np.sum((a == k) & (b == k)) / max(1, np.sum(a == k) + np.sum(b == k))
-            for k in np.union1d(np.unique(a), np.unique(b)) if k}
-    print(f"agreement {path.name}: " + " ".join(f"label {k} {d:.4f}" for k, d in dice.items()))
+work, task = Path(sys.argv[1]), sys.argv[2]
+truth = work / "truth" / task / "labelsTr"
+def dice(a, b, k):
+    return 2 * np.sum((a == k) & (b == k)) / max(1, np.sum(a == k) + np.sum(b == k))
+old = work / "pred_old"
+for name in ("new", "large"):
+    for path in sorted(old.glob("*.nii.gz")):
+        a, b = read_segmentation(path)[0], read_segmentation(work / f"pred_{name}" / path.name)[0]
+        labels = [int(k) for k in np.union1d(np.unique(a), np.unique(b)) if k]
+        print(f"agreement {name} vs old {path.name}: " + " ".join(f"label {k} {dice(a, b, k):.4f}" for k in labels))
+folders = {"nnunet": work / "nnunet" / "pred_test", "old": old, "new": work / "pred_new", "large": work / "pred_large"}
+for name, folder in folders.items():
+    scores = [dice(read_segmentation(folder / path.name)[0], read_segmentation(truth / path.name)[0], 1)
+              for path in sorted(old.glob("*.nii.gz"))]
+    print(f"organ Dice vs truth {name:7s} " + " ".join(f"{d:.4f}" for d in scores) + f" mean {np.mean(scores):.4f}")
 PY
