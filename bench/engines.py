@@ -98,9 +98,9 @@ def main() -> None:
     model = trained_model(plans, [network])
     mirror_axes = () if args.no_tta else None
     settings = PredictionSettings(mirror_axes=mirror_axes, precision="fp32", runtime="torch")
-    first_shape = {**VOLUMES, "ct": args.ct_size}[volumes[0]]
-    first_image = preprocess_for(model, synthetic_ct(first_shape, SPACING, seed=2)[0],
-                                 Geometry(shape=tuple(first_shape), spacing_zyx=tuple(SPACING)))[0]
+    sizes = {**VOLUMES, "ct": args.ct_size}
+    first_image = preprocess_for(model, synthetic_ct(sizes[volumes[0]], SPACING, seed=2)[0],
+                                 Geometry(shape=tuple(sizes[volumes[0]]), spacing_zyx=tuple(SPACING)))[0]
     with tempfile.TemporaryDirectory() as cache:
         choice, _ = choose_runtime(Path(cache) / "runtime_choice.json", model, "auto",
                                    batch_windows=patch_tiling(model, settings).batch_windows,
@@ -119,7 +119,6 @@ def main() -> None:
              "default": PredictionSettings(mirror_axes=mirror_axes, precision=choice.precision, runtime=choice.runtime),
              "large": PredictionSettings(mirror_axes=mirror_axes, precision=choice.precision, runtime=choice.runtime,
                                          tile_mode="large")}
-    sizes = {**VOLUMES, "ct": args.ct_size}
     for name in volumes:
         image, label = synthetic_ct(sizes[name], SPACING, seed=2)
         geometry = Geometry(shape=tuple(sizes[name]), spacing_zyx=tuple(SPACING))

@@ -199,16 +199,13 @@ def predict_probabilities_mirror_sets(model: TrainedModel, data: np.ndarray, set
     import torch
 
     from autoseg.inference.runtimes import networks_for_runtime, runtime_autocast_dtype
-    from autoseg.inference.sliding_window import mirror_axes_combinations
-    from autoseg.inference.stitching import predict_sliding_window_mirror_sets
+    from autoseg.inference.stitching import mirror_pass_count, predict_sliding_window_mirror_sets
 
     configuration = model.configuration
     num_classes = configuration.architecture.num_classes
     autocast_dtype = runtime_autocast_dtype(settings.runtime, settings.precision, model.device, model.trained_precision)
-    dimension = len(configuration.patch_size)
-    passes = set().union(*(mirror_axes_combinations(range(dimension) if axes is None else axes)
-                           for axes in mirror_sets))
-    tiling = choose_tiling(model, data.shape[1:], settings, 4 if autocast_dtype is None else 2, len(passes))
+    passes = mirror_pass_count(mirror_sets, len(configuration.patch_size))
+    tiling = choose_tiling(model, data.shape[1:], settings, 4 if autocast_dtype is None else 2, passes)
     options = dict(num_classes=num_classes, step_fraction=settings.step_fraction, overlap=tiling.overlap,
                    mirror_sets=mirror_sets, batch_windows=tiling.batch_windows, device=model.device,
                    progress=progress, autocast_dtype=autocast_dtype)

@@ -15,7 +15,8 @@ callable `predict_sliding_window` calls, (B, C, *spatial) float32 tensor -> (B, 
 
 `--runtime` says which engine runs the network and `--precision` which arithmetic it uses: the torch engines
 fp32, bf16 or fp16 under autocast, onnxruntime fp32 only, openvino fp32 or bf16; so OpenVINO at bf16 is
-`--runtime openvino --precision bf16`, the one way to say it. `auto` is resolved by the predict stage from a measurement (`autoseg.stages.runtime`).
+`--runtime openvino --precision bf16`, the one way to say it. `auto` is resolved by the predict stage from a
+measurement (`autoseg.stages.runtime`).
 The ONNX runtimes run on the CPU only, and are imported only when asked for.
 """
 

@@ -236,6 +236,11 @@ def _stitch_windows(networks: Sequence[Network], image: torch.Tensor, patch_size
     return results
 
 
+def mirror_pass_count(mirror_sets: Sequence[Sequence[int] | None], dimension: int) -> int:
+    """How many distinct passes the mirror sets need together (None = every one of `dimension` axes)."""
+    return len(_mirror_passes([tuple(range(dimension)) if axes is None else tuple(axes) for axes in mirror_sets]))
+
+
 def _mirror_passes(mirror_sets: list[tuple[int, ...]]) -> dict[tuple[int, ...], list[int]]:
     """{flipped axes of a pass: the indices of the mirror sets it belongs to}, each pass once, in
     the order of `mirror_axes_combinations` of the sets (the identity first)."""
