@@ -43,12 +43,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from autoseg.demo import DemoSpec, make_demo_dataset
-from autoseg.device import check_precision
 from autoseg.ensembling import ensemble_folders
 from autoseg.errors import AutosegError
 from autoseg.inference.case import PredictionSettings, predict_image
 from autoseg.inference.sliding_window import DEFAULT_TILE_MODE, DEFAULT_TILE_OVERLAP
-from autoseg.inference.folder import FolderSummary, first_case_image
+from autoseg.inference.folder import FolderSummary, calibration_cases, first_case_image
 from autoseg.inference.model import TrainedModel, load_trained_model
 from autoseg.inference.runtimes import check_runtime
 from autoseg.io import Geometry, image_from_sitk, is_sitk_image, read_image, segmentation_to_sitk
@@ -241,8 +240,8 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
     MirroringDecision}) once the models are loaded.
     runtime: auto (the fastest that agrees with torch fp32, measured once: `autoseg.stages.runtime`; told to
     on_runtime(choice, whether cached)), torch, torch-compile, onnxruntime or openvino; precision: the
-    arithmetic (any for the torch runtimes, fp32 for onnxruntime, fp32 or bf16 for openvino)."""
-    check_precision(precision)
+    arithmetic (any for the torch runtimes, fp32 for onnxruntime, fp32, bf16 or int8 for openvino: int8
+    is calibrated on the cases after the first, the first when it is alone; `autoseg.network.quantization`)."""
     check_runtime(runtime, precision)
     check_tta(tta)
     settings = PredictionSettings(tile_mode=tile_mode, step_fraction=step_size, tile_overlap=tile_overlap,
@@ -260,7 +259,8 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
     # A bundle predicting where there is no workspace leaves none behind: its runtime choice is not cached.
     cache = workspace if model is None or workspace.home.is_dir() else None
     settings = settings_with_runtime(cache, models, settings, on_choice=on_runtime,
-                                     probe_image=lambda: first_case_image(models[0], Path(input_path)))
+                                     probe_image=lambda: first_case_image(models[0], Path(input_path)),
+                                     calibration_images=lambda: calibration_cases(models[0], Path(input_path)))
     reports = CaseReports.for_model(models[0], statistics, preview)
     return predict_folder_with_models(models, Path(input_path), Path(output_folder), settings, overwrite=overwrite,
                                       part=part, on_case=on_case, progress=progress, output_format=output_format,

@@ -38,8 +38,9 @@ def predict(
     no_tta: bool = typer.Option(False, "--no-tta", help="The same as --tta off."),
     save_probabilities: bool = typer.Option(False, "--save-probabilities"),
     device: str = typer.Option("auto", "--device"),
-    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16 or fp16: the arithmetic "
-                                  "(onnxruntime: fp32; openvino: fp32 or bf16)."),
+    precision: str = typer.Option("auto", "--precision", help="auto, fp32, bf16, fp16 or int8: the "
+                                  "arithmetic (onnxruntime: fp32; openvino: fp32, bf16 or int8, calibrated on the "
+                                  "cases to predict)."),
     runtime: str = typer.Option("auto", "--runtime", help="auto (fastest agreeing with torch fp32, measured once), "
                                 "torch, torch-compile, onnxruntime or openvino."),
     batch_windows: Optional[int] = typer.Option(None, "--batch-windows", min=1),

@@ -162,18 +162,39 @@ def _read_and_preprocess(model, files, case_id, settings):
     return preprocess_for(model, image, geometry, case_id, settings)
 
 
-def first_case_image(model: TrainedModel, input_path: Path) -> np.ndarray | None:
-    """The first case of `input_path` preprocessed for `model` (C, *spatial), for measuring runtimes on a
-    real image (`autoseg.stages.runtime`); None for a cascade stage (its input needs the low-res stage's
-    prediction) or when the case cannot be read: predicting it reports why, case by case."""
+def case_images(model: TrainedModel, input_path: Path, first: int, count: int) -> list[np.ndarray]:
+    """Cases `first` to `first + count - 1` of `input_path` (in the order predict takes them) preprocessed
+    for `model`, each (C, *spatial): real images to measure runtimes on and calibrate int8 with
+    (`autoseg.stages.runtime`). Empty for a cascade stage (its input needs the low-res stage's prediction);
+    a case that cannot be read is left out: predicting it reports why, case by case."""
     if model.previous_stage is not None:
-        return None
+        return []
     try:
-        case_id, files = next(iter(group_input_files(input_path, model.num_input_channels,
-                                                     channel_names(model)).items()))
-        return _read_and_preprocess(model, files, case_id, None)[0]
-    except (AutosegError, StopIteration):
-        return None
+        cases = list(group_input_files(input_path, model.num_input_channels, channel_names(model)).items())
+    except AutosegError:
+        return []
+    images = []
+    for case_id, files in cases[first:first + count]:
+        try:
+            images.append(_read_and_preprocess(model, files, case_id, None)[0])
+        except AutosegError:
+            continue
+    return images
+
+
+def calibration_cases(model: TrainedModel, input_path: Path) -> list[np.ndarray]:
+    """The cases int8 is calibrated on (`case_images`): up to CALIBRATION_IMAGES after the first, whose
+    windows are the runtime probe, so its agreement is measured on windows it was not calibrated on; the
+    first when it is alone."""
+    from autoseg.inference.runtimes import CALIBRATION_IMAGES
+
+    return case_images(model, input_path, 1, CALIBRATION_IMAGES) or case_images(model, input_path, 0, 1)
+
+
+def first_case_image(model: TrainedModel, input_path: Path) -> np.ndarray | None:
+    """The first case of `input_path` preprocessed for `model` (`case_images`), None when there is none."""
+    images = case_images(model, input_path, 0, 1)
+    return images[0] if images else None
 
 
 def _export(model, holder: list, properties, output_path: Path, settings: PredictionSettings, output_format: str,

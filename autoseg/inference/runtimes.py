@@ -11,10 +11,12 @@ callable `predict_sliding_window` calls, (B, C, *spatial) float32 tensor -> (B, 
 - openvino:      the same ONNX model compiled by OpenVINO for the CPU, one compiled model per input shape
                  (static shapes are faster than its dynamic ones, and a sliding window has few tile shapes),
                  at f32 or, with `--precision bf16`, bf16 (its INFERENCE_PRECISION_HINT, set explicitly:
-                 OpenVINO's own default on CPUs with AMX is bf16, which would not be the fp32 asked for).
+                 OpenVINO's own default on CPUs with AMX is bf16, which would not be the fp32 asked for),
+                 or int8: the export quantized after calibration on windows of real images
+                 (`autoseg.network.quantization`; full-resolution convolutions stay at bf16 or f32).
 
 `--runtime` says which engine runs the network and `--precision` which arithmetic it uses: the torch engines
-fp32, bf16 or fp16 under autocast, onnxruntime fp32 only, openvino fp32 or bf16; so OpenVINO at bf16 is
+fp32, bf16 or fp16 under autocast, onnxruntime fp32 only, openvino fp32, bf16 or int8; so OpenVINO at bf16 is
 `--runtime openvino --precision bf16`, the one way to say it. `auto` is resolved by the predict stage from a
 measurement (`autoseg.stages.runtime`).
 The ONNX runtimes run on the CPU only, and are imported only when asked for.
@@ -29,7 +31,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from autoseg.device import inference_autocast_dtype
+from autoseg.device import check_precision, inference_autocast_dtype
 from autoseg.errors import AutosegError
 
 if TYPE_CHECKING:
@@ -40,7 +42,10 @@ if TYPE_CHECKING:
 RUNTIMES = ("torch", "torch-compile", "onnxruntime", "openvino")
 ONNX_RUNTIMES = ("onnxruntime", "openvino")
 # The arithmetic each ONNX runtime offers (`auto` is the first); the torch runtimes take any `--precision`.
-ONNX_PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16")}
+ONNX_PRECISIONS = {"onnxruntime": ("fp32",), "openvino": ("fp32", "bf16", "int8")}
+# Calibration for openvino int8 (`autoseg.network.quantization`): windows per image, images (first ones).
+CALIBRATION_WINDOWS_PER_IMAGE = 2
+CALIBRATION_IMAGES = 4
 # What a runtime must reach against torch fp32 on the probe to be chosen (issue 14's thresholds).
 MIN_LABEL_AGREEMENT_DICE = 0.999
 MAX_PROBABILITY_DIFFERENCE = 1e-3  # for runtimes that claim to compute in float32
@@ -55,9 +60,14 @@ def check_runtime(runtime: str, precision: str = "auto", allow_auto: bool = True
     choices = ("auto", *RUNTIMES) if allow_auto else RUNTIMES
     if runtime not in choices:
         raise RuntimeUnavailable(f"--runtime {runtime!r}: expected {', '.join(choices[:-1])} or {choices[-1]}")
+    if precision == "int8" and runtime not in ("auto", "openvino"):
+        raise RuntimeUnavailable(f"--precision int8 runs on --runtime openvino (or auto), not {runtime}")
+    if precision != "int8":
+        check_precision(precision)
     offered = ONNX_PRECISIONS.get(runtime)
     if offered is not None and precision not in ("auto", *offered):
-        raise RuntimeUnavailable(f"--runtime {runtime} computes in {' or '.join(offered)}, not --precision "
+        named = f"{', '.join(offered[:-1])} or {offered[-1]}" if len(offered) > 1 else offered[0]
+        raise RuntimeUnavailable(f"--runtime {runtime} computes in {named}, not --precision "
                                  f"{precision} (the torch runtimes take any: --runtime torch or torch-compile)")
 
 
@@ -91,14 +101,18 @@ class OnnxRuntimeNetwork:
 
 
 class OpenVinoNetwork:
-    """An ONNX model compiled by OpenVINO for the CPU at `precision` (fp32 or bf16), once per input shape."""
+    """An ONNX model compiled by OpenVINO for the CPU at `precision` (fp32 or bf16; int8 for a quantized
+    model, whose layers left in float run at bf16 where the CPU has it), once per input shape."""
 
     def __init__(self, onnx_model: bytes, threads: int, precision: str = "fp32"):
         import openvino
 
+        from autoseg.device import cpu_supports_bf16
+
         self.core = openvino.Core()
         self.model = self.core.read_model(model=onnx_model, weights=b"")
-        hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+        float_of_int8 = "bf16" if cpu_supports_bf16() else "f32"
+        hint = {"fp32": "f32", "bf16": "bf16", "int8": float_of_int8}[precision]
         self.config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY",
                        "INFERENCE_NUM_THREADS": int(threads)}
         self.compiled: dict[tuple[int, ...], object] = {}
@@ -119,12 +133,15 @@ class OpenVinoNetwork:
 
 def runtime_network(network: "torch.nn.Module", runtime: str, *, input_channels: int, dimension: int,
                     precision: str = "fp32", threads: int | None = None, onnx_model: bytes | None = None,
-                    onnx_cache: Path | None = None, example_spatial: tuple[int, ...] | None = None) -> Callable:
+                    onnx_cache: Path | None = None, example_spatial: tuple[int, ...] | None = None,
+                    calibration: Callable[[], np.ndarray | None] | None = None) -> Callable:
     """`network` (eval mode, deep supervision off, as `load_network` gives it) run by `runtime`;
     `precision` the ONNX runtimes' arithmetic (the torch ones take theirs from autocast around the call);
     `threads` for the ONNX runtimes (default: the CPUs this process may use); `onnx_model`: the network's
     export when already made, else exported (`autoseg.network.onnx_export.cached_export_onnx`, through
-    `onnx_cache` when given, tracing a zero image of `example_spatial`)."""
+    `onnx_cache` when given, tracing a zero image of `example_spatial`). openvino int8: the export
+    quantized (`autoseg.network.quantization.cached_quantized_onnx`: read from `onnx_cache`, else
+    calibrated on `calibration()`'s windows)."""
     check_runtime(runtime, precision, allow_auto=False)
     if runtime == "torch":
         return network
@@ -146,6 +163,10 @@ def runtime_network(network: "torch.nn.Module", runtime: str, *, input_channels:
                                         cache_folder=onnx_cache, example_spatial=example_spatial)
     if runtime == "onnxruntime":
         return OnnxRuntimeNetwork(onnx_model, threads)
+    if precision == "int8":
+        from autoseg.network.quantization import cached_quantized_onnx
+
+        onnx_model = cached_quantized_onnx(onnx_model, calibration or (lambda: None), onnx_cache)
     return OpenVinoNetwork(onnx_model, threads, onnx_precision(runtime, precision))
 
 
@@ -165,9 +186,11 @@ def runtime_networks_key(runtime: str, precision: str) -> str:
 
 
 def networks_for_runtime(model: "TrainedModel", runtime: str, precision: str = "auto",
-                         onnx_cache: Path | None = None) -> list:
+                         onnx_cache: Path | None = None,
+                         calibration: Callable[[], np.ndarray | None] | None = None) -> list:
     """The model's networks (every fold) run by `runtime` (at `precision` for an ONNX runtime), converted on
-    first use (their ONNX exports read from `onnx_cache` when there) and kept on the model."""
+    first use (their ONNX exports, and int8 forms, read from `onnx_cache` when there; `calibration`: see
+    `runtime_network`) and kept on the model."""
     if runtime == "auto":
         raise RuntimeUnavailable("runtime auto is chosen by the predict stage (autoseg.stages.runtime); "
                                  "pass a runtime by name here")
@@ -179,7 +202,8 @@ def networks_for_runtime(model: "TrainedModel", runtime: str, precision: str = "
         model.runtime_networks[key] = [
             runtime_network(network, runtime, input_channels=architecture.input_channels,
                             dimension=architecture.dimension, precision=precision, onnx_cache=onnx_cache,
-                            example_spatial=tuple(model.configuration.patch_size)) for network in model.networks]
+                            example_spatial=tuple(model.configuration.patch_size), calibration=calibration)
+            for network in model.networks]
     return model.runtime_networks[key]
 
 
@@ -189,7 +213,7 @@ class RuntimeMeasurement:
     """One runtime at one precision timed on a probe batch and compared with torch fp32 on it."""
 
     runtime: str
-    precision: str  # fp32, bf16 or fp16
+    precision: str  # fp32, bf16, fp16 or int8
     seconds: float  # median per probe batch, after one warm-up call (NaN when it failed or disagreed)
     label_agreement_dice: float  # mean over foreground labels of the Dice of its argmax vs torch fp32's
     max_probability_difference: float
@@ -216,7 +240,7 @@ def measure_runtime(network: Callable, runtime: str, precision: str, probe: "tor
     """Time `network` (already converted to `runtime`) on `probe` under `precision` and compare its output
     with `reference_logits` (torch fp32 on the same probe): labels within MIN_LABEL_AGREEMENT_DICE, and at
     fp32 probabilities within MAX_PROBABILITY_DIFFERENCE (bf16 and fp16 round every activation to 8 or 11
-    bits, so only their labels are held to fp32's). A runtime that disagrees is not timed. One warm-up call
+    bits, int8 to 256 levels: only their labels are held to fp32's). A runtime that disagrees is not timed. One warm-up call
     (kernel choice, OpenVINO's compilation for this shape) then `timed_calls`: on a busy 2-core machine the
     median of more calls moved the choice less than the seconds they cost."""
     import contextlib
@@ -250,15 +274,17 @@ def measure_runtime(network: Callable, runtime: str, precision: str, probe: "tor
 
 
 def runtime_candidates(device_type: str, precision: str, cpu_bf16: bool) -> list[tuple[str, str]]:
-    """The (runtime, precision) pairs `auto` measures: on a CPU torch, onnxruntime and openvino at fp32, and
-    torch and openvino at bf16 when the CPU has bf16 hardware (emulated bf16 is slower than fp32), keeping only
-    those at `precision` unless it is auto; elsewhere torch alone (the ONNX runtimes here run on the CPU), at
-    `precision`. torch-compile is left out: see above."""
+    """The (runtime, precision) pairs `auto` measures: on a CPU torch, onnxruntime and openvino at fp32,
+    torch and openvino at bf16 when the CPU has bf16 hardware (emulated bf16 is slower than fp32), and
+    openvino at int8 (measured when there are images to calibrate on or its int8 form is cached), keeping
+    only those at `precision` unless it is auto; elsewhere torch alone (the ONNX runtimes here run on the
+    CPU), at `precision`. torch-compile is left out: see above."""
     if device_type != "cpu":
         return [("torch", precision)]
     candidates = [("torch", "fp32"), ("onnxruntime", "fp32"), ("openvino", "fp32")]
     if cpu_bf16:
         candidates += [("torch", "bf16"), ("openvino", "bf16")]
+    candidates.append(("openvino", "int8"))
     if precision == "auto":
         return candidates
     return [pair for pair in candidates if pair[1] == precision] or [("torch", precision)]
@@ -271,13 +297,16 @@ def random_probe(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 def measure_runtimes(network: "torch.nn.Module", candidates: list[tuple[str, str]], probe: np.ndarray, *,
                      clock: Callable[[], float] = time.perf_counter, timed_calls: int = 1,
-                     threads: int | None = None, onnx_cache: Path | None = None) -> list[RuntimeMeasurement]:
+                     threads: int | None = None, onnx_cache: Path | None = None,
+                     calibration: np.ndarray | None = None) -> list[RuntimeMeasurement]:
     """Each candidate (runtime, precision) measured on the batch `probe` (B, C, *spatial): windows of a real
     preprocessed image (`autoseg.inference.sliding_window.probe_windows`) where there is one, whose confident
     labels say more about agreement than noise does, else `random_probe`; against the torch fp32 network
     itself (`threads`: the ONNX runtimes', see `runtime_network`). A runtime that cannot be built here (not
     installed) is recorded with its error, never chosen. Costs 1 + (1 + timed_calls) x len(candidates)
-    network calls, and an ONNX export unless `onnx_cache` holds it (`runtime_network`)."""
+    network calls, and an ONNX export unless `onnx_cache` holds it (`runtime_network`); openvino int8 is
+    calibrated on `calibration` (windows of other images than the probe's where there are any, so its
+    agreement is measured on windows it was not calibrated on) unless `onnx_cache` holds its int8 form."""
     import torch
 
     probe = torch.from_numpy(np.ascontiguousarray(probe, dtype=np.float32))
@@ -300,7 +329,8 @@ def measure_runtimes(network: "torch.nn.Module", candidates: list[tuple[str, str
             if export_error is not None and runtime in ONNX_RUNTIMES:
                 raise export_error
             converted = runtime_network(network, runtime, input_channels=channels, dimension=dimension,
-                                        precision=precision, threads=threads, onnx_model=onnx_model)
+                                        precision=precision, threads=threads, onnx_model=onnx_model,
+                                        onnx_cache=onnx_cache, calibration=lambda: calibration)
         except AutosegError as error:
             nan = float("nan")
             measurements.append(RuntimeMeasurement(runtime, precision, nan, nan, nan, False, str(error)))

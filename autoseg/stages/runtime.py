@@ -6,7 +6,8 @@ and cached in the workspace, as the planner measures and caches the device's tra
 The measurement (`autoseg.inference.runtimes.measure_runtimes`) runs each candidate runtime on one batch
 of windows of the model's patch size (as many as the sliding window batches) with its first fold's network:
 windows of the first image to predict when the caller has it (predict: the first case, preprocessed; the
-fold validation: its first case), else random noise. It checks the labels (Dice >= 0.999) and, for fp32
+fold validation: its first case), else random noise. OpenVINO int8 is calibrated on the next few cases
+(`autoseg.network.quantization`), which adds 10-30 s for a full-size 3D network here to the measurement. It checks the labels (Dice >= 0.999) and, for fp32
 arithmetic, the probabilities (max difference < 1e-3) against torch fp32, and keeps the fastest that agrees.
 It costs 1 + 2 x candidates window passes: seconds for the demo's network, half a minute for a full-size 3D
 network on a small CPU, once.
@@ -21,6 +22,7 @@ first model and applied to every model (configurations of an ensemble, a cascade
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,13 +34,14 @@ from autoseg.artifacts import build_versioned, read_json, write_json
 from autoseg.errors import AutosegError
 from autoseg.inference.case import PredictionSettings, patch_tiling
 from autoseg.inference.model import TrainedModel
-from autoseg.inference.runtimes import (RuntimeMeasurement, check_runtime, fastest_agreeing, measure_runtimes,
-                                       networks_for_runtime, random_probe, runtime_candidates)
+from autoseg.inference.runtimes import (CALIBRATION_WINDOWS_PER_IMAGE, RuntimeMeasurement, check_runtime,
+                                       fastest_agreeing, measure_runtimes, networks_for_runtime, random_probe,
+                                       runtime_candidates)
 from autoseg.inference.sliding_window import probe_windows
 from autoseg.network.onnx_export import weights_hash
 from autoseg.workspace import Workspace
 
-RUNTIME_CHOICE_SCHEMA_VERSION = 2  # 2: the probe's source; openvino at bf16
+RUNTIME_CHOICE_SCHEMA_VERSION = 2  # 2: the probe's source; openvino at bf16 (and at int8, same schema)
 
 
 @dataclass
@@ -120,11 +123,26 @@ def _read_choices(cache_file: Path) -> dict:
 Measure = Callable[..., list[RuntimeMeasurement]]
 # A preprocessed image (C, *spatial) to take the probe's windows from, made only when a measurement is due.
 ProbeImage = Callable[[], np.ndarray | None]
+# Preprocessed images to calibrate int8 on (other cases than the probe's where there are), made when needed.
+CalibrationImages = Callable[[], list[np.ndarray]]
+
+
+def calibration_windows(images: list[np.ndarray], model: TrainedModel) -> np.ndarray | None:
+    """The windows `model`'s int8 form is calibrated on: CALIBRATION_WINDOWS_PER_IMAGE of each image near
+    its centre (`probe_windows`), of the images with as many channels as its input (a cascade stage's
+    input has more); None without such images."""
+    channels = model.configuration.architecture.input_channels
+    usable = [image for image in images if image.shape[0] == channels]
+    if not usable:
+        return None
+    return np.concatenate([probe_windows(image, model.configuration.patch_size, CALIBRATION_WINDOWS_PER_IMAGE)
+                           for image in usable])
 
 
 def choose_runtime(cache_file: Path | None, model: TrainedModel, precision: str, *, batch_windows: int = 1,
-                   probe_image: ProbeImage | None = None, refresh: bool = False, measure: Measure = measure_runtimes,
-                   cpu_bf16: bool | None = None, onnx_cache: Path | None = None) -> tuple[RuntimeChoice, bool]:
+                   probe_image: ProbeImage | None = None, calibration_images: CalibrationImages | None = None,
+                   refresh: bool = False, measure: Measure = measure_runtimes, cpu_bf16: bool | None = None,
+                   onnx_cache: Path | None = None) -> tuple[RuntimeChoice, bool]:
     """(the choice for `model` at `precision` (auto or an explicit one), whether it came from the cache).
 
     Measures (`measure(network, candidates, probe)`, a probe of `batch_windows` windows: the batch the
@@ -132,7 +150,9 @@ def choose_runtime(cache_file: Path | None, model: TrainedModel, precision: str,
     gives an image, else noise) only when the cache has no choice for this key, or `refresh`; a single
     candidate (a GPU) is chosen without measuring. The key leaves out which image the probe came from: the
     choice belongs to the model on this machine, whichever stage (the fold validation, predict) made it.
-    `onnx_cache`: where the ONNX runtimes' export is kept (`autoseg.network.onnx_export.cached_export_onnx`)."""
+    `calibration_images`: what openvino int8 is calibrated on (the probe image when they give none; with
+    neither, int8 is measured only if `onnx_cache` holds its int8 form, else recorded as unavailable). `onnx_cache`: where the ONNX runtimes' export (and int8 form) is kept
+    (`autoseg.network.onnx_export.cached_export_onnx`)."""
     from autoseg.device import cpu_supports_bf16
 
     if cpu_bf16 is None:
@@ -152,7 +172,11 @@ def choose_runtime(cache_file: Path | None, model: TrainedModel, precision: str,
     image = probe_image() if probe_image is not None else None
     probe = random_probe(probe_shape) if image is None else probe_windows(image, model.configuration.patch_size,
                                                                           batch_windows)
-    measurements = measure(model.networks[0], candidates, probe, onnx_cache=onnx_cache)
+    calibration = None
+    if ("openvino", "int8") in candidates:
+        images = (calibration_images() if calibration_images is not None else []) or [image] * (image is not None)
+        calibration = calibration_windows(images, model)
+    measurements = measure(model.networks[0], candidates, probe, onnx_cache=onnx_cache, calibration=calibration)
     best = fastest_agreeing(measurements)
     choice = RuntimeChoice(best.runtime, best.precision, measurements, identity, time.perf_counter() - started,
                            probe="random" if image is None else "image")
@@ -163,28 +187,38 @@ def choose_runtime(cache_file: Path | None, model: TrainedModel, precision: str,
 
 
 def settings_with_runtime(workspace: Workspace | None, models: list[TrainedModel], settings: PredictionSettings, *,
-                          probe_image: ProbeImage | None = None, refresh: bool = False,
+                          probe_image: ProbeImage | None = None,
+                          calibration_images: CalibrationImages | None = None, refresh: bool = False,
                           measure: Measure = measure_runtimes,
                           on_choice: Callable[[RuntimeChoice, bool], None] | None = None) -> PredictionSettings:
     """`settings` with runtime auto replaced by the choice for the first model (and precision by the
-    choice's; `probe_image`: see `choose_runtime`), told to on_choice(choice, whether it was cached); an
-    explicit runtime is kept as it is.
+    choice's; `probe_image`, `calibration_images`: see `choose_runtime`), told to on_choice(choice, whether
+    it was cached); an explicit runtime is kept as it is (openvino int8 calibrated on `calibration_images`
+    when the workspace holds no int8 form of the network).
     Every model's networks (each fold, a cascade's low-res stage too) are converted to the runtime here, so
     a runtime that cannot run (not installed, not on this device) fails once, before any case. Without a
     workspace (a model bundle predicting where there is none) the choice is measured and not cached."""
     check_runtime(settings.runtime, settings.precision)
     cache_file = workspace.runtime_choice_file if workspace is not None else None
+    if calibration_images is not None:  # read at most once, for the measurement and every fold's int8 form
+        calibration_images = functools.cache(calibration_images)
     onnx_cache = workspace.onnx_cache_folder if workspace is not None else None
     if settings.runtime == "auto":
         choice, cached = choose_runtime(cache_file, models[0], settings.precision,
                                         batch_windows=patch_tiling(models[0], settings).batch_windows,
-                                        probe_image=probe_image, refresh=refresh, measure=measure,
-                                        onnx_cache=onnx_cache)
+                                        probe_image=probe_image, calibration_images=calibration_images,
+                                        refresh=refresh, measure=measure, onnx_cache=onnx_cache)
         if on_choice is not None:
             on_choice(choice, cached)
         settings = replace(settings, runtime=choice.runtime, precision=choice.precision)
+    images = calibration_images or list  # without images an int8 form must come from the cache
     for model in models:
         for stage in (model.previous_stage, model):
             if stage is not None:
-                networks_for_runtime(stage, settings.runtime, settings.precision, onnx_cache=onnx_cache)
+                def calibration(stage: TrainedModel = stage) -> np.ndarray | None:
+                    return calibration_windows(images(), stage)
+
+                networks_for_runtime(stage, settings.runtime, settings.precision, onnx_cache=onnx_cache,
+                                     calibration=calibration)
     return settings
+

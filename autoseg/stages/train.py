@@ -296,12 +296,18 @@ def _validate(workspace: Workspace, task_name: str, job: TrainingJob, device: st
     """The fold's validation predictions, written to its validation/ folder, and their EvaluationSummary,
     predicted on `runtime` (auto: the choice predict will read back from the workspace's cache)."""
     from autoseg.inference.case import PredictionSettings
+    from autoseg.inference.runtimes import CALIBRATION_IMAGES
+    from autoseg.preprocessing.store import load_case
     from autoseg.stages.runtime import settings_with_runtime
     from autoseg.training.validation import validate_fold
 
     def settings_for(model, first_case):
+        def calibration_images():  # int8's: the validation cases after the first (the probe's), else the first
+            return [load_case(job.data_folder, case_id, mmap=False)[0]
+                    for case_id in job.val_ids[1:1 + CALIBRATION_IMAGES]] or [first_case]
+
         return settings_with_runtime(workspace, [model], PredictionSettings(runtime=runtime),
-                                     probe_image=lambda: first_case)
+                                     probe_image=lambda: first_case, calibration_images=calibration_images)
 
     return validate_fold(job.plans, job.configuration_name, job.results, job.fold, job.data_folder,
                          workspace.reference_segmentations(task_name), job.val_ids, device=device, use_tta=use_tta,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from autoseg.errors import AutosegError
 from autoseg.inference.case import PredictionSettings, predict_probabilities
 from autoseg.inference.runtimes import (RuntimeMeasurement, RuntimeUnavailable, check_runtime, fastest_agreeing,
                                         label_agreement_dice, measure_runtimes, random_probe, runtime_candidates)
@@ -65,6 +66,32 @@ def test_openvino_bf16_predicts_the_labels_of_torch_fp32(trained_model, case_and
     assert sorted(model.runtime_networks) == ["openvino bf16", "openvino fp32"]
 
 
+@pytest.mark.skipif("openvino" not in ONNX_RUNTIMES_INSTALLED, reason="openvino is not installed")
+def test_openvino_int8_calibrated_on_the_task_keeps_the_labels_of_torch_fp32(trained_model, case_and_reference,
+                                                                              small_task, tmp_path):
+    from autoseg.preprocessing.store import load_case
+    from autoseg.stages.runtime import calibration_windows
+
+    data, reference = case_and_reference
+    others = [load_case(small_task.data_folder, case_id, mmap=False)[0] for case_id in small_task.case_ids[1:4]]
+    model = replace(trained_model, runtime_networks={})
+    settings = settings_with_runtime(Workspace(tmp_path), [model],
+                                     PredictionSettings(mirror_axes=(), runtime="openvino", precision="int8"),
+                                     calibration_images=lambda: others)
+    probabilities = predict_probabilities(model, data, settings)
+    num_classes = reference.shape[0]
+    assert label_agreement_dice(reference.argmax(0).numpy(), probabilities.argmax(0).numpy(), num_classes) >= 0.99
+    assert float((reference - probabilities).abs().max()) > 1e-4  # it did compute in int8
+    # Its int8 form is kept next to the export: a second model needs no images.
+    assert len(list((tmp_path / "onnx_cache").glob("*.int8.onnx"))) == 1
+    again = replace(trained_model, runtime_networks={})
+    settings_with_runtime(Workspace(tmp_path), [again], settings)
+    # Without images or a cached form, int8 is a one-line error.
+    with pytest.raises(AutosegError, match="int8 needs images to calibrate on"):
+        settings_with_runtime(Workspace(tmp_path / "empty"), [replace(trained_model, runtime_networks={})], settings)
+    assert calibration_windows(others, trained_model).shape[0] == 2 * len(others)
+
+
 def test_label_agreement_is_the_mean_foreground_dice():
     reference = np.array([0, 1, 1, 1, 2, 2])
     labels = np.array([0, 1, 1, 2, 2, 2])
@@ -105,11 +132,31 @@ def test_the_fastest_runtime_that_disagrees_is_not_chosen():
 
 def test_candidates_follow_the_device_and_the_precision():
     assert runtime_candidates("cpu", "auto", cpu_bf16=False) == [("torch", "fp32"), ("onnxruntime", "fp32"),
-                                                                 ("openvino", "fp32")]
+                                                                 ("openvino", "fp32"), ("openvino", "int8")]
     assert ("torch", "bf16") in runtime_candidates("cpu", "auto", cpu_bf16=True)
     assert runtime_candidates("cpu", "bf16", cpu_bf16=True) == [("torch", "bf16"), ("openvino", "bf16")]
     assert runtime_candidates("cpu", "bf16", cpu_bf16=False) == [("torch", "bf16")]  # asked for, not measured
     assert runtime_candidates("cuda", "auto", cpu_bf16=False) == [("torch", "auto")]
+    assert runtime_candidates("cpu", "int8", cpu_bf16=False) == [("openvino", "int8")]
+
+
+def test_int8_is_calibrated_on_other_images_than_the_probe(trained_model, case_and_reference, tmp_path):
+    data = case_and_reference[0]
+    others = [data[:, ::-1].copy(), data[:, :, ::-1].copy()]
+    measure = FakeMeasure()
+    choose_runtime(tmp_path / "choice.json", trained_model, "auto", batch_windows=2, probe_image=lambda: data,
+                   calibration_images=lambda: others, measure=measure, cpu_bf16=False)
+    assert ("openvino", "int8") in measure.candidates
+    patch = trained_model.configuration.patch_size
+    np.testing.assert_array_equal(measure.calibration, np.concatenate([probe_windows(image, patch, 2)
+                                                                       for image in others]))
+    # No other image: the probe's own; no image at all: nothing to calibrate on (int8 then runs only from
+    # the cache, `test_openvino_int8_...`), under the same key.
+    choose_runtime(tmp_path / "choice.json", trained_model, "auto", probe_image=lambda: data,
+                   calibration_images=lambda: [], measure=measure, cpu_bf16=False, refresh=True)
+    np.testing.assert_array_equal(measure.calibration, probe_windows(data, patch, 2))
+    choose_runtime(tmp_path / "choice.json", trained_model, "auto", measure=measure, cpu_bf16=False, refresh=True)
+    assert ("openvino", "int8") in measure.candidates and measure.calibration is None
 
 
 class FakeMeasure:
@@ -119,10 +166,11 @@ class FakeMeasure:
         self.calls = 0
         self.probe_shapes = []
 
-    def __call__(self, network, candidates, probe, onnx_cache=None):
+    def __call__(self, network, candidates, probe, onnx_cache=None, calibration=None):
         self.calls += 1
         self.probe_shapes.append(tuple(probe.shape))
         self.probe = probe
+        self.candidates, self.calibration = candidates, calibration
         seconds = {"torch": 3.0, "onnxruntime": 2.0, "openvino": 1.0}
         return [RuntimeMeasurement(runtime, precision, seconds[runtime], 1.0, 0.0, True)
                 for runtime, precision in candidates]
@@ -158,7 +206,8 @@ def test_the_probe_is_windows_of_the_image_when_there_is_one(trained_model, case
     choice, cached = choose_runtime(tmp_path / "choice.json", trained_model, "auto", batch_windows=2,
                                     probe_image=lambda: data, measure=measure, cpu_bf16=False)
     assert (choice.probe, cached) == ("image", False)
-    assert choice.summary == "openvino fp32 (1 s per batch of 2 windows; torch fp32 3, onnxruntime fp32 2)"
+    assert choice.summary == ("openvino fp32 (1 s per batch of 2 windows; torch fp32 3, onnxruntime fp32 2, "
+                              "openvino int8 1)")
     np.testing.assert_array_equal(measure.probe, probe_windows(data, trained_model.configuration.patch_size, 2))
     # The image does not enter the key: the choice is read back whatever the next caller probes with.
     again, cached = choose_runtime(tmp_path / "choice.json", trained_model, "auto", batch_windows=2,
@@ -178,9 +227,14 @@ def test_unknown_runtimes_and_precisions_an_onnx_runtime_lacks_are_clear_errors(
         check_runtime("tensorrt")
     with pytest.raises(RuntimeUnavailable, match="onnxruntime computes in fp32, not --precision bf16"):
         check_runtime("onnxruntime", "bf16")
-    with pytest.raises(RuntimeUnavailable, match="openvino computes in fp32 or bf16, not --precision fp16"):
+    with pytest.raises(RuntimeUnavailable, match="openvino computes in fp32, bf16 or int8, not --precision fp16"):
         check_runtime("openvino", "fp16")
+    with pytest.raises(RuntimeUnavailable, match="--precision int8 runs on --runtime openvino"):
+        check_runtime("torch", "int8")
+    with pytest.raises(AutosegError, match="--precision 'fp8': expected auto, fp32"):
+        check_runtime("torch", "fp8")
     check_runtime("openvino", "bf16")
+    check_runtime("auto", "int8")
 
 
 @pytest.mark.skipif("openvino" not in ONNX_RUNTIMES_INSTALLED, reason="openvino is not installed")
