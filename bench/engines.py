@@ -85,6 +85,7 @@ def main() -> None:
 
     from autoseg.hardware import usable_cpus
     from autoseg.inference.case import PredictionSettings, patch_tiling, preprocess_for
+    from autoseg.inference.runtimes import networks_for_runtime
     from autoseg.io import Geometry
     from autoseg.stages.runtime import choose_runtime
 
@@ -99,15 +100,24 @@ def main() -> None:
     mirror_axes = () if args.no_tta else None
     settings = PredictionSettings(mirror_axes=mirror_axes, precision="fp32", runtime="torch")
     sizes = {**VOLUMES, "ct": args.ct_size}
-    first_image = preprocess_for(model, synthetic_ct(sizes[volumes[0]], SPACING, seed=2)[0],
-                                 Geometry(shape=tuple(sizes[volumes[0]]), spacing_zyx=tuple(SPACING)))[0]
-    with tempfile.TemporaryDirectory() as cache:
+    def image_of(seed: int) -> np.ndarray:  # a volume of the first size, preprocessed
+        return preprocess_for(model, synthetic_ct(sizes[volumes[0]], SPACING, seed=seed)[0],
+                              Geometry(shape=tuple(sizes[volumes[0]]), spacing_zyx=tuple(SPACING)))[0]
+
+    first_image = image_of(2)
+    with tempfile.TemporaryDirectory() as cache:  # int8 calibrated on other volumes than the probe's, as predict does
         choice, _ = choose_runtime(Path(cache) / "runtime_choice.json", model, "auto",
                                    batch_windows=patch_tiling(model, settings).batch_windows,
-                                   probe_image=lambda: first_image)
+                                   probe_image=lambda: first_image,
+                                   calibration_images=lambda: [image_of(seed) for seed in (3, 4, 5, 6)],
+                                   onnx_cache=Path(cache))
+        # Converted now, while the cache holds the int8 form the measurement made (the modes below reuse it).
+        networks_for_runtime(model, choice.runtime, choice.precision, onnx_cache=Path(cache))
     peaks = {"fp32": measured_peak_gflops(3, "fp32")}
-    if choice.precision == "bf16":
+    if choice.precision in ("bf16", "int8"):
         peaks["bf16"] = measured_peak_gflops(3, "bf16")
+    if choice.precision == "int8":  # no int8 convolution peak is measured: against bf16's, the fastest float one
+        peaks["int8"] = peaks["bf16"]
     architecture = model.configuration.architecture
     print(f"torch {torch.__version__}, {threads} thread(s); U-Net {args.features} features at stage 0, patch "
           f"{args.patch}, trained {args.train_steps} steps ({train_seconds:.0f} s); {flops_per_voxel(architecture, args.patch):.3g} "

@@ -7,7 +7,7 @@ The measurement (`autoseg.inference.runtimes.measure_runtimes`) runs each candid
 of windows of the model's patch size (as many as the sliding window batches) with its first fold's network:
 windows of the first image to predict when the caller has it (predict: the first case, preprocessed; the
 fold validation: its first case), else random noise. OpenVINO int8 is calibrated on the next few cases
-(`autoseg.network.quantization`), which adds 10-30 s for a full-size 3D network here to the measurement. It checks the labels (Dice >= 0.999) and, for fp32
+(`autoseg.network.quantization`), which adds about 10 s for a full-size 3D network here to the measurement. It checks the labels (Dice >= 0.999) and, for fp32
 arithmetic, the probabilities (max difference < 1e-3) against torch fp32, and keeps the fastest that agrees.
 It costs 1 + 2 x candidates window passes: seconds for the demo's network, half a minute for a full-size 3D
 network on a small CPU, once.

@@ -14,8 +14,9 @@ import torch
 
 from autoseg.errors import AutosegError
 from autoseg.inference.case import PredictionSettings, predict_probabilities
-from autoseg.inference.runtimes import (RuntimeMeasurement, RuntimeUnavailable, check_runtime, fastest_agreeing,
-                                        label_agreement_dice, measure_runtimes, random_probe, runtime_candidates)
+from autoseg.inference.runtimes import (CALIBRATION_WINDOWS_PER_IMAGE, RuntimeMeasurement, RuntimeUnavailable,
+                                        check_runtime, fastest_agreeing, label_agreement_dice, measure_runtimes,
+                                        random_probe, runtime_candidates)
 from autoseg.inference.sliding_window import probe_windows
 from autoseg.stages.runtime import choose_runtime, settings_with_runtime
 from autoseg.workspace import Workspace
@@ -89,7 +90,7 @@ def test_openvino_int8_calibrated_on_the_task_keeps_the_labels_of_torch_fp32(tra
     # Without images or a cached form, int8 is a one-line error.
     with pytest.raises(AutosegError, match="int8 needs images to calibrate on"):
         settings_with_runtime(Workspace(tmp_path / "empty"), [replace(trained_model, runtime_networks={})], settings)
-    assert calibration_windows(others, trained_model).shape[0] == 2 * len(others)
+    assert calibration_windows(others, trained_model).shape[0] == CALIBRATION_WINDOWS_PER_IMAGE * len(others)
 
 
 def test_label_agreement_is_the_mean_foreground_dice():
@@ -126,6 +127,11 @@ def test_the_fastest_runtime_that_disagrees_is_not_chosen():
                     RuntimeMeasurement("onnxruntime", "fp32", 1.5, 1.0, 1e-6, True),
                     RuntimeMeasurement("openvino", "fp32", nan, nan, nan, False, "openvino is not installed")]
     assert fastest_agreeing(measurements).runtime == "onnxruntime"
+    # int8 must be INT8_MIN_SPEEDUP (1.2x) faster than the fastest float runtime that agrees.
+    barely = [*measurements, RuntimeMeasurement("openvino", "int8", 1.4, 0.9995, 0.05, True)]
+    assert fastest_agreeing(barely).name == "onnxruntime fp32"
+    clearly = [*measurements, RuntimeMeasurement("openvino", "int8", 1.2, 0.9995, 0.05, True)]
+    assert fastest_agreeing(clearly).name == "openvino int8"
     with pytest.raises(RuntimeUnavailable, match="no runtime agrees"):
         fastest_agreeing(measurements[1:2])
 
@@ -148,13 +154,14 @@ def test_int8_is_calibrated_on_other_images_than_the_probe(trained_model, case_a
                    calibration_images=lambda: others, measure=measure, cpu_bf16=False)
     assert ("openvino", "int8") in measure.candidates
     patch = trained_model.configuration.patch_size
-    np.testing.assert_array_equal(measure.calibration, np.concatenate([probe_windows(image, patch, 2)
+    per_image = CALIBRATION_WINDOWS_PER_IMAGE
+    np.testing.assert_array_equal(measure.calibration, np.concatenate([probe_windows(image, patch, per_image)
                                                                        for image in others]))
     # No other image: the probe's own; no image at all: nothing to calibrate on (int8 then runs only from
     # the cache, `test_openvino_int8_...`), under the same key.
     choose_runtime(tmp_path / "choice.json", trained_model, "auto", probe_image=lambda: data,
                    calibration_images=lambda: [], measure=measure, cpu_bf16=False, refresh=True)
-    np.testing.assert_array_equal(measure.calibration, probe_windows(data, patch, 2))
+    np.testing.assert_array_equal(measure.calibration, probe_windows(data, patch, per_image))
     choose_runtime(tmp_path / "choice.json", trained_model, "auto", measure=measure, cpu_bf16=False, refresh=True)
     assert ("openvino", "int8") in measure.candidates and measure.calibration is None
 
