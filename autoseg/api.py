@@ -37,6 +37,7 @@ own default runtime is torch).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -258,6 +259,8 @@ def predict(input_path: str | Path, output_folder: str | Path, *, task: str | No
         on_mirroring(mirroring)
     # A bundle predicting where there is no workspace leaves none behind: its runtime choice is not cached.
     cache = workspace if model is None or workspace.home.is_dir() else None
+    # The runtime is judged under the first model's mirror TTA (each model predicts with its own below).
+    settings = dataclasses.replace(settings, mirror_axes=mirroring[models[0].configuration_name].mirror_axes)
     settings = settings_with_runtime(cache, models, settings, on_choice=on_runtime,
                                      probe_image=lambda: first_case_image(models[0], Path(input_path)),
                                      calibration_images=lambda: calibration_cases(models[0], Path(input_path)))

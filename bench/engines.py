@@ -110,7 +110,7 @@ def main() -> None:
                                    batch_windows=patch_tiling(model, settings).batch_windows,
                                    probe_image=lambda: first_image,
                                    calibration_images=lambda: [image_of(seed) for seed in (3, 4, 5, 6)],
-                                   onnx_cache=Path(cache))
+                                   onnx_cache=Path(cache), mirror_axes=mirror_axes)
         # Converted now, while the cache holds the int8 form the measurement made (the modes below reuse it).
         networks_for_runtime(model, choice.runtime, choice.precision, onnx_cache=Path(cache))
     peaks = {"fp32": measured_peak_gflops(3, "fp32")}

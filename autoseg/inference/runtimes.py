@@ -242,13 +242,18 @@ def label_agreement_dice(reference_labels: np.ndarray, labels: np.ndarray, num_c
 
 def measure_runtime(network: Callable, runtime: str, precision: str, probe: "torch.Tensor",
                     reference_logits: "torch.Tensor", *, timed_calls: int = 1,
-                    clock: Callable[[], float] = time.perf_counter) -> RuntimeMeasurement:
+                    clock: Callable[[], float] = time.perf_counter, mirror_axes: tuple[int, ...] | None = (),
+                    reference_mirrored: "torch.Tensor | None" = None) -> RuntimeMeasurement:
     """Time `network` (already converted to `runtime`) on `probe` under `precision` and compare its output
     with `reference_logits` (torch fp32 on the same probe): labels within MIN_LABEL_AGREEMENT_DICE, and at
     fp32 probabilities within MAX_PROBABILITY_DIFFERENCE (bf16 and fp16 round every activation to 8 or 11
     bits, int8 to 256 levels: only their labels are held to fp32's). A runtime that disagrees is not timed. One warm-up call
     (kernel choice, OpenVINO's compilation for this shape) then `timed_calls`: on a busy 2-core machine the
-    median of more calls moved the choice less than the seconds they cost."""
+    median of more calls moved the choice less than the seconds they cost.
+    With `reference_mirrored` (torch fp32's mean over the mirror passes of `mirror_axes`), the labels of a
+    reduced precision are compared on that mean, as predict computes them: a single pass flips labels
+    that the mean of 8 keeps (versus task: int8 at 0.99899 on one pass of the probe, its 5 predicted cases
+    at 0.9996-0.9999)."""
     import contextlib
 
     import torch
@@ -265,7 +270,13 @@ def measure_runtime(network: Callable, runtime: str, precision: str, probe: "tor
 
     logits = call()  # the warm-up: allocations, kernel choice, OpenVINO's compilation for this shape
     num_classes = reference_logits.shape[1]
-    dice = label_agreement_dice(reference_logits.argmax(1).numpy(), logits.argmax(1).numpy(), num_classes)
+    if precision != "fp32" and reference_mirrored is not None:
+        from autoseg.inference.stitching import mirrored_mean
+
+        mirrored = mirrored_mean(network, probe, mirror_axes, num_classes, dtype)
+        dice = label_agreement_dice(reference_mirrored.argmax(1).numpy(), mirrored.argmax(1).numpy(), num_classes)
+    else:
+        dice = label_agreement_dice(reference_logits.argmax(1).numpy(), logits.argmax(1).numpy(), num_classes)
     difference = max_probability_difference(reference_logits, logits)
     agrees = dice >= MIN_LABEL_AGREEMENT_DICE and (precision != "fp32" or difference < MAX_PROBABILITY_DIFFERENCE)
     seconds = float("nan")
@@ -304,7 +315,8 @@ def random_probe(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 def measure_runtimes(network: "torch.nn.Module", candidates: list[tuple[str, str]], probe: np.ndarray, *,
                      clock: Callable[[], float] = time.perf_counter, timed_calls: int = 1,
                      threads: int | None = None, onnx_cache: Path | None = None,
-                     calibration: np.ndarray | None = None) -> list[RuntimeMeasurement]:
+                     calibration: np.ndarray | None = None,
+                     mirror_axes: tuple[int, ...] | None = ()) -> list[RuntimeMeasurement]:
     """Each candidate (runtime, precision) measured on the batch `probe` (B, C, *spatial): windows of a real
     preprocessed image (`autoseg.inference.sliding_window.probe_windows`) where there is one, whose confident
     labels say more about agreement than noise does, else `random_probe`; against the torch fp32 network
@@ -312,12 +324,20 @@ def measure_runtimes(network: "torch.nn.Module", candidates: list[tuple[str, str
     installed) is recorded with its error, never chosen. Costs 1 + (1 + timed_calls) x len(candidates)
     network calls, and an ONNX export unless `onnx_cache` holds it (`runtime_network`); openvino int8 is
     calibrated on `calibration` (windows of other images than the probe's where there are any, so its
-    agreement is measured on windows it was not calibrated on) unless `onnx_cache` holds its int8 form."""
+    agreement is measured on windows it was not calibrated on) unless `onnx_cache` holds its int8 form.
+    `mirror_axes`: the mirror TTA predict will run (None: every axis; () none); with TTA the reduced
+    precisions' labels are compared on the mean of the mirror passes (`measure_runtime`), which costs
+    one pass per flip of torch fp32 and of each of them."""
     import torch
 
     probe = torch.from_numpy(np.ascontiguousarray(probe, dtype=np.float32))
     with torch.inference_mode():
         reference = network(probe).float()
+    reference_mirrored = None
+    if mirror_axes != () and any(precision != "fp32" for _, precision in candidates):
+        from autoseg.inference.stitching import mirrored_mean
+
+        reference_mirrored = mirrored_mean(network, probe, mirror_axes, reference.shape[1])
     probe_shape = tuple(probe.shape)
     channels, dimension = probe_shape[1], len(probe_shape) - 2
     onnx_model, export_error = None, None
@@ -342,7 +362,8 @@ def measure_runtimes(network: "torch.nn.Module", candidates: list[tuple[str, str
             measurements.append(RuntimeMeasurement(runtime, precision, nan, nan, nan, False, str(error)))
             continue
         measurements.append(measure_runtime(converted, runtime, precision, probe, reference,
-                                            timed_calls=timed_calls, clock=clock))
+                                            timed_calls=timed_calls, clock=clock, mirror_axes=mirror_axes,
+                                            reference_mirrored=reference_mirrored))
     return measurements
 
 

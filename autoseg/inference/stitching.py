@@ -241,6 +241,16 @@ def mirror_pass_count(mirror_sets: Sequence[Sequence[int] | None], dimension: in
     return len(_mirror_passes([tuple(range(dimension)) if axes is None else tuple(axes) for axes in mirror_sets]))
 
 
+def mirrored_mean(network: Network, batch: torch.Tensor, mirror_axes: Sequence[int] | None, num_classes: int,
+                  autocast_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The mean softmax over the mirror passes of `mirror_axes` (None: every spatial axis) of one batch of
+    windows (B, C, *patch) -> (B, num_classes, *patch): each window as the sliding window computes it,
+    before the Gaussian weighting."""
+    axes = tuple(range(batch.ndim - 2)) if mirror_axes is None else tuple(mirror_axes)
+    return _means_over_passes([network], batch, _mirror_passes([axes]), 1, num_classes, autocast_dtype,
+                              softmax=True, batch_windows=len(batch))[0]
+
+
 def _mirror_passes(mirror_sets: list[tuple[int, ...]]) -> dict[tuple[int, ...], list[int]]:
     """{flipped axes of a pass: the indices of the mirror sets it belongs to}, each pass once, in
     the order of `mirror_axes_combinations` of the sets (the identity first)."""

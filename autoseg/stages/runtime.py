@@ -142,7 +142,8 @@ def calibration_windows(images: list[np.ndarray], model: TrainedModel) -> np.nda
 def choose_runtime(cache_file: Path | None, model: TrainedModel, precision: str, *, batch_windows: int = 1,
                    probe_image: ProbeImage | None = None, calibration_images: CalibrationImages | None = None,
                    refresh: bool = False, measure: Measure = measure_runtimes, cpu_bf16: bool | None = None,
-                   onnx_cache: Path | None = None) -> tuple[RuntimeChoice, bool]:
+                   onnx_cache: Path | None = None,
+                   mirror_axes: tuple[int, ...] | None = ()) -> tuple[RuntimeChoice, bool]:
     """(the choice for `model` at `precision` (auto or an explicit one), whether it came from the cache).
 
     Measures (`measure(network, candidates, probe)`, a probe of `batch_windows` windows: the batch the
@@ -151,8 +152,10 @@ def choose_runtime(cache_file: Path | None, model: TrainedModel, precision: str,
     candidate (a GPU) is chosen without measuring. The key leaves out which image the probe came from: the
     choice belongs to the model on this machine, whichever stage (the fold validation, predict) made it.
     `calibration_images`: what openvino int8 is calibrated on (the probe image when they give none; with
-    neither, int8 is measured only if `onnx_cache` holds its int8 form, else recorded as unavailable). `onnx_cache`: where the ONNX runtimes' export (and int8 form) is kept
-    (`autoseg.network.onnx_export.cached_export_onnx`)."""
+    neither, int8 is measured only if `onnx_cache` holds its int8 form, else recorded as unavailable).
+    `onnx_cache`: where the ONNX runtimes' export (and int8 form) is kept
+    (`autoseg.network.onnx_export.cached_export_onnx`). `mirror_axes`: the TTA the prediction runs (None:
+    all axes), under which the reduced precisions' labels are compared (`measure_runtimes`); in the key."""
     from autoseg.device import cpu_supports_bf16
 
     if cpu_bf16 is None:
@@ -163,7 +166,8 @@ def choose_runtime(cache_file: Path | None, model: TrainedModel, precision: str,
         return RuntimeChoice(runtime, chosen_precision, []), False
     architecture = model.configuration.architecture
     probe_shape = (batch_windows, architecture.input_channels, *model.configuration.patch_size)
-    identity = {**runtime_identity(model, candidates), "probe_shape": list(probe_shape)}
+    identity = {**runtime_identity(model, candidates), "probe_shape": list(probe_shape),
+                "mirror_axes": "all" if mirror_axes is None else list(mirror_axes)}
     key = _key(identity)
     choices = _read_choices(cache_file) if cache_file is not None else {}
     if key in choices and not refresh:
@@ -176,7 +180,8 @@ def choose_runtime(cache_file: Path | None, model: TrainedModel, precision: str,
     if ("openvino", "int8") in candidates:
         images = (calibration_images() if calibration_images is not None else []) or [image] * (image is not None)
         calibration = calibration_windows(images, model)
-    measurements = measure(model.networks[0], candidates, probe, onnx_cache=onnx_cache, calibration=calibration)
+    measurements = measure(model.networks[0], candidates, probe, onnx_cache=onnx_cache, calibration=calibration,
+                           mirror_axes=mirror_axes)
     best = fastest_agreeing(measurements)
     choice = RuntimeChoice(best.runtime, best.precision, measurements, identity, time.perf_counter() - started,
                            probe="random" if image is None else "image")
@@ -207,7 +212,8 @@ def settings_with_runtime(workspace: Workspace | None, models: list[TrainedModel
         choice, cached = choose_runtime(cache_file, models[0], settings.precision,
                                         batch_windows=patch_tiling(models[0], settings).batch_windows,
                                         probe_image=probe_image, calibration_images=calibration_images,
-                                        refresh=refresh, measure=measure, onnx_cache=onnx_cache)
+                                        refresh=refresh, measure=measure, onnx_cache=onnx_cache,
+                                        mirror_axes=settings.mirror_axes)
         if on_choice is not None:
             on_choice(choice, cached)
         settings = replace(settings, runtime=choice.runtime, precision=choice.precision)

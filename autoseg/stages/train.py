@@ -306,7 +306,8 @@ def _validate(workspace: Workspace, task_name: str, job: TrainingJob, device: st
             return [load_case(job.data_folder, case_id, mmap=False)[0]
                     for case_id in job.val_ids[1:1 + CALIBRATION_IMAGES]] or [first_case]
 
-        return settings_with_runtime(workspace, [model], PredictionSettings(runtime=runtime),
+        settings = PredictionSettings(runtime=runtime, mirror_axes=None if use_tta else ())  # None: all axes
+        return settings_with_runtime(workspace, [model], settings,
                                      probe_image=lambda: first_case, calibration_images=calibration_images)
 
     return validate_fold(job.plans, job.configuration_name, job.results, job.fold, job.data_folder,

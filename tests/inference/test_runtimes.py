@@ -101,6 +101,32 @@ def test_label_agreement_is_the_mean_foreground_dice():
     assert label_agreement_dice(np.zeros(4), np.zeros(4), 3) == 1.0
 
 
+def test_reduced_precision_is_judged_on_the_mean_of_the_mirror_passes():
+    from autoseg.inference.runtimes import measure_runtime
+    from autoseg.inference.stitching import mirrored_mean
+
+    def reference(batch):  # two classes, the logit difference 2x
+        return torch.cat([batch, -batch], dim=1)
+
+    z = torch.arange(8, dtype=torch.float32) - 3.5
+    pattern = (3.0 * z.sign()).view(1, 1, 8, 1, 1)  # odd along z: a flip of z negates it
+
+    def perturbed(batch):  # a single pass moves class 1 by the pattern, which the z-flipped passes cancel
+        return torch.cat([batch, -batch + pattern], dim=1)
+
+    probe = torch.from_numpy(random_probe((2, 1, 8, 8, 8)))
+    reference_logits, mirrored = reference(probe), mirrored_mean(reference, probe, None, 2)
+    one_pass = measure_runtime(perturbed, "torch", "bf16", probe, reference_logits)
+    assert not one_pass.agrees and one_pass.label_agreement_dice < 0.9
+    under_tta = measure_runtime(perturbed, "torch", "bf16", probe, reference_logits, mirror_axes=None,
+                                reference_mirrored=mirrored)
+    assert under_tta.agrees and under_tta.label_agreement_dice == 1.0
+    # Mirroring only y and x keeps the perturbation: judged as predict would run it, it disagrees.
+    in_plane = measure_runtime(perturbed, "torch", "bf16", probe, reference_logits, mirror_axes=(1, 2),
+                               reference_mirrored=mirrored_mean(reference, probe, (1, 2), 2))
+    assert not in_plane.agrees
+
+
 def test_the_probe_times_with_the_given_clock_and_compares_with_torch():
     from autoseg.network import build_network
     from autoseg.network.architecture import Architecture
@@ -173,7 +199,7 @@ class FakeMeasure:
         self.calls = 0
         self.probe_shapes = []
 
-    def __call__(self, network, candidates, probe, onnx_cache=None, calibration=None):
+    def __call__(self, network, candidates, probe, onnx_cache=None, calibration=None, mirror_axes=()):
         self.calls += 1
         self.probe_shapes.append(tuple(probe.shape))
         self.probe = probe
