@@ -7,14 +7,18 @@ The measurement (`autoseg.inference.runtimes.measure_runtimes`) runs each candid
 of windows of the model's patch size (as many as the sliding window batches) with its first fold's network:
 windows of the first image to predict when the caller has it (predict: the first case, preprocessed; the
 fold validation: its first case), else random noise. OpenVINO int8 is calibrated on the next few cases
-(`autoseg.network.quantization`), which adds about 10 s for a full-size 3D network here to the measurement. It checks the labels (Dice >= 0.999) and, for fp32
-arithmetic, the probabilities (max difference < 1e-3) against torch fp32, and keeps the fastest that agrees.
-It costs 1 + 2 x candidates window passes: seconds for the demo's network, half a minute for a full-size 3D
-network on a small CPU, once.
+(`autoseg.network.quantization`). It checks the labels (Dice >= 0.999) and, for fp32 arithmetic, the
+probabilities (max difference < 1e-3) against torch fp32, and keeps the fastest that agrees (int8 only
+1.2x faster than the fastest float runtime). The labels of the reduced precisions (bf16, int8) are compared
+under the mirror TTA the prediction runs, on the mean of the passes: one pass flips labels that the mean of
+8 keeps. It costs 1 + 2 x candidates window passes, plus one per mirror pass for torch fp32 and each reduced
+precision, plus int8's calibration: seconds for the demo's network, 25-50 s for a full-size 3D network on a
+small CPU (the versus task's), once.
 
 The cache (HOME/runtime_choice.json) holds one choice per key. The key is everything that can change the
 answer: the machine (host, CPU model, torch threads, torch / onnxruntime / openvino versions, device), the
-network's shape class (architecture, patch size, probe batch), the candidates measured (they depend on --precision) and
+network's shape class (architecture, patch size, probe batch), the mirror TTA, the candidates measured (they
+depend on --precision) and
 the weights of the network measured (a hash): a re-trained or different model, or another machine,
 measures again; a second prediction with the same model measures nothing. The choice is measured on the
 first model and applied to every model (configurations of an ensemble, a cascade's low-res stage) and fold.
