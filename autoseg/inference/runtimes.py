@@ -247,9 +247,9 @@ def measure_runtime(network: Callable, runtime: str, precision: str, probe: "tor
     """Time `network` (already converted to `runtime`) on `probe` under `precision` and compare its output
     with `reference_logits` (torch fp32 on the same probe): labels within MIN_LABEL_AGREEMENT_DICE, and at
     fp32 probabilities within MAX_PROBABILITY_DIFFERENCE (bf16 and fp16 round every activation to 8 or 11
-    bits, int8 to 256 levels: only their labels are held to fp32's). A runtime that disagrees is not timed. One warm-up call
-    (kernel choice, OpenVINO's compilation for this shape) then `timed_calls`: on a busy 2-core machine the
-    median of more calls moved the choice less than the seconds they cost.
+    bits, int8 to 256 levels: only their labels are held to fp32's). A runtime that disagrees is not timed.
+    One warm-up call (kernel choice, OpenVINO's compilation for this shape) then `timed_calls`: on a busy
+    2-core machine the median of more calls moved the choice less than the seconds they cost.
     With `reference_mirrored` (torch fp32's mean over the mirror passes of `mirror_axes`), the labels of a
     reduced precision are compared on that mean, as predict computes them: a single pass flips labels
     that the mean of 8 keeps (versus task: int8 at 0.99899 on one pass of the probe, its 5 predicted cases

@@ -182,7 +182,9 @@ def choose_runtime(cache_file: Path | None, model: TrainedModel, precision: str,
                                                                           batch_windows)
     calibration = None
     if ("openvino", "int8") in candidates:
-        images = (calibration_images() if calibration_images is not None else []) or [image] * (image is not None)
+        images = calibration_images() if calibration_images is not None else []
+        if not images and image is not None:
+            images = [image]  # the probe's own image: better than no int8 candidate
         calibration = calibration_windows(images, model)
     measurements = measure(model.networks[0], candidates, probe, onnx_cache=onnx_cache, calibration=calibration,
                            mirror_axes=mirror_axes)
@@ -231,4 +233,3 @@ def settings_with_runtime(workspace: Workspace | None, models: list[TrainedModel
                 networks_for_runtime(stage, settings.runtime, settings.precision, onnx_cache=onnx_cache,
                                      calibration=calibration)
     return settings
-
